@@ -1,0 +1,3 @@
+from casefetch.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Reading settings from the environment.
+
+Every variable ``X`` may instead be given as ``X_FILE``, the path of a file holding the value
+(Docker secrets). Parsing is strict: a malformed value is a ConfigError naming the variable,
+never a silent default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from casefetch.errors import ConfigError
+
+Env = Mapping[str, str]
+
+
+def read(env: Env, name: str, default: str | None = None) -> str | None:
+    file_path = env.get(f"{name}_FILE")
+    if file_path:
+        try:
+            return Path(file_path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE", f"cannot read {file_path}: {exc.strerror}") from exc
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    return value
+
+
+def read_str(env: Env, name: str, default: str) -> str:
+    value = read(env, name)
+    return default if value is None else value
+
+
+def read_int(env: Env, name: str, default: int, minimum: int = 0) -> int:
+    value = read(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise ConfigError(name, f"expected a whole number, got {value!r}") from exc
+    if number < minimum:
+        raise ConfigError(name, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def read_float(env: Env, name: str, default: float, minimum: float = 0.0) -> float:
+    value = read(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise ConfigError(name, f"expected a number, got {value!r}") from exc
+    if number < minimum:
+        raise ConfigError(name, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def read_bool(env: Env, name: str, default: bool) -> bool:
+    value = read(env, name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(name, f"expected true or false, got {value!r}")
+
+
+def read_list(env: Env, name: str) -> tuple[str, ...]:
+    value = read(env, name)
+    if value is None:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def read_pairs(env: Env, name: str) -> tuple[tuple[str, str], ...]:
+    """``a:b,c:d`` → ((a, b), (c, d)); the value may itself contain ``:``."""
+    pairs = []
+    for part in read_list(env, name):
+        left, sep, right = part.partition(":")
+        if not sep or not left or not right:
+            raise ConfigError(name, "expected comma-separated name:secret pairs")
+        pairs.append((left, right))
+    return tuple(pairs)
+
+
+def read_json_object(env: Env, name: str) -> dict[str, str]:
+    value = read(env, name)
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(name, "expected a JSON object") from exc
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ConfigError(name, "expected a JSON object of string values")
+    return parsed
+
+
+def environ() -> Env:
+    return os.environ
+
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def redis_url(env: Env) -> str:
+    return read_str(env, "REDIS_URL", DEFAULT_REDIS_URL)

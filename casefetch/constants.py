@@ -1,0 +1,34 @@
+"""Names both sides of the queue must agree on: queues, task names, Redis keys."""
+
+from __future__ import annotations
+
+#: Validation of a received payload (cheap, CPU-bound).
+INGEST_QUEUE = "casefetch.ingest"
+#: One file download (slow, I/O-bound).
+DOWNLOAD_QUEUE = "casefetch.download"
+#: Periodic housekeeping (sweeps).
+MAINTENANCE_QUEUE = "casefetch.maintenance"
+ALL_QUEUES = (INGEST_QUEUE, DOWNLOAD_QUEUE, MAINTENANCE_QUEUE)
+
+INGEST_TASK = "casefetch.ingest"
+DOWNLOAD_TASK = "casefetch.download"
+SWEEP_TASK = "casefetch.sweep"
+
+#: Every bookkeeping key lives under this prefix, so one Redis can be shared.
+KEY_PREFIX = "casefetch"
+
+#: Headers that carry credentials: never stored, never logged.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie"})
+
+
+def case_key(case_dir: str, part: str) -> str:
+    """Redis key for one piece of a case's bookkeeping (``gen``, ``pending``, ``results``)."""
+    return f"{KEY_PREFIX}:case:{case_dir}:{part}"
+
+
+def lock_key(*parts: str) -> str:
+    return f"{KEY_PREFIX}:lock:" + ":".join(parts)
+
+
+#: Sorted set of cases with work outstanding, scored by the time of their last progress.
+ACTIVE_CASES_KEY = f"{KEY_PREFIX}:active"

@@ -1,0 +1,78 @@
+"""A private redis-server, for ``casefetch run`` on a bare machine and for the tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from casefetch.errors import CasefetchError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server child process with its data in ``directory``.
+
+    Durable like the deployment: append-only file on, fsync every write, no eviction.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None,
+                 appendfsync: str = "always") -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise CasefetchError("redis-server is not on PATH (apt-get install redis-server)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.directory), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+             "--logfile", str(self.directory / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not answers("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise CasefetchError(
+                    f"redis-server did not start on port {self.port}; see "
+                    f"{self.directory / 'redis.log'}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,55 @@
+"""The enqueue path: one Redis command, acknowledged before the receiver answers 2xx."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+from casefetch.protocol import Delivery, task_message
+
+
+class EnqueueError(Exception):
+    """Redis did not take the payload; the sender must try again later."""
+
+
+class Enqueuer:
+    """Writes deliveries to the ingest queue as Celery task messages."""
+
+    def __init__(self, redis: aioredis.Redis, timeout_seconds: float) -> None:
+        self.redis = redis
+        self.timeout_seconds = timeout_seconds
+
+    @classmethod
+    def from_url(cls, url: str, timeout_seconds: float) -> Enqueuer:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=min(timeout_seconds, 2.0),
+            retry=Retry(NoBackoff(), 1),
+            max_connections=256,
+        )
+        return cls(client, timeout_seconds)
+
+    async def enqueue(self, delivery: Delivery) -> None:
+        message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
+                               task_id=delivery["deliveryId"])
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await self.redis.lpush(INGEST_QUEUE, message)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                return bool(await self.redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,40 @@
+"""The receiver's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from casefetch import config
+from casefetch.errors import ConfigError
+from receiver.auth import Credentials
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    redis_url: str
+    credentials: Credentials
+    max_body_bytes: int = 5 * 1024 * 1024
+    #: Longest a request may wait on Redis before it is answered 503.
+    redis_timeout_seconds: float = 3.0
+    retry_after_seconds: int = 5
+
+    @classmethod
+    def from_env(cls, env: config.Env | None = None) -> ReceiverSettings:
+        env = config.environ() if env is None else env
+        credentials = Credentials.build(
+            bearer_tokens=config.read_list(env, "WEBHOOK_BEARER_TOKENS"),
+            hmac_keys=config.read_pairs(env, "WEBHOOK_HMAC_KEYS"),
+            basic_users=config.read_pairs(env, "WEBHOOK_BASIC_USERS"),
+        )
+        if not credentials.schemes:
+            raise ConfigError(
+                "WEBHOOK_BEARER_TOKENS",
+                "no credential configured: set WEBHOOK_BEARER_TOKENS, WEBHOOK_HMAC_KEYS "
+                "or WEBHOOK_BASIC_USERS",
+            )
+        return cls(
+            redis_url=config.redis_url(env),
+            credentials=credentials,
+            max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", 5 * 1024 * 1024, 1),
+            redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS", 3.0),
+        )

@@ -1,0 +1,150 @@
+"""A real HTTP file server on 127.0.0.1 that misbehaves on command.
+
+Each path gets a :class:`Route`: the bytes to serve and a list of faults to play, one per
+request, before serving normally. Every request is counted, so tests can assert how many
+fetches a file cost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Fault:
+    """One misbehaviour: ``status`` to answer, or ``truncate`` to cut the body short."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    truncate: int | None = None
+    lie_length: int | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class Route:
+    data: bytes
+    content_type: str = "application/octet-stream"
+    faults: list[Fault] = field(default_factory=list)
+    #: Fault played on every request, after ``faults`` run out (e.g. always 503).
+    always: Fault | None = None
+    redirect_to: str | None = None
+    chunked: bool = False
+
+
+class FileServer:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def add(self, path: str, data: bytes, **kwargs: Any) -> str:
+        self.routes["/" + path.lstrip("/")] = Route(data, **kwargs)
+        return self.url(path)
+
+    def start(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._handle(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:  # noqa: C901
+        path = request.path.split("?", 1)[0]
+        with self.lock:
+            self.hits[path] += 1
+            route = self.routes.get(path)
+            fault = None
+            if route is not None:
+                fault = route.faults.pop(0) if route.faults else route.always
+        if route is None:
+            request.send_response(404)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if route.redirect_to:
+            request.send_response(302)
+            request.send_header("Location", route.redirect_to)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.status is not None:
+            request.send_response(fault.status)
+            for name, value in fault.headers.items():
+                request.send_header(name, value)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        data = route.data
+        length = len(data)
+        if fault is not None and fault.truncate is not None:
+            data = data[: fault.truncate]
+        if fault is not None and fault.lie_length is not None:
+            length = fault.lie_length
+        request.send_response(200)
+        request.send_header("Content-Type", route.content_type)
+        if route.chunked:
+            request.send_header("Transfer-Encoding", "chunked")
+        else:
+            request.send_header("Content-Length", str(length))
+        if fault is not None and (fault.truncate is not None or fault.lie_length is not None):
+            request.send_header("Connection", "close")
+            request.close_connection = True
+        request.end_headers()
+        try:
+            if route.chunked:
+                for start in range(0, len(data), 65536):
+                    part = data[start:start + 65536]
+                    request.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                if fault is None or fault.truncate is None:
+                    request.wfile.write(b"0\r\n\r\n")
+            else:
+                request.wfile.write(data)
+            request.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        if fault is None:
+            with self.lock:
+                self.served[path] += 1

@@ -1,0 +1,133 @@
+"""The ``casefetch`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from casefetch.cli import choose_redis
+from casefetch.redis_server import answers, free_port
+from tests import samples
+from tests.conftest import (
+    BASIC_PASSWORD,
+    BASIC_USER,
+    HMAC_KEY,
+    HMAC_SECRET,
+    ROOT,
+    TOKEN,
+    Archive,
+    ReceiverProcess,
+    WorkerProcess,
+    receiver_env,
+    wait_for,
+    worker_env,
+)
+from tests.fileserver import FileServer
+
+
+def casefetch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "casefetch", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("auth", [["--bearer", TOKEN], ["--hmac", f"{HMAC_KEY}:{HMAC_SECRET}"],
+                                  ["--basic", f"{BASIC_USER}:{BASIC_PASSWORD}"]],
+                         ids=["bearer", "hmac", "basic"])
+def test_send_signs_as_the_platform_does(receiver: ReceiverProcess, worker: WorkerProcess,
+                                         file_server: FileServer, archive: Archive,
+                                         unique: Callable[[str], str], tmp_path: Path,
+                                         auth: list[str]) -> None:
+    cf = unique("CF")
+    payload = tmp_path / "case.json"
+    payload.write_bytes(samples.body(samples.case(
+        cf, file_server.add(f"{cf}/pdf", samples.pdf()),
+        [samples.item("IT-1", file_server.add(f"{cf}/img", samples.png()), data="été ✓")])))
+    result = casefetch("send", f"{receiver.url}/webhooks", str(payload), *auth)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("202 ")
+    assert archive.settled(cf)["status"] == "complete"
+
+
+def test_send_reports_refusals(receiver: ReceiverProcess, tmp_path: Path) -> None:
+    payload = tmp_path / "case.json"
+    payload.write_text("{}")
+    result = casefetch("send", f"{receiver.url}/webhooks", str(payload), "--bearer", "wrong")
+    assert result.returncode == 1 and result.stdout.startswith("401 ")
+    result = casefetch("send", f"{receiver.url}/webhooks", str(payload))
+    assert result.returncode == 2 and "exactly one" in result.stderr
+    result = casefetch("send", f"{receiver.url}/webhooks", str(tmp_path / "missing.json"),
+                       "--bearer", "x")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def test_receiver_refuses_to_start_without_credentials() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOK_")}
+    result = casefetch("receiver", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "no credential configured" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) -> None:
+    env = {**os.environ, "WEBHOOK_BEARER_TOKENS": "t", "RECEIVER_MAX_BODY_BYTES": "lots"}
+    result = casefetch("receiver", env=env)
+    assert result.returncode == 2 and "RECEIVER_MAX_BODY_BYTES" in result.stderr
+    result = casefetch("worker", "--queues", "nope")
+    assert result.returncode == 2 and "unknown queue" in result.stderr
+    env = {**os.environ, "STORAGE_BACKEND": "floppy"}
+    result = casefetch("worker", env=env)
+    assert result.returncode == 2 and "STORAGE_BACKEND" in result.stderr
+
+
+def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> None:
+    port = free_port()
+    url, server = choose_redis({}, default_port=port, data_dir=tmp_path / "redis")
+    try:
+        assert server is not None and url == server.url
+        assert answers("127.0.0.1", server.port)
+    finally:
+        assert server is not None
+        server.stop()
+    assert choose_redis({"REDIS_URL": "redis://elsewhere:1/0"}) == ("redis://elsewhere:1/0", None)
+
+
+def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileServer,
+                                       tmp_path: Path, unique: Callable[[str], str]) -> None:
+    from casefetch.redis_server import RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    port = free_port()
+    own_db = redis_server.url.rsplit("/", 1)[0] + "/5"  # apart from the session's worker
+    env = {**worker_env(own_db, tmp_path / "archive"),
+           **{k: v for k, v in receiver_env(own_db).items() if k.startswith("WEBHOOK")}}
+    process = subprocess.Popen([sys.executable, "-m", "casefetch", "run", "--port", str(port)],
+                               env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        receiver = ReceiverProcess(env, tmp_path / "unused.log")
+        receiver.port = port
+        cf = unique("RUN")
+        body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf())))
+
+        def accepted() -> bool:
+            try:
+                return receiver.post(body)[0] == 202
+            except Exception:
+                return False
+
+        wait_for(accepted, timeout=30, interval=0.2, message="casefetch run to accept")
+        manifest = Archive(tmp_path / "archive").settled(cf)
+        assert manifest["status"] == "complete"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    assert "files land in" in out
+    assert process.returncode == 0, out
+    json.dumps(manifest)

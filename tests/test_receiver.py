@@ -1,0 +1,161 @@
+"""The real receiver on a real port, writing to a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+from casefetch.redis_server import RedisServer
+from receiver import create_app
+from tests import receiver_helpers as rh
+from tests import samples
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+PAYLOAD = samples.body(samples.case("CF-R1", "https://files.example.com/c.pdf?sig=a%2Bb",
+                                    [samples.item("IT-1", "https://files.example.com/1.jpg",
+                                                  data="Été 🌞 \u2028 ligne")]))
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, redis_server: RedisServer,
+                 redis_client: redis.Redis) -> TestClient[Any, Any]:
+    redis_client.delete(INGEST_QUEUE)
+    return await aiohttp_client(create_app(rh.settings(redis_server.url)))
+
+
+def queued(redis_client: redis.Redis) -> list[dict[str, Any]]:
+    """The deliveries waiting in the ingest queue, decoded from their Celery messages."""
+    deliveries = []
+    for raw in redis_client.lrange(INGEST_QUEUE, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == INGEST_TASK
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        deliveries.append(args[0])
+    return deliveries
+
+
+@pytest.mark.parametrize("headers", [
+    rh.bearer(), rh.bearer("rotated-token"), rh.hmac_headers(PAYLOAD),
+    rh.hmac_headers(PAYLOAD, "second-key", "second-secret"), rh.basic(),
+], ids=["bearer", "bearer-rotated", "hmac", "hmac-second-key", "basic"])
+async def test_each_scheme_is_accepted_and_enqueued(client: TestClient[Any, Any],
+                                                    redis_client: redis.Redis,
+                                                    headers: dict[str, str]) -> None:
+    response = await client.post("/webhooks", data=PAYLOAD, headers=headers)
+    assert response.status == 202
+    answer = await response.json()
+    assert answer["status"] == "accepted"
+    [delivery] = queued(redis_client)
+    assert delivery["deliveryId"] == answer["deliveryId"]
+    assert delivery["body"].encode() == PAYLOAD  # the exact bytes, non-ASCII included
+    assert "Authorization" not in delivery["headers"]
+    assert "X-Api-Key" not in delivery["headers"]
+
+
+async def test_non_ascii_body_signed_over_its_exact_bytes(client: TestClient[Any, Any],
+                                                          redis_client: redis.Redis) -> None:
+    body = '{"cfRef":"CF-ü","note":"emoji 😀, sep \u2028, quote \\"x\\""}'.encode()
+    response = await client.post("/webhooks", data=body, headers=rh.hmac_headers(body))
+    assert response.status == 202
+    assert queued(redis_client)[0]["body"].encode() == body
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "application/json"},
+    rh.bearer("wrong"),
+    {**rh.bearer(), "Authorization": "Bearer "},
+    rh.hmac_headers(PAYLOAD, secret="wrong"),
+    rh.hmac_headers(PAYLOAD, key="unknown-key"),
+    {**rh.hmac_headers(PAYLOAD), "X-Api-Key": "second-key"},
+    rh.hmac_headers(PAYLOAD + b" "),
+    rh.basic(password="nope"),
+    {**rh.basic(), "Authorization": "Basic not-base64!"},
+    {**rh.bearer(), "Authorization": "Digest abc"},
+], ids=["missing", "bearer-wrong", "bearer-empty", "hmac-wrong-secret", "hmac-unknown-key",
+        "hmac-key-mismatch", "hmac-other-body", "basic-wrong", "basic-malformed",
+        "unknown-scheme"])
+async def test_bad_credentials_get_401_and_nothing_is_enqueued(
+        client: TestClient[Any, Any], redis_client: redis.Redis,
+        headers: dict[str, str]) -> None:
+    response = await client.post("/webhooks", data=PAYLOAD, headers=headers)
+    assert response.status == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert "Bearer" in challenge and "HMAC-SHA256" in challenge and "Basic" in challenge
+    assert queued(redis_client) == []
+
+
+@pytest.mark.parametrize("body,content_type,status", [
+    (b"[1, 2]", "application/json", 400),
+    (b"not json", "application/json", 400),
+    (b'"text"', "application/json", 400),
+    (b"\xff\xfe{}", "application/json", 400),
+    (b"{}", "text/plain", 415),
+    (b"{}", "application/x-www-form-urlencoded", 415),
+])
+async def test_bad_bodies_get_4xx(client: TestClient[Any, Any], redis_client: redis.Redis,
+                                  body: bytes, content_type: str, status: int) -> None:
+    headers = {**rh.bearer(), "Content-Type": content_type}
+    response = await client.post("/webhooks", data=body, headers=headers)
+    assert response.status == status
+    assert "reason" in await response.json()
+    assert queued(redis_client) == []
+
+
+async def test_charset_parameter_is_allowed(client: TestClient[Any, Any]) -> None:
+    headers = {**rh.bearer(), "Content-Type": "application/json; charset=utf-8"}
+    response = await client.post("/webhooks", data=PAYLOAD, headers=headers)
+    assert response.status == 202
+
+
+async def test_body_over_the_limit_is_413(aiohttp_client: ClientFactory,
+                                          redis_server: RedisServer,
+                                          redis_client: redis.Redis) -> None:
+    redis_client.delete(INGEST_QUEUE)
+    client = await aiohttp_client(create_app(rh.settings(redis_server.url, max_body_bytes=1000)))
+    big = samples.body({"cfRef": "x" * 2000})
+    response = await client.post("/webhooks", data=big, headers=rh.bearer())
+    assert response.status == 413
+
+    async def chunks() -> Any:  # no Content-Length: the limit still holds
+        for _ in range(10):
+            yield b" " * 500
+
+    response = await client.post("/webhooks", data=chunks(), headers=rh.bearer())
+    assert response.status == 413
+    assert queued(redis_client) == []
+
+
+async def test_health_and_metrics(client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())
+    text = await (await client.get("/metrics")).text()
+    assert 'casefetch_receiver_requests_total{route="/webhooks",status="202"} 1.0' in text
+
+
+async def test_redis_down_answers_503_promptly(aiohttp_client: ClientFactory,
+                                               tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    client = await aiohttp_client(create_app(rh.settings(server.url)))
+    assert (await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())).status == 202
+    server.stop()
+    started = time.monotonic()
+    response = await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert (await client.get("/readyz")).status == 503
+    assert time.monotonic() - started < 5
+    server.start()  # same port, same data: what was accepted before the outage is there
+    assert len(redis.Redis.from_url(server.url).lrange(INGEST_QUEUE, 0, -1)) == 1
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())).status == 202
+    server.stop()

@@ -1,0 +1,122 @@
+"""What the workers keep in Redis about work under way.
+
+Per case (keys from :func:`casefetch.constants.case_key`):
+
+- ``gen``: the deliveryId whose files are being fetched; results of any other are stale;
+- ``pending``: set of manifest indices still to fetch;
+- ``results``: hash index → finished manifest entry (JSON).
+
+``casefetch:active`` scores every case with work outstanding by the time of its last
+progress, so the sweep finds stuck ones without scanning the archive. Locks keep two workers
+from planning one case, or writing one file, at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from redis.lock import Lock
+
+from casefetch.constants import ACTIVE_CASES_KEY, case_key, lock_key
+
+
+class Busy(Exception):
+    """Another worker holds the lock; try again later."""
+
+
+class Bookkeeping:
+    def __init__(self, client: redis.Redis, lock_seconds: float = 60.0) -> None:
+        self.redis = client
+        self.lock_seconds = lock_seconds
+        self._record = client.register_script(self._RECORD)
+
+    def generation(self, case: str) -> str | None:
+        value = self.redis.get(case_key(case, "gen"))
+        return value.decode() if isinstance(value, bytes) else None
+
+    def start(self, case: str, gen: str, indices: list[int]) -> None:
+        """Make ``gen`` the case's current work, with ``indices`` still to fetch."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(case_key(case, "pending"), case_key(case, "results"))
+        pipe.set(case_key(case, "gen"), gen)
+        if indices:
+            pipe.sadd(case_key(case, "pending"), *indices)
+        pipe.zadd(ACTIVE_CASES_KEY, {case: time.time()})
+        pipe.execute()
+
+    def remaining(self, case: str) -> list[int]:
+        return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
+
+    def is_active(self, case: str) -> bool:
+        return self.redis.zscore(ACTIVE_CASES_KEY, case) is not None
+
+    def result(self, case: str, index: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(case_key(case, "results"), str(index))
+        return json.loads(raw) if raw is not None else None
+
+    def results(self, case: str) -> dict[int, dict[str, Any]]:
+        raw = self.redis.hgetall(case_key(case, "results"))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def record(self, case: str, gen: str, index: int, entry: dict[str, Any]) -> int | None:
+        """Store a finished entry; return how many remain, or None if ``gen`` is stale."""
+        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "pending"),
+                ACTIVE_CASES_KEY]
+        remaining = self._record(keys=keys, args=[gen, index, json.dumps(entry), case,
+                                                  time.time()])
+        return None if remaining is None or int(remaining) < 0 else int(remaining)
+
+    # Atomic, so a stale result can never land after a newer generation started.
+    _RECORD = """
+    if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+    redis.call('SREM', KEYS[3], ARGV[2])
+    redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+    return redis.call('SCARD', KEYS[3])
+    """
+
+    def finish(self, case: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "gen"))
+        pipe.zrem(ACTIVE_CASES_KEY, case)
+        pipe.execute()
+
+    def stuck(self, older_than_seconds: float) -> list[str]:
+        ceiling = time.time() - older_than_seconds
+        found = self.redis.zrangebyscore(ACTIVE_CASES_KEY, 0, ceiling)
+        return [c.decode() for c in found if isinstance(c, bytes)]
+
+    def touch(self, case: str) -> None:
+        self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)
+
+    @contextlib.contextmanager
+    def lock(self, *name: str, wait_seconds: float | None = None) -> Iterator[None]:
+        """Hold a lock while the block runs, extended in the background for long work.
+
+        Raises Busy when it cannot be had (at once, or within ``wait_seconds``).
+        """
+        lock = Lock(self.redis, lock_key(*name), timeout=self.lock_seconds,
+                    blocking=wait_seconds is not None, blocking_timeout=wait_seconds)
+        if not lock.acquire():
+            raise Busy(":".join(name))
+        stop = threading.Event()
+        keeper = threading.Thread(target=self._keep, args=(lock, stop), daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def _keep(self, lock: Lock, stop: threading.Event) -> None:
+        while not stop.wait(self.lock_seconds / 3):
+            with contextlib.suppress(redis.exceptions.RedisError):
+                lock.reacquire()

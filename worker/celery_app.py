@@ -1,0 +1,216 @@
+"""The Celery application and its tasks.
+
+``create_celery_app(settings)`` configures Celery for at-least-once delivery:
+
+- ``task_acks_late``: a message is acknowledged only when its task has finished, so a worker
+  that dies mid-task leaves it in Redis;
+- ``task_reject_on_worker_lost``: a task whose process was killed is requeued at once;
+- ``worker_prefetch_multiplier = 1``: a worker holds no more messages than it can work on;
+- the Redis transport's ``visibility_timeout`` (60 s) and a 5 s restore interval: a message
+  held by a worker that vanished (SIGKILL, lost host) goes back to the queue within about a
+  minute, instead of kombu's default hour. A download outliving it is redelivered to another
+  worker, which finds the file lock held and waits its turn, so nothing runs twice.
+
+Connections are opened lazily, in the process that uses them (no import-time connections).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, Task, signals
+from redis.exceptions import RedisError
+
+from casefetch.constants import (
+    ALL_QUEUES,
+    DOWNLOAD_QUEUE,
+    DOWNLOAD_TASK,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    MAINTENANCE_QUEUE,
+    SWEEP_TASK,
+)
+from casefetch.protocol import Delivery
+from worker.errors import StorageError
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("casefetch.worker")
+
+#: Failures of the infrastructure (Redis, the archive): retried until they pass.
+INFRA_ERRORS = (RedisError, StorageError, OSError)
+BUSY_RETRY_SECONDS = 5
+
+
+class Runtime:
+    """The per-process collaborators, built on first use."""
+
+    def __init__(self, app: Celery, settings: WorkerSettings) -> None:
+        import redis
+
+        from worker.bookkeeping import Bookkeeping
+        from worker.download import Fetcher
+        from worker.pipeline import Pipeline
+        from worker.storage import make_storage
+
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                          socket_connect_timeout=5, health_check_interval=30)
+        self.pipeline = Pipeline(
+            storage=make_storage(settings),
+            books=Bookkeeping(self.redis),
+            fetcher=Fetcher(settings.download),
+            send_download=lambda job: app.send_task(DOWNLOAD_TASK, args=[job],
+                                                    queue=DOWNLOAD_QUEUE),
+        )
+
+
+class CasefetchCelery(Celery):
+    def __init__(self, settings: WorkerSettings, **kwargs: Any) -> None:
+        super().__init__("casefetch", broker=settings.redis_url, **kwargs)
+        self.settings = settings
+        self._runtime: Runtime | None = None
+        self._runtime_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = Runtime(self, self.settings)
+            return self._runtime
+
+
+def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery:
+    settings = settings or WorkerSettings.from_env()
+    app = CasefetchCelery(settings, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=8,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=INGEST_QUEUE,
+        task_routes={INGEST_TASK: {"queue": INGEST_QUEUE},
+                     DOWNLOAD_TASK: {"queue": DOWNLOAD_QUEUE},
+                     SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    _register_tasks(app)
+    return app
+
+
+def _register_tasks(app: CasefetchCelery) -> None:
+    @app.task(name=INGEST_TASK, bind=True, max_retries=None)
+    def ingest(self: Task, delivery: Delivery) -> str:
+        from worker.bookkeeping import Busy
+
+        pipeline = app.runtime.pipeline
+        try:
+            return pipeline.ingest(delivery)
+        except Busy as exc:
+            raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        except INFRA_ERRORS as exc:
+            log.warning("ingest of %s postponed: %s", delivery.get("deliveryId"), exc)
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        except Exception as exc:
+            # A bug must not lose the delivery: keep it where an operator will see it.
+            log.exception("ingest of %s failed unexpectedly", delivery.get("deliveryId"))
+            pipeline.quarantine(delivery, "internal_error",
+                                {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
+            return "quarantined"
+
+    @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
+    def download(self: Task, job: dict[str, Any]) -> str:
+        from worker.bookkeeping import Busy
+
+        try:
+            return app.runtime.pipeline.download(job)
+        except Busy as exc:
+            raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        except INFRA_ERRORS as exc:
+            log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+
+    @app.task(name=SWEEP_TASK)
+    def sweep() -> list[str]:
+        return run_sweep(app)
+
+
+def run_sweep(app: CasefetchCelery) -> list[str]:
+    """Re-queue the work of every case that has made no progress for a while."""
+    from worker.bookkeeping import Busy
+    from worker.pipeline import resume
+
+    runtime = app.runtime
+    resumed = []
+    for case in runtime.pipeline.books.stuck(app.settings.stuck_after_seconds):
+        try:
+            if resume(runtime.pipeline, case) == "resumed":
+                resumed.append(case)
+        except Busy:
+            continue
+    if resumed:
+        log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
+    return resumed
+
+
+def _backoff(retries: int) -> int:
+    return int(min(300, 2 ** min(retries, 8)))
+
+
+class Sweeper(threading.Thread):
+    """Runs the sweep every interval in one worker of the whole cluster (a Redis lock elects it)."""
+
+    def __init__(self, app: CasefetchCelery) -> None:
+        super().__init__(name="casefetch-sweeper", daemon=True)
+        self.app = app
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        interval = self.app.settings.sweep_interval_seconds
+        while not self.stopping.wait(interval):
+            try:
+                client = self.app.runtime.redis
+                if client.set("casefetch:sweep", "1", nx=True, px=int(interval * 1000 * 0.9)):
+                    run_sweep(self.app)
+            except Exception:  # the sweeper must outlive a Redis outage
+                log.warning("sweep failed; will try again", exc_info=True)
+
+
+def install_sweeper(app: CasefetchCelery) -> None:
+    holder: dict[str, Sweeper] = {}
+
+    @signals.worker_ready.connect(weak=False)
+    def start(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            holder["sweeper"] = Sweeper(app)
+            holder["sweeper"].start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def stop(sender: Any = None, **kwargs: Any) -> None:
+        if "sweeper" in holder:
+            holder["sweeper"].stopping.set()
+
+
+def worker_argv(queues: list[str] | None, concurrency: int | None,
+                loglevel: str = "INFO") -> list[str]:
+    argv = ["worker", f"--loglevel={loglevel}",
+            f"--queues={','.join(queues or ALL_QUEUES)}", "--without-gossip", "--without-mingle"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    return argv

@@ -1,0 +1,190 @@
+"""Fetching one file: streamed, hashed, checked, retried, written atomically.
+
+Memory stays bounded by the chunk size whatever the file's size: bytes go from the socket
+through the hash straight to the storage writer.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
+from worker.guard import UrlGuard
+from worker.settings import DownloadSettings
+from worker.sniff import (
+    SNIFF_BYTES,
+    TAIL_BYTES,
+    FileKind,
+    FileType,
+    accepts,
+    looks_complete,
+    sniff,
+)
+from worker.storage import Storage
+
+CHUNK_BYTES = 1024 * 1024
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "casefetch/0.1"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    key: str
+    file_type: FileType
+    sha256: str
+    size: int
+    attempts: int
+
+
+class Fetcher:
+    def __init__(self, settings: DownloadSettings, pool: urllib3.PoolManager | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.guard = UrlGuard(settings)
+        self.pool = pool or urllib3.PoolManager(
+            num_pools=32, maxsize=16, retries=False,
+            timeout=urllib3.Timeout(connect=settings.timeout_seconds,
+                                    read=settings.timeout_seconds),
+        )
+        self.sleep = sleep
+
+    def fetch(self, url: str, kind: FileKind, storage: Storage,
+              key_for: Callable[[FileType], str]) -> FetchResult:
+        """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
+
+        Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                key, file_type, sha256, size = self._attempt(url, kind, storage, key_for)
+                return FetchResult(key, file_type, sha256, size, attempts)
+            except RetryableDownloadError as exc:
+                if attempts >= self.settings.max_attempts:
+                    exc.attempts = attempts  # type: ignore[attr-defined]
+                    raise
+                self.sleep(self._backoff(attempts, exc.retry_after))
+            except DownloadError as exc:
+                exc.attempts = attempts  # type: ignore[attr-defined]
+                raise
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        cap = self.settings.backoff_max_seconds
+        ceiling = min(cap, self.settings.backoff_base_seconds * 2 ** (attempt - 1))
+        jittered = random.uniform(0, ceiling)
+        if retry_after is not None:
+            return min(cap, max(retry_after, jittered))
+        return jittered
+
+    def _open(self, url: str) -> urllib3.BaseHTTPResponse:
+        """GET ``url``, following redirects ourselves so every hop passes the guard."""
+        original_host = self.guard.check(url)
+        for _ in range(self.settings.max_redirects + 1):
+            host = self.guard.check(url)
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+            if host == original_host or host in self.settings.allowed_hosts:
+                headers.update(self.settings.extra_headers)
+            try:
+                response = self.pool.request("GET", url, headers=headers, redirect=False,
+                                             preload_content=False, decode_content=True)
+            except Urllib3Error as exc:
+                raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
+            if response.status in REDIRECT_STATUS and response.headers.get("Location"):
+                url = urljoin(url, response.headers["Location"])
+                response.drain_conn()
+                response.release_conn()
+                continue
+            return response
+        raise PermanentDownloadError("too many redirects", url)
+
+    def _attempt(self, url: str, kind: FileKind, storage: Storage,
+                 key_for: Callable[[FileType], str]) -> tuple[str, FileType, str, int]:
+        response = self._open(url)
+        try:
+            self._check_status(response, url)
+            return self._stream(response, url, kind, storage, key_for)
+        except Urllib3Error as exc:
+            raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
+        finally:
+            response.release_conn()
+
+    def _check_status(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
+        status = response.status
+        if status in RETRYABLE_STATUS:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise RetryableDownloadError(f"HTTP {status}", url, retry_after=retry_after)
+        if status != 200:
+            raise PermanentDownloadError(f"HTTP {status}", url)
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.settings.max_bytes:
+            raise PermanentDownloadError(
+                f"file of {length} bytes is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})",
+                url)
+
+    def _stream(self, response: urllib3.BaseHTTPResponse, url: str, kind: FileKind,
+                storage: Storage, key_for: Callable[[FileType], str]
+                ) -> tuple[str, FileType, str, int]:
+        chunks = response.stream(CHUNK_BYTES, decode_content=True)
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= SNIFF_BYTES:
+                break
+        if not head:
+            raise RetryableDownloadError("empty body", url)
+        file_type = sniff(head)
+        if file_type is None or not accepts(kind, file_type):
+            found = file_type.content_type if file_type else "unrecognised content"
+            wanted = "a PDF" if kind is FileKind.CASE_PDF else "an image"
+            raise PermanentDownloadError(f"expected {wanted}, got {found}", url)
+        key = key_for(file_type)
+        digest = hashlib.sha256()
+        size = 0
+        tail = b""
+        with storage.open_writer(key) as writer:
+            for chunk in _prepend(head, chunks):
+                size += len(chunk)
+                if size > self.settings.max_bytes:
+                    raise PermanentDownloadError(
+                        f"file is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})", url)
+                digest.update(chunk)
+                writer.write(chunk)
+                tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
+            if not looks_complete(file_type, tail):
+                raise RetryableDownloadError("body cut short: the file does not end", url)
+        return key, file_type, digest.hexdigest(), size
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(reason or exc)
+    return f"{type(exc).__name__}: {text}"[:300]

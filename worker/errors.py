@@ -1,0 +1,45 @@
+"""Errors of the worker.
+
+WorkerError (casefetch.errors.CasefetchError)
+ ├── DownloadError                 one file could not be fetched
+ │    ├── RetryableDownloadError   worth another attempt (network, timeout, 408/429/5xx, short body)
+ │    └── PermanentDownloadError   never worth another attempt (4xx, wrong type, too large, refused)
+ └── StorageError                  the archive could not be read or written
+      └── NotFound                 no object under that key
+"""
+
+from __future__ import annotations
+
+from casefetch.errors import CasefetchError
+
+
+class WorkerError(CasefetchError):
+    pass
+
+
+class DownloadError(WorkerError):
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+
+class RetryableDownloadError(DownloadError):
+    def __init__(self, message: str, url: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, url)
+        self.retry_after = retry_after
+
+
+class PermanentDownloadError(DownloadError):
+    pass
+
+
+class StorageError(WorkerError):
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class NotFound(StorageError):
+    pass

@@ -1,0 +1,125 @@
+"""Building the manifest: pure functions over dicts.
+
+A manifest lists every file a case references, in a fixed order (the PDF, then the items'
+images by position). While work is under way entries are ``pending``; each then becomes
+``stored`` (with sha256, size and type) or ``failed`` (with the error).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from worker import archive
+from worker.schemas import CaseCheck
+from worker.sniff import FileKind
+
+Entry = dict[str, Any]
+Manifest = dict[str, Any]
+
+
+class FileStatus(str, Enum):
+    PENDING = "pending"
+    STORED = "stored"
+    FAILED = "failed"
+
+
+class CaseStatus(str, Enum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _entry(path: str, kind: FileKind, source_url: str, **extra: Any) -> Entry:
+    entry: Entry = {"path": path, "kind": kind.value}
+    entry.update(extra)
+    entry.update({"sourceUrl": source_url, "status": FileStatus.PENDING.value, "sha256": None,
+                  "bytes": None, "contentType": None, "error": None, "attempts": 0})
+    return entry
+
+
+def stem(entry: Entry) -> str:
+    """The entry's path without the extension its content gave it."""
+    if entry["kind"] == FileKind.CASE_PDF.value:
+        return str(entry["path"])
+    path = str(entry["path"])
+    if entry["status"] == FileStatus.STORED.value:
+        return path.rsplit(".", 1)[0]
+    return path
+
+
+def plan(check: CaseCheck) -> tuple[list[Entry], list[dict[str, Any]]]:
+    """The files a case references and the problems found in its items."""
+    files = [_entry(archive.CASE_PDF, FileKind.CASE_PDF, check.case_url)]
+    warnings: list[dict[str, Any]] = []
+    for item in check.items:
+        if item.errors:
+            warnings.append({"item": item.position, "itemCfRef": item.cf_ref,
+                             "errors": item.errors})
+        url = item.image_url or item.bad_image_url
+        if not url:
+            continue
+        entry = _entry(archive.item_stem(item.position, item.cf_ref or "item"),
+                       FileKind.ITEM_IMAGE, url, itemCfRef=item.cf_ref,
+                       stepAction=item.step_action)
+        if item.image_url is None:
+            entry.update(status=FileStatus.FAILED.value,
+                         error=f"invalid imageUrl: {'; '.join(item.errors['imageUrl'])}")
+        files.append(entry)
+    return files, warnings
+
+
+def reuse(files: list[Entry], previous: Manifest | None) -> list[Entry]:
+    """Carry over what an earlier delivery already stored from the same URL to the same place."""
+    if not previous:
+        return files
+    stored = {(stem(e), e["sourceUrl"]): e for e in previous.get("files", [])
+              if e.get("status") == FileStatus.STORED.value}
+    merged = []
+    for entry in files:
+        earlier = stored.get((stem(entry), entry["sourceUrl"]))
+        if entry["status"] == FileStatus.PENDING.value and earlier is not None:
+            entry = {**entry, **{k: earlier[k] for k in
+                                 ("path", "status", "sha256", "bytes", "contentType", "attempts")
+                                 if k in earlier}, "error": None}
+        merged.append(entry)
+    return merged
+
+
+def new_manifest(check: CaseCheck, delivery_id: str, files: list[Entry],
+                 warnings: list[dict[str, Any]]) -> Manifest:
+    return {
+        "cfRef": check.cf_ref,
+        "reportId": check.report_id,
+        "status": CaseStatus.PENDING.value,
+        "updatedAt": now_iso(),
+        "deliveryId": delivery_id,
+        "files": files,
+        "warnings": warnings,
+    }
+
+
+def case_status(manifest: Manifest) -> CaseStatus:
+    statuses = {entry["status"] for entry in manifest["files"]}
+    if FileStatus.PENDING.value in statuses:
+        return CaseStatus.PENDING
+    if statuses - {FileStatus.STORED.value} or manifest.get("warnings"):
+        return CaseStatus.INCOMPLETE
+    return CaseStatus.COMPLETE
+
+
+def settle(manifest: Manifest, results: dict[int, Entry]) -> Manifest:
+    """The manifest with the download results merged in and its status computed."""
+    files = [results.get(index, entry) for index, entry in enumerate(manifest["files"])]
+    settled = {**manifest, "files": files, "updatedAt": now_iso()}
+    settled["status"] = case_status(settled).value
+    return settled
+
+
+def pending_indices(manifest: Manifest) -> list[int]:
+    return [i for i, e in enumerate(manifest["files"]) if e["status"] == FileStatus.PENDING.value]

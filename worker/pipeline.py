@@ -1,0 +1,247 @@
+"""What the tasks do: validate and plan a case, fetch its files, settle its manifest.
+
+Every step is safe to run twice: a redelivered message (after a crash) or a duplicate
+webhook finds the work done, or in hand under a lock, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from casefetch.protocol import Delivery, delivery_body
+from worker import archive
+from worker.bookkeeping import Bookkeeping, Busy
+from worker.download import Fetcher
+from worker.errors import DownloadError, NotFound
+from worker.manifest import (
+    CaseStatus,
+    Entry,
+    FileStatus,
+    Manifest,
+    new_manifest,
+    pending_indices,
+    plan,
+    reuse,
+    settle,
+)
+from worker.schemas import CaseCheck, Unarchivable, check_case
+from worker.sniff import FileKind, FileType
+from worker.storage import Storage
+
+log = logging.getLogger("casefetch.worker")
+
+#: How a download job is handed on: (case folder, generation, index, entry).
+SendDownload = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Pipeline:
+    storage: Storage
+    books: Bookkeeping
+    fetcher: Fetcher
+    send_download: SendDownload
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def ingest(self, delivery: Delivery) -> str:
+        """Archive or quarantine one delivery; return what happened (for logs and tests)."""
+        body = delivery_body(delivery)
+        try:
+            check = check_case(_decode(body))
+        except Unarchivable as exc:
+            self.quarantine(delivery, exc.reason, exc.errors)
+            return "quarantined"
+        case = archive.case_dir(check.cf_ref)
+        with self.books.lock("case", case, wait_seconds=30):
+            return self._plan(case, check, body, delivery["deliveryId"])
+
+    def _plan(self, case: str, check: CaseCheck, body: bytes, delivery_id: str) -> str:
+        previous = self._read_manifest(case)
+        current = self._read(case, archive.CASE_JSON)
+        if current == body and previous is not None:
+            if previous["status"] != CaseStatus.PENDING.value:
+                log.info("identical re-delivery of %s: nothing to do", check.cf_ref)
+                return "duplicate"
+            # Same payload, work under way (or lost): make sure every pending file is queued.
+            self._dispatch(case, previous)
+            return "resumed"
+        if current is not None and current != body:
+            earlier_id = previous.get("deliveryId") if previous else None
+            self.storage.move(archive.case_key(case, archive.CASE_JSON),
+                              archive.case_key(case, archive.history_path(
+                                  earlier_id or f"unknown-{_short_hash(current)}")))
+        if current != body:
+            self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body)
+        files, warnings = plan(check)
+        manifest = new_manifest(check, delivery_id, reuse(files, previous), warnings)
+        if previous is not None:
+            manifest["replaced"] = _orphans(previous, manifest)
+        self._write_manifest(case, manifest)
+        self._dispatch(case, manifest)
+        return "planned"
+
+    def _dispatch(self, case: str, manifest: Manifest) -> None:
+        gen = manifest["deliveryId"]
+        indices = pending_indices(manifest)
+        if self.books.generation(case) != gen:
+            self.books.start(case, gen, indices)
+        else:
+            self.books.touch(case)
+            indices = self.books.remaining(case)
+        if not self.books.remaining(case):
+            self.settle(case, gen)
+            return
+        for index in indices:
+            entry = manifest["files"][index]
+            self.send_download({"case": case, "gen": gen, "index": index,
+                                "cfRef": manifest["cfRef"], "path": entry["path"],
+                                "kind": entry["kind"], "sourceUrl": entry["sourceUrl"]})
+
+    # -- download ---------------------------------------------------------------------------
+
+    def download(self, job: dict[str, Any]) -> str:
+        """Fetch one file of a case. Raises Busy when another worker is fetching it."""
+        case, gen, index = job["case"], job["gen"], int(job["index"])
+        if self.books.generation(case) != gen:
+            return "stale"
+        if self.books.result(case, index) is None:
+            with self.books.lock("file", case, job["path"]):
+                if self.books.generation(case) != gen:
+                    return "stale"
+                if self.books.result(case, index) is None:
+                    entry = self._fetch(case, job)
+                    remaining = self.books.record(case, gen, index, entry)
+                    if remaining == 0:
+                        self.settle(case, gen)
+                    return str(entry["status"])
+        # Already fetched (a redelivered or duplicate job): make sure the case is settled.
+        if not self.books.remaining(case):
+            self.settle(case, gen)
+        return "done"
+
+    def _fetch(self, case: str, job: dict[str, Any]) -> Entry:
+        kind = FileKind(job["kind"])
+        path = job["path"]
+
+        def key_for(file_type: FileType) -> str:
+            relative = path if kind is FileKind.CASE_PDF else f"{path}.{file_type.extension}"
+            return archive.case_key(case, relative)
+
+        entry: Entry = {"path": path, "kind": kind.value}
+        try:
+            result = self.fetcher.fetch(job["sourceUrl"], kind, self.storage, key_for)
+        except DownloadError as exc:
+            attempts = getattr(exc, "attempts", 1)
+            log.warning("download failed for %s %s after %d attempt(s): %s",
+                        job["cfRef"], path, attempts, exc.message)
+            entry.update(status=FileStatus.FAILED.value, error=exc.message, attempts=attempts)
+            return entry
+        relative = result.key[len(case) + 1:]
+        entry.update(path=relative, status=FileStatus.STORED.value, sha256=result.sha256,
+                     bytes=result.size, contentType=result.file_type.content_type,
+                     error=None, attempts=result.attempts)
+        return entry
+
+    # -- settle -----------------------------------------------------------------------------
+
+    def settle(self, case: str, gen: str) -> None:
+        """Write the final manifest once every file of generation ``gen`` is done."""
+        with self.books.lock("case", case, wait_seconds=30):
+            manifest = self._read_manifest(case)
+            if manifest is None or manifest.get("deliveryId") != gen:
+                return
+            if manifest["status"] != CaseStatus.PENDING.value:
+                self.books.finish(case)
+                return
+            results = self.books.results(case)
+            merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
+            final = settle(manifest, merged)
+            if final["status"] == CaseStatus.PENDING.value:
+                return
+            replaced = final.pop("replaced", [])
+            kept = {e["path"] for e in final["files"]}
+            for path in replaced:
+                if path not in kept:
+                    self.storage.delete(archive.case_key(case, path))
+            self._write_manifest(case, final)
+            self.books.finish(case)
+            log.info("case %s %s", final["cfRef"], final["status"])
+
+    # -- quarantine -------------------------------------------------------------------------
+
+    def quarantine(self, delivery: Delivery, reason: str, errors: Any) -> None:
+        record: dict[str, Any] = {
+            "deliveryId": delivery["deliveryId"],
+            "receivedAt": delivery.get("receivedAt"),
+            "reason": reason,
+            "errors": errors,
+        }
+        if delivery.get("body") is not None:
+            record["body"] = delivery["body"]
+        else:
+            record["bodyBase64"] = delivery.get("bodyBase64")
+        record["headers"] = delivery.get("headers", {})
+        self.storage.write_bytes(archive.quarantine_key(delivery["deliveryId"]),
+                                 _dumps(record))
+        log.warning("delivery %s quarantined: %s", delivery["deliveryId"], reason)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _read(self, case: str, relative: str) -> bytes | None:
+        try:
+            return self.storage.read_bytes(archive.case_key(case, relative))
+        except NotFound:
+            return None
+
+    def _read_manifest(self, case: str) -> Manifest | None:
+        raw = self._read(case, archive.MANIFEST)
+        return json.loads(raw) if raw is not None else None
+
+    def _write_manifest(self, case: str, manifest: Manifest) -> None:
+        self.storage.write_bytes(archive.case_key(case, archive.MANIFEST), _dumps(manifest))
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise Unarchivable("not_json", {"_schema": [f"Body is not UTF-8: {exc.reason}."]}) from exc
+    except ValueError as exc:
+        raise Unarchivable("not_json", {"_schema": [f"Body is not JSON: {exc}."]}) from exc
+    except RecursionError as exc:
+        raise Unarchivable("not_json", {"_schema": ["Body is nested too deeply."]}) from exc
+
+
+def _orphans(previous: Manifest, manifest: Manifest) -> list[str]:
+    """Files an earlier delivery stored that the new one may no longer reference."""
+    now = {e["path"] for e in manifest["files"]}
+    return [e["path"] for e in previous.get("files", [])
+            if e.get("status") == FileStatus.STORED.value and e["path"] not in now]
+
+
+def _short_hash(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+__all__ = ["Busy", "Pipeline"]
+
+
+def resume(pipeline: Pipeline, case: str) -> str:
+    """Re-queue what a stuck case still needs (its messages were lost or its worker died)."""
+    with pipeline.books.lock("case", case, wait_seconds=30):
+        manifest = pipeline._read_manifest(case)
+        if manifest is None or manifest["status"] != CaseStatus.PENDING.value:
+            pipeline.books.finish(case)
+            return "finished"
+        pipeline._dispatch(case, manifest)
+        return "resumed"

@@ -1,0 +1,73 @@
+"""The worker's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casefetch import config
+from casefetch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    max_bytes: int = 1024 * 1024 * 1024
+    timeout_seconds: float = 60.0
+    max_attempts: int = 5
+    #: First backoff delay; doubles each attempt, with full jitter, capped by backoff_max.
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_networks: bool = False
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    max_redirects: int = 5
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    redis_url: str = config.DEFAULT_REDIS_URL
+    storage_backend: str = "local"
+    archive_dir: Path = Path("archive")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    #: Seconds before kombu hands an unacknowledged message to another worker; bounds how long
+    #: work held by a dead worker waits (the contract promises under two minutes).
+    visibility_timeout_seconds: int = 60
+    #: Seconds between sweeps that finish cases whose messages were lost.
+    sweep_interval_seconds: float = 30.0
+    #: A pending case with no progress for this long is considered stuck by the sweep.
+    stuck_after_seconds: float = 90.0
+
+    @classmethod
+    def from_env(cls, env: config.Env | None = None) -> WorkerSettings:
+        env = config.environ() if env is None else env
+        backend = config.read_str(env, "STORAGE_BACKEND", "local").lower()
+        if backend not in {"local", "s3"}:
+            raise ConfigError("STORAGE_BACKEND", f"expected local or s3, got {backend!r}")
+        bucket = config.read(env, "S3_BUCKET")
+        if backend == "s3" and not bucket:
+            raise ConfigError("S3_BUCKET", "required when STORAGE_BACKEND=s3")
+        download = DownloadSettings(
+            max_bytes=config.read_int(env, "DOWNLOAD_MAX_BYTES", 1024**3, 1),
+            timeout_seconds=config.read_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 60.0, 0.001),
+            max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", 5, 1),
+            backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS", 1.0),
+            backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS", 60.0),
+            allowed_hosts=tuple(h.lower() for h in config.read_list(env, "DOWNLOAD_ALLOWED_HOSTS")),
+            allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS", False),
+            extra_headers=config.read_json_object(env, "DOWNLOAD_HEADERS"),
+        )
+        return cls(
+            redis_url=config.redis_url(env),
+            storage_backend=backend,
+            archive_dir=Path(config.read_str(env, "ARCHIVE_DIR", "./archive")),
+            s3_bucket=bucket,
+            s3_prefix=config.read_str(env, "S3_PREFIX", ""),
+            s3_endpoint_url=config.read(env, "S3_ENDPOINT_URL"),
+            download=download,
+            visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT", 60, 5),
+            sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS", 30.0, 0.1),
+            stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS", 90.0, 0.1),
+        )

@@ -1,0 +1,159 @@
+"""Where the archive is written: one interface, a local-disk and an S3 implementation.
+
+Keys are relative POSIX paths (``cases/CF-1/case.pdf``). Every write is atomic: a reader
+sees the whole object under its key or nothing, never a part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
+
+from worker.errors import NotFound, StorageError
+from worker.settings import WorkerSettings
+
+TMP_DIR = ".tmp"
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse any key that could name something outside the archive root."""
+    path = PurePosixPath(key)
+    if (not key or path.is_absolute() or "\\" in key or "\x00" in key
+            or any(part in {"", ".", ".."} for part in key.split("/"))):
+        raise StorageError(f"unsafe storage key {key!r}", key)
+    return key
+
+
+class Storage(ABC):
+    @abstractmethod
+    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
+        """Stream an object; it appears under ``key`` only if the block exits cleanly."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; NotFound when there is none."""
+
+    @abstractmethod
+    def open_reader(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys below ``prefix`` (a folder-like prefix ending in ``/``), in no set order."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the archive is, for people (a path or an s3:// URL)."""
+
+    def move(self, source: str, destination: str) -> None:
+        self.write_bytes(destination, self.read_bytes(source))
+        self.delete(source)
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.tmp = self.root / TMP_DIR
+
+    def path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[Writer]:
+        final = self.path(key)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self.open_writer(key) as writer:
+            writer.write(data)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(f"no object {key}", key) from exc
+
+    @contextlib.contextmanager
+    def open_reader(self, key: str) -> Iterator[BinaryIO]:
+        try:
+            handle = self.path(key).open("rb")
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(f"no object {key}", key) from exc
+        with handle:
+            yield handle
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
+
+    def move(self, source: str, destination: str) -> None:
+        target = self.path(destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self.path(source), target)
+        except FileNotFoundError as exc:
+            raise NotFound(f"no object {source}", source) from exc
+        _fsync_dir(target.parent)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root.joinpath(*[p for p in prefix.split("/") if p])
+        if not base.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                yield f"{rel}/{name}" if rel != "." else name
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_storage(settings: WorkerSettings) -> Storage:
+    if settings.storage_backend == "s3":
+        from worker.s3 import S3Storage  # boto3 is only loaded when it is used
+
+        s3: Storage = S3Storage.from_settings(settings)
+        return s3
+    return LocalStorage(settings.archive_dir)
