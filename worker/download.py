@@ -113,11 +113,16 @@ class Fetcher:
         response = self._open(url)
         try:
             self._check_status(response, url)
-            return self._stream(response, url, kind, storage, key_for)
+            stored = self._stream(response, url, kind, storage, key_for)
         except Urllib3Error as exc:
+            response.close()
             raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
-        finally:
-            response.release_conn()
+        except BaseException:
+            # Unread bytes may remain: this connection must not be reused.
+            response.close()
+            raise
+        response.release_conn()
+        return stored
 
     def _check_status(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
         status = response.status
