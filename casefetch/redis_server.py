@@ -67,6 +67,13 @@ class RedisServer:
             time.sleep(0.05)
         return self
 
+    def kill(self) -> None:
+        """Stop at once, as a crash would (SIGKILL): only what was fsynced survives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

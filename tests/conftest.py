@@ -249,3 +249,27 @@ def receiver(redis_server: RedisServer,
     process = ReceiverProcess(receiver_env(redis_server.url), log_path).start()
     yield process
     process.stop()
+
+
+# -- summary lines (the fault-injection suite reports its figures at the end of the run) ----
+
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SUMMARY] = []
+
+
+@pytest.fixture
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Add a line to the run's closing summary."""
+    return request.config.stash[SUMMARY].append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("fault-injection summary")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -7,6 +7,8 @@ fetches a file cost.
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -24,6 +26,8 @@ class Fault:
     truncate: int | None = None
     lie_length: int | None = None
     delay: float = 0.0
+    #: Close the connection abruptly (RST) after this many body bytes.
+    reset_after: int | None = None
 
 
 @dataclass
@@ -35,6 +39,8 @@ class Route:
     always: Fault | None = None
     redirect_to: str | None = None
     chunked: bool = False
+    #: Pause after each 64 KiB written: a slow host (or one that stalls mid-body).
+    chunk_delay: float = 0.0
 
 
 class FileServer:
@@ -44,6 +50,7 @@ class FileServer:
         self.served: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.in_flight_paths: Counter[str] = Counter()
         self.lock = threading.Lock()
         server = self
 
@@ -80,14 +87,17 @@ class FileServer:
         self.httpd.server_close()
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0]
         with self.lock:
             self.in_flight += 1
+            self.in_flight_paths[path] += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             self._handle(request)
         finally:
             with self.lock:
                 self.in_flight -= 1
+                self.in_flight_paths[path] -= 1
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:  # noqa: C901
         path = request.path.split("?", 1)[0]
@@ -134,7 +144,19 @@ class FileServer:
             request.close_connection = True
         request.end_headers()
         try:
-            if route.chunked:
+            if fault is not None and fault.reset_after is not None:
+                request.wfile.write(data[: fault.reset_after])
+                request.wfile.flush()
+                request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+                request.close_connection = True
+                return
+            if route.chunk_delay:
+                for start in range(0, len(data), 65536):
+                    request.wfile.write(data[start:start + 65536])
+                    request.wfile.flush()
+                    time.sleep(route.chunk_delay)
+            elif route.chunked:
                 for start in range(0, len(data), 65536):
                     part = data[start:start + 65536]
                     request.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")

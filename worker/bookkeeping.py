@@ -4,7 +4,9 @@ Per case (keys from :func:`casefetch.constants.case_key`):
 
 - ``gen``: the deliveryId whose files are being fetched; results of any other are stale;
 - ``pending``: set of manifest indices still to fetch;
-- ``results``: hash index → finished manifest entry (JSON).
+- ``results``: hash index → finished manifest entry (JSON);
+- ``intents``: hash index → a verified file about to be renamed into place (JSON), so a
+  worker that dies between the rename and ``record`` costs no second download.
 
 ``casefetch:active`` scores every case with work outstanding by the time of its last
 progress, so the sweep finds stuck ones without scanning the archive. Locks keep two workers
@@ -43,7 +45,8 @@ class Bookkeeping:
     def start(self, case: str, gen: str, indices: list[int]) -> None:
         """Make ``gen`` the case's current work, with ``indices`` still to fetch."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(case_key(case, "pending"), case_key(case, "results"))
+        pipe.delete(case_key(case, "pending"), case_key(case, "results"),
+                    case_key(case, "intents"))
         pipe.set(case_key(case, "gen"), gen)
         if indices:
             pipe.sadd(case_key(case, "pending"), *indices)
@@ -58,6 +61,13 @@ class Bookkeeping:
 
     def result(self, case: str, index: int) -> dict[str, Any] | None:
         raw = self.redis.hget(case_key(case, "results"), str(index))
+        return json.loads(raw) if raw is not None else None
+
+    def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
+        self.redis.hset(case_key(case, "intents"), str(index), json.dumps(entry))
+
+    def intent(self, case: str, index: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(case_key(case, "intents"), str(index))
         return json.loads(raw) if raw is not None else None
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
@@ -83,7 +93,8 @@ class Bookkeeping:
 
     def finish(self, case: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "gen"))
+        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "gen"),
+                    case_key(case, "intents"))
         pipe.zrem(ACTIVE_CASES_KEY, case)
         pipe.execute()
 

@@ -58,7 +58,9 @@ class Runtime:
                                           socket_connect_timeout=5, health_check_interval=30)
         self.pipeline = Pipeline(
             storage=make_storage(settings),
-            books=Bookkeeping(self.redis),
+            # A file lock outlives its holder by at most the visibility timeout, so work
+            # redelivered after a crash waits no longer than the message did.
+            books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
             fetcher=Fetcher(settings.download),
             send_download=lambda job: app.send_task(DOWNLOAD_TASK, args=[job],
                                                     queue=DOWNLOAD_QUEUE),
@@ -166,6 +168,10 @@ def run_sweep(app: CasefetchCelery) -> list[str]:
             continue
     if resumed:
         log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
+    stale_after = max(600.0, 10 * app.settings.download.timeout_seconds)
+    removed = runtime.pipeline.storage.remove_stale_temp(stale_after)
+    if removed:
+        log.info("sweep removed %d temporary file(s) left by dead writers", removed)
     return resumed
 
 

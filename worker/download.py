@@ -59,16 +59,21 @@ class Fetcher:
         self.sleep = sleep
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
-              key_for: Callable[[FileType], str]) -> FetchResult:
+              key_for: Callable[[FileType], str],
+              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
         """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
 
+        ``before_commit`` sees the verified result just before the file takes its final name
+        (the pipeline notes it, so a crash right after the rename costs no second download).
         Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
         """
         attempts = 0
         while True:
             attempts += 1
             try:
-                key, file_type, sha256, size = self._attempt(url, kind, storage, key_for)
+                key, file_type, sha256, size = self._attempt(
+                    url, kind, storage, key_for,
+                    _bind_attempts(before_commit, attempts))
                 return FetchResult(key, file_type, sha256, size, attempts)
             except RetryableDownloadError as exc:
                 if attempts >= self.settings.max_attempts:
@@ -109,11 +114,13 @@ class Fetcher:
         raise PermanentDownloadError("too many redirects", url)
 
     def _attempt(self, url: str, kind: FileKind, storage: Storage,
-                 key_for: Callable[[FileType], str]) -> tuple[str, FileType, str, int]:
+                 key_for: Callable[[FileType], str],
+                 before_commit: Callable[[str, FileType, str, int], None] | None = None,
+                 ) -> tuple[str, FileType, str, int]:
         response = self._open(url)
         try:
             self._check_status(response, url)
-            stored = self._stream(response, url, kind, storage, key_for)
+            stored = self._stream(response, url, kind, storage, key_for, before_commit)
         except Urllib3Error as exc:
             response.close()
             raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
@@ -138,7 +145,8 @@ class Fetcher:
                 url)
 
     def _stream(self, response: urllib3.BaseHTTPResponse, url: str, kind: FileKind,
-                storage: Storage, key_for: Callable[[FileType], str]
+                storage: Storage, key_for: Callable[[FileType], str],
+                before_commit: Callable[[str, FileType, str, int], None] | None = None,
                 ) -> tuple[str, FileType, str, int]:
         chunks = response.stream(CHUNK_BYTES, decode_content=True)
         head = b""
@@ -168,7 +176,20 @@ class Fetcher:
                 tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
             if not looks_complete(file_type, tail):
                 raise RetryableDownloadError("body cut short: the file does not end", url)
+            if before_commit is not None:
+                before_commit(key, file_type, digest.hexdigest(), size)
         return key, file_type, digest.hexdigest(), size
+
+
+def _bind_attempts(hook: Callable[[FetchResult], None] | None, attempts: int
+                   ) -> Callable[[str, FileType, str, int], None] | None:
+    if hook is None:
+        return None
+
+    def call(key: str, file_type: FileType, sha256: str, size: int) -> None:
+        hook(FetchResult(key, file_type, sha256, size, attempts))
+
+    return call
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -6,6 +6,7 @@ webhook finds the work done, or in hand under a lock, and changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 from casefetch.protocol import Delivery, delivery_body
 from worker import archive
 from worker.bookkeeping import Bookkeeping, Busy
-from worker.download import Fetcher
+from worker.download import Fetcher, FetchResult
 from worker.errors import DownloadError, NotFound
 from worker.manifest import (
     CaseStatus,
@@ -113,7 +114,7 @@ class Pipeline:
                 if self.books.generation(case) != gen:
                     return "stale"
                 if self.books.result(case, index) is None:
-                    entry = self._fetch(case, job)
+                    entry = self._adopt(case, job) or self._fetch(case, job)
                     remaining = self.books.record(case, gen, index, entry)
                     if remaining == 0:
                         self.settle(case, gen)
@@ -131,20 +132,39 @@ class Pipeline:
             relative = path if kind is FileKind.CASE_PDF else f"{path}.{file_type.extension}"
             return archive.case_key(case, relative)
 
+        def note_intent(result: FetchResult) -> None:
+            self.books.intend(case, int(job["index"]), _stored_entry(case, path, kind, result))
+            log.info("storing %s sha256=%s bytes=%d", result.key, result.sha256, result.size)
+
         entry: Entry = {"path": path, "kind": kind.value}
         try:
-            result = self.fetcher.fetch(job["sourceUrl"], kind, self.storage, key_for)
+            result = self.fetcher.fetch(job["sourceUrl"], kind, self.storage, key_for,
+                                        before_commit=note_intent)
         except DownloadError as exc:
             attempts = getattr(exc, "attempts", 1)
             log.warning("download failed for %s %s after %d attempt(s): %s",
                         job["cfRef"], path, attempts, exc.message)
             entry.update(status=FileStatus.FAILED.value, error=exc.message, attempts=attempts)
             return entry
-        relative = result.key[len(case) + 1:]
-        entry.update(path=relative, status=FileStatus.STORED.value, sha256=result.sha256,
-                     bytes=result.size, contentType=result.file_type.content_type,
-                     error=None, attempts=result.attempts)
-        return entry
+        return _stored_entry(case, path, kind, result)
+
+    def _adopt(self, case: str, job: dict[str, Any]) -> Entry | None:
+        """The file a dead worker verified and renamed into place, if it is there, whole."""
+        intent = self.books.intent(case, int(job["index"]))
+        if intent is None:
+            return None
+        key = archive.case_key(case, intent["path"])
+        digest = hashlib.sha256()
+        try:
+            with self.storage.open_reader(key) as reader:
+                for block in iter(lambda: reader.read(1024 * 1024), b""):
+                    digest.update(block)
+        except NotFound:
+            return None
+        if digest.hexdigest() != intent["sha256"]:
+            return None
+        log.info("adopting %s/%s, stored before its worker died", job["cfRef"], intent["path"])
+        return intent
 
     # -- settle -----------------------------------------------------------------------------
 
@@ -205,6 +225,13 @@ class Pipeline:
         self.storage.write_bytes(archive.case_key(case, archive.MANIFEST), _dumps(manifest))
 
 
+def _stored_entry(case: str, path: str, kind: FileKind, result: FetchResult) -> Entry:
+    return {"path": result.key[len(case) + 1:], "kind": kind.value,
+            "status": FileStatus.STORED.value, "sha256": result.sha256, "bytes": result.size,
+            "contentType": result.file_type.content_type, "error": None,
+            "attempts": result.attempts}
+
+
 def _decode(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -224,8 +251,6 @@ def _orphans(previous: Manifest, manifest: Manifest) -> list[str]:
 
 
 def _short_hash(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -66,6 +67,10 @@ class Storage(ABC):
     def move(self, source: str, destination: str) -> None:
         self.write_bytes(destination, self.read_bytes(source))
         self.delete(source)
+
+    def remove_stale_temp(self, older_than_seconds: float) -> int:
+        """Delete what writers killed mid-write left behind; return how many were removed."""
+        return 0
 
 
 class LocalStorage(Storage):
@@ -140,6 +145,20 @@ class LocalStorage(Storage):
 
     def describe(self) -> str:
         return str(self.root)
+
+    def remove_stale_temp(self, older_than_seconds: float) -> int:
+        # A live writer touches its file at least every DOWNLOAD_TIMEOUT_SECONDS; one left
+        # alone far longer belongs to a process that died.
+        if not self.tmp.is_dir():
+            return 0
+        ceiling = time.time() - older_than_seconds
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < ceiling:
+                    part.unlink()
+                    removed += 1
+        return removed
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,148 @@
+"""Redelivery after a crash at each step of a case's life: the pipeline, run directly on a real
+Redis and a real local archive, picks up where the dead worker stopped and nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from casefetch.protocol import make_delivery
+from casefetch.redis_server import RedisServer
+from tests import samples
+from tests.fileserver import FileServer
+from worker.bookkeeping import Bookkeeping
+from worker.download import Fetcher
+from worker.pipeline import Pipeline, resume
+from worker.settings import DownloadSettings
+from worker.storage import LocalStorage
+
+
+@pytest.fixture
+def own_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pipeline(own_redis: redis.Redis, tmp_path: Path) -> tuple[Pipeline, list[dict[str, Any]]]:
+    sent: list[dict[str, Any]] = []
+    return Pipeline(storage=LocalStorage(tmp_path / "archive"),
+                    books=Bookkeeping(own_redis, lock_seconds=5),
+                    fetcher=Fetcher(DownloadSettings(allow_private_networks=True)),
+                    send_download=sent.append), sent
+
+
+def delivery_for(file_server: FileServer, cf: str) -> dict[str, Any]:
+    body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
+                                     [samples.item("A", file_server.add(f"rec/{cf}/a",
+                                                                        samples.png()))]))
+    return dict(make_delivery(body, {}))
+
+
+def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> None:
+    while sent:
+        pipe.download(sent.pop(0))
+
+
+def test_ingest_redelivered_after_a_crash_before_the_manifest(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+    pipe, sent = pipeline
+    delivery = delivery_for(file_server, "REC-1")
+    # The dead worker got as far as writing case.json.
+    pipe.storage.write_bytes("cases/REC-1/case.json", delivery["body"].encode())
+    assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
+    run_all(pipe, sent)
+    manifest = pipe._read_manifest("cases/REC-1")
+    assert manifest is not None and manifest["status"] == "complete"
+    assert not pipe.storage.exists("cases/REC-1/history")
+
+
+def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+    pipe, sent = pipeline
+    delivery = delivery_for(file_server, "REC-2")
+    assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
+    sent.clear()  # the messages never reached Redis
+    assert pipe.ingest(delivery) == "resumed"  # type: ignore[arg-type]
+    assert len(sent) == 2
+    run_all(pipe, sent)
+    assert file_server.served["/rec/REC-2/pdf"] == 1
+
+
+class Crash(BaseException):
+    """The worker process dies here."""
+
+
+def test_download_redelivered_after_the_file_was_put_in_place(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe, sent = pipeline
+    pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
+    job = sent[0]
+
+    def die(*args: object) -> None:
+        raise Crash
+
+    # The worker dies right after the rename: its result never reaches the bookkeeping.
+    with monkeypatch.context() as patch:
+        patch.setattr(pipe.books, "record", die)
+        with pytest.raises(Crash):
+            pipe.download(job)
+    assert pipe.storage.exists("cases/REC-3/case.pdf")
+    assert pipe.download(job) == "stored"  # adopted, not fetched again
+    assert file_server.served["/rec/REC-3/pdf"] == 1
+    run_all(pipe, sent[1:])
+
+
+def test_sweep_resumes_a_case_whose_messages_were_lost(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+    pipe, sent = pipeline
+    pipe.ingest(delivery_for(file_server, "REC-4"))  # type: ignore[arg-type]
+    sent.clear()
+    assert pipe.books.stuck(older_than_seconds=-1) == ["cases/REC-4"]
+    assert resume(pipe, "cases/REC-4") == "resumed"
+    run_all(pipe, sent)
+    manifest = pipe._read_manifest("cases/REC-4")
+    assert manifest is not None and manifest["status"] == "complete"
+    assert pipe.books.stuck(older_than_seconds=-1) == []
+    assert resume(pipe, "cases/REC-4") == "finished"
+
+
+def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, Any]]],
+                                     file_server: FileServer) -> None:
+    pipe, sent = pipeline
+    first = delivery_for(file_server, "REC-5")
+    pipe.ingest(first)  # type: ignore[arg-type]
+    old_jobs = list(sent)
+    sent.clear()
+    changed = dict(make_delivery(samples.body(samples.case(
+        "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {}))
+    pipe.ingest(changed)  # type: ignore[arg-type]
+    assert [pipe.download(job) for job in old_jobs] == ["stale", "stale"]
+    run_all(pipe, sent)
+    manifest = pipe._read_manifest("cases/REC-5")
+    assert manifest is not None and manifest["status"] == "complete"
+    assert [f["path"] for f in manifest["files"]] == ["case.pdf"]
+    assert file_server.hits["/rec/REC-5/pdf"] == 0
+    assert pipe.storage.exists(f"cases/REC-5/history/{first['deliveryId']}.json")
+
+
+def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    storage = LocalStorage(tmp_path)
+    storage.tmp.mkdir(parents=True)
+    old, fresh = storage.tmp / "old.part", storage.tmp / "fresh.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert storage.remove_stale_temp(600) == 1
+    assert not old.exists() and fresh.exists()
