@@ -24,9 +24,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str = "INFO") -> None:
+    from casefetch import logs
+
+    logs.setup(level.upper())
 
 
 @click.group()
@@ -77,9 +78,11 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
         settings = WorkerSettings.from_env()
     except CasefetchError as exc:
         fail(str(exc))
-    _setup_logging()
+    _setup_logging(loglevel)
     app = create_celery_app(settings)
     install_sweeper(app)
+    from worker.observe import install
+    install(app, settings.metrics_port)
     app.worker_main(worker_argv(chosen, concurrency, loglevel))
 
 
@@ -193,3 +196,9 @@ def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
     click.echo(f"{response.status} {text}")
     if not 200 <= response.status < 300:
         sys.exit(1)
+
+
+from casefetch.cli_archive import archive, quarantine  # noqa: E402
+
+main.add_command(archive)
+main.add_command(quarantine)
