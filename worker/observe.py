@@ -184,9 +184,11 @@ class ObservedStorage(Storage):
         self.metrics.cases.labels(outcome=status).inc()
         files = manifest.get("files", [])
         stored = sum(1 for f in files if f.get("status") == "stored")
-        log.info("case settled", extra=logs.fields(
-            cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"), status=status,
-            files=len(files), stored=stored, warnings=len(manifest.get("warnings") or [])))
+        with logs.bound(path=None):  # the file whose download settled it is not the point
+            log.info("case settled", extra=logs.fields(
+                cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"),
+                status=status, files=len(files), stored=stored,
+                warnings=len(manifest.get("warnings") or [])))
 
     def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
         return self.inner.open_writer(key)
