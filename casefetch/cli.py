@@ -107,8 +107,15 @@ def run(host: str, port: int, concurrency: int | None) -> None:
                 + (["--concurrency", str(concurrency)] if concurrency else [])]
     children = [subprocess.Popen(cmd, env=env) for cmd in commands]
     shown = "127.0.0.1" if host == "0.0.0.0" else host
+    if env.get("STORAGE_BACKEND", "").lower() == "s3":
+        archive = f"s3://{env.get('S3_BUCKET', '')}/{env.get('S3_PREFIX', '')}"
     click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
-               f"files land in {Path(archive).resolve()}. Ctrl-C stops.")
+               f"files land in {Path(archive).resolve() if '://' not in archive else archive}. "
+               "Ctrl-C stops.")
+    metrics_port = env.get("WORKER_METRICS_PORT", "9808")
+    click.echo(f"metrics: http://{shown}:{port}/metrics (receiver)"
+               + (f", http://{shown}:{metrics_port}/metrics (worker)"
+                  if metrics_port != "0" else ""))
     code = _supervise(children)
     if redis_server is not None:
         redis_server.stop()

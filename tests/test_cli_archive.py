@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import subprocess
@@ -240,3 +241,52 @@ def test_commands_fail_in_one_line_when_redis_is_down(tmp_path: Path) -> None:
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     one_line_failure(result)
     assert "cannot reach Redis" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("worker.s3") is None,
+                    reason="the S3 backend (worker/s3.py) is not on this branch yet")
+def test_commands_work_on_an_s3_archive(
+        redis_server: RedisServer, archive: Archive, two_cases: tuple[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from casefetch.redis_server import free_port
+    from worker.settings import WorkerSettings
+    from worker.storage import make_storage
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        s3_env = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "casefetch-verify", "S3_PREFIX": "arc/",
+                  "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                  "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        for name, setting in s3_env.items():
+            monkeypatch.setenv(name, setting)
+        import boto3
+
+        boto3.client("s3", endpoint_url=s3_env["S3_ENDPOINT_URL"]).create_bucket(
+            Bucket=s3_env["S3_BUCKET"])
+        s3 = make_storage(WorkerSettings.from_env())
+        local = LocalStorage(archive.root)
+        good, bad = two_cases
+        for cf in (good, bad):  # the archive the real pipeline wrote, as it would be on S3
+            folder = archive.case(cf).relative_to(archive.root).as_posix()
+            for key in local.list(f"{folder}/"):
+                s3.write_bytes(key, local.read_bytes(key))
+        env = {**worker_env(redis_server.url, archive.root), **s3_env}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "casefetch", *args], env=env,
+                                  capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+        listed = {c["cfRef"]: c["status"] for c in as_json(run("archive", "list", "--json"))}
+        assert listed == {good: "complete", bad: "incomplete"}
+        assert as_json(run("archive", "show", good, "--json"))["manifest"]["cfRef"] == good
+        assert run("archive", "verify").returncode == 0
+        s3.write_bytes(f"cases/{good}/case.pdf", b"%PDF-tampered")
+        tampered = run("archive", "verify")
+        assert tampered.returncode == 1
+        assert f"{good}\tcase.pdf\tsha256 mismatch" in tampered.stdout
+    finally:
+        server.stop()
