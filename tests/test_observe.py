@@ -8,13 +8,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
 from casefetch import logs
 from tests import samples
-from tests.conftest import TOKEN, Archive, ReceiverProcess, WorkerProcess, wait_for
+from tests.conftest import ROOT, TOKEN, Archive, ReceiverProcess, WorkerProcess, wait_for
 from tests.fileserver import Fault, FileServer
 from tests.test_pipeline import enqueue_raw
 
@@ -29,6 +30,12 @@ def scrape(url: str) -> Samples:
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+def families(url: str) -> set[str]:
+    """Names of the metric families served, even those with no sample yet."""
+    text = urllib3.request("GET", url, retries=False, timeout=5).data.decode()
+    return {family.name for family in text_string_to_metric_families(text)}
 
 
 def value(samples_: Samples, name: str, **labels: str) -> float:
@@ -166,3 +173,34 @@ def test_log_format_follows_the_terminal() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_dashboard_and_scrape_config_match_what_is_exported(
+        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
+        archive: Archive, unique: Callable[[str], str]) -> None:
+    import re
+
+    yaml = pytest.importorskip("yaml")
+    cf = unique("DASH")
+    assert receiver.post(samples.body(samples.case(
+        cf, file_server.add(f"{cf}/pdf", samples.pdf()))))[0] == 202
+    archive.settled(cf)
+    exported = families(f"{receiver.url}/metrics") | families(worker_metrics_url(worker))
+    deploy = ROOT / "deploy"
+    dashboard = json.loads((deploy / "grafana/dashboards/casefetch.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
+            for name in re.findall(r"(casefetch_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b",
+                                   target["expr"])}
+    assert used and used <= exported, used - exported
+
+    scrape_config = yaml.safe_load((deploy / "prometheus/prometheus.yml").read_text())
+    ports = {job["job_name"]: job["dns_sd_configs"][0]["port"]
+             for job in scrape_config["scrape_configs"]}
+    assert ports == {"casefetch-receiver": 8080, "casefetch-worker": 9808}
+    compose = yaml.safe_load((deploy / "compose.monitoring.yml").read_text())
+    assert {name: service["profiles"] for name, service in compose["services"].items()} == {
+        "prometheus": ["monitoring"], "grafana": ["monitoring"]}
+    for service in compose["services"].values():
+        for volume in service["volumes"]:
+            source = volume.split(":", 1)[0]
+            assert not source.startswith("./") or (ROOT / source).exists(), source
