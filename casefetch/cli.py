@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from casefetch import cli_archive
 from casefetch.errors import CasefetchError
 
 if TYPE_CHECKING:
@@ -109,9 +110,10 @@ def run(host: str, port: int, concurrency: int | None) -> None:
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     if env.get("STORAGE_BACKEND", "").lower() == "s3":
         archive = f"s3://{env.get('S3_BUCKET', '')}/{env.get('S3_PREFIX', '')}"
+    else:
+        archive = str(Path(archive).resolve())
     click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
-               f"files land in {Path(archive).resolve() if '://' not in archive else archive}. "
-               "Ctrl-C stops.")
+               f"files land in {archive}. Ctrl-C stops.")
     metrics_port = env.get("WORKER_METRICS_PORT", "9808")
     click.echo(f"metrics: http://{shown}:{port}/metrics (receiver)"
                + (f", http://{shown}:{metrics_port}/metrics (worker)"
@@ -205,7 +207,5 @@ def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
         sys.exit(1)
 
 
-from casefetch.cli_archive import archive, quarantine  # noqa: E402
-
-main.add_command(archive)
-main.add_command(quarantine)
+main.add_command(cli_archive.archive)
+main.add_command(cli_archive.quarantine)
