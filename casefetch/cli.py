@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from casefetch import cli_archive
 from casefetch.errors import CasefetchError
 
 if TYPE_CHECKING:
@@ -24,9 +25,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str = "INFO") -> None:
+    from casefetch import logs
+
+    logs.setup(level.upper())
 
 
 @click.group()
@@ -77,9 +79,11 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
         settings = WorkerSettings.from_env()
     except CasefetchError as exc:
         fail(str(exc))
-    _setup_logging()
+    _setup_logging(loglevel)
     app = create_celery_app(settings)
     install_sweeper(app)
+    from worker.observe import install
+    install(app, settings.metrics_port)
     app.worker_main(worker_argv(chosen, concurrency, loglevel))
 
 
@@ -104,8 +108,16 @@ def run(host: str, port: int, concurrency: int | None) -> None:
                 + (["--concurrency", str(concurrency)] if concurrency else [])]
     children = [subprocess.Popen(cmd, env=env) for cmd in commands]
     shown = "127.0.0.1" if host == "0.0.0.0" else host
+    if env.get("STORAGE_BACKEND", "").lower() == "s3":
+        archive = f"s3://{env.get('S3_BUCKET', '')}/{env.get('S3_PREFIX', '')}"
+    else:
+        archive = str(Path(archive).resolve())
     click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
-               f"files land in {Path(archive).resolve()}. Ctrl-C stops.")
+               f"files land in {archive}. Ctrl-C stops.")
+    metrics_port = env.get("WORKER_METRICS_PORT", "9808")
+    click.echo(f"metrics: http://{shown}:{port}/metrics (receiver)"
+               + (f", http://{shown}:{metrics_port}/metrics (worker)"
+                  if metrics_port != "0" else ""))
     code = _supervise(children)
     if redis_server is not None:
         redis_server.stop()
@@ -193,3 +205,7 @@ def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
     click.echo(f"{response.status} {text}")
     if not 200 <= response.status < 300:
         sys.exit(1)
+
+
+main.add_command(cli_archive.archive)
+main.add_command(cli_archive.quarantine)

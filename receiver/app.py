@@ -6,10 +6,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from casefetch.logs import fields
 from casefetch.protocol import make_delivery, safe_headers
 from receiver.auth import AuthError, authenticate, needs_body, parse_authorization
 from receiver.enqueue import EnqueueError, Enqueuer
@@ -46,19 +48,19 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _is_json_object(body: bytes) -> str | None:
-    """None when ``body`` is a JSON object, else a short reason."""
+def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """``(the object, None)`` when ``body`` is a JSON object, else ``(None, a short reason)``."""
     try:
         parsed = json.loads(body)
     except UnicodeDecodeError:
-        return "body is not UTF-8"
+        return None, "body is not UTF-8"
     except ValueError:
-        return "body is not valid JSON"
+        return None, "body is not valid JSON"
     except RecursionError:
-        return "body is nested too deeply"
+        return None, "body is nested too deeply"
     if not isinstance(parsed, dict):
-        return "body is not a JSON object"
-    return None
+        return None, "body is not a JSON object"
+    return parsed, None
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
@@ -88,9 +90,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
             log.info("webhook refused: %s", exc.reason)
             return _unauthorized(settings)
 
-    problem = _is_json_object(body)
-    if problem is not None:
-        return _error(400, problem)
+    parsed, problem = _json_object(body)
+    if parsed is None:
+        return _error(400, problem or "body is not a JSON object")
 
     delivery = make_delivery(body, safe_headers(request.headers.items()))
     started = time.perf_counter()
@@ -102,6 +104,10 @@ async def handle_webhook(request: web.Request) -> web.Response:
                       {"Retry-After": str(settings.retry_after_seconds)})
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     metrics.payload_bytes.observe(len(body))
+    cf_ref = parsed.get("cfRef")
+    log.info("delivery accepted", extra=fields(
+        deliveryId=delivery["deliveryId"], cfRef=cf_ref if isinstance(cf_ref, str) else None,
+        scheme=scheme.value, bytes=len(body)))
     return web.json_response(
         {"status": "accepted", "deliveryId": delivery["deliveryId"]}, status=202
     )

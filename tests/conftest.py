@@ -75,6 +75,7 @@ def worker_env(redis_url: str, archive: Path, **extra: str) -> dict[str, str]:
         "DOWNLOAD_BACKOFF_BASE_SECONDS": "0.05",
         "DOWNLOAD_BACKOFF_MAX_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
+        "WORKER_METRICS_PORT": "0",
     })
     env.update(extra)
     return env
@@ -126,8 +127,11 @@ class WorkerProcess:
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, archive_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    from casefetch.redis_server import free_port
+
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = WorkerProcess(worker_env(redis_server.url, archive_dir), log_path).start()
+    env = worker_env(redis_server.url, archive_dir, WORKER_METRICS_PORT=str(free_port()))
+    process = WorkerProcess(env, log_path).start()
     yield process
     process.stop()
 

@@ -128,6 +128,6 @@ def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileSe
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
-    assert "files land in" in out
+    assert "files land in" in out and "/metrics (receiver)" in out
     assert process.returncode == 0, out
     json.dumps(manifest)

@@ -127,9 +127,14 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
     stores: dict[str, int] = {}
     for process in workers:
         for line in process.log().splitlines():
-            if " storing cases/" in line:
-                key = line.split(" storing ", 1)[1].split(" ", 1)[0]
+            try:
+                message = str(json.loads(line)["msg"])
+            except (ValueError, KeyError, TypeError):
+                message = line
+            if "storing cases/" in message:
+                key = message.split("storing ", 1)[1].split(" ", 1)[0]
                 stores[key] = stores.get(key, 0) + 1
+    assert stores, "no 'storing' line in the workers' logs: the count would be meaningless"
     return sum(count - 1 for count in stores.values())
 
 

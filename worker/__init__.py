@@ -16,8 +16,10 @@ def __getattr__(name: str) -> Any:
     if name in {"app", "celery"}:
         if _app is None:
             from worker.celery_app import create_celery_app, install_sweeper
+            from worker.observe import install
 
             _app = create_celery_app()
             install_sweeper(_app)
+            install(_app, _app.settings.metrics_port)
         return _app
     raise AttributeError(name)

@@ -147,6 +147,10 @@ def _register_tasks(app: CasefetchCelery) -> None:
         except INFRA_ERRORS as exc:
             log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        except Exception as exc:
+            # A bug must not leave the case pending for ever: record the file as failed.
+            log.exception("download %s/%s failed unexpectedly", job.get("case"), job.get("path"))
+            return app.runtime.pipeline.fail(job, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> list[str]:

@@ -124,6 +124,15 @@ class Pipeline:
             self.settle(case, gen)
         return "done"
 
+    def fail(self, job: dict[str, Any], error: str) -> str:
+        """Record a file as failed for good (the download itself broke) and settle if last."""
+        case, gen, index = job["case"], job["gen"], int(job["index"])
+        entry: Entry = {"path": job["path"], "kind": job["kind"],
+                        "status": FileStatus.FAILED.value, "error": error[:500], "attempts": 1}
+        if self.books.record(case, gen, index, entry) == 0:
+            self.settle(case, gen)
+        return "failed"
+
     def _fetch(self, case: str, job: dict[str, Any]) -> Entry:
         kind = FileKind(job["kind"])
         path = job["path"]

@@ -39,6 +39,8 @@ class WorkerSettings:
     sweep_interval_seconds: float = 30.0
     #: A pending case with no progress for this long is considered stuck by the sweep.
     stuck_after_seconds: float = 90.0
+    #: Port of the worker's Prometheus /metrics (0: not served).
+    metrics_port: int = 9808
 
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> WorkerSettings:
@@ -70,4 +72,5 @@ class WorkerSettings:
             visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT", 60, 5),
             sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS", 30.0, 0.1),
             stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS", 90.0, 0.1),
+            metrics_port=config.read_int(env, "WORKER_METRICS_PORT", 9808, 0),
         )

@@ -1,0 +1,296 @@
+"""What a worker tells operators: Prometheus metrics on its own port, and one log line per
+delivery, per file and per settled case.
+
+Nothing here changes what the pipeline does. It hooks in from the outside: Celery signals
+bind ``deliveryId`` and ``cfRef`` to every log line of a task and count deliveries and task
+retries; the pipeline's fetcher and storage are wrapped to time downloads and see manifests
+settle. The worker runs Celery's threads pool in one process, so one registry sees it all.
+
+Queue depth, cases in progress and quarantine size are read at scrape time; the quarantine is
+listed at most every ``QUARANTINE_REFRESH_SECONDS`` (listing S3 on every scrape would cost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+from celery import signals
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from casefetch import logs
+from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, INGEST_TASK
+from casefetch.protocol import Delivery, delivery_body
+from worker import archive
+from worker.download import FetchResult
+from worker.errors import DownloadError, StorageError
+from worker.sniff import FileKind, FileType
+from worker.storage import Storage, Writer
+
+log = logging.getLogger("casefetch.worker")
+
+QUARANTINE_REFRESH_SECONDS = 60.0
+_FINAL_STATUSES = frozenset({"complete", "incomplete"})
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.deliveries = Counter(
+            "casefetch_worker_deliveries", "Deliveries ingested, by outcome "
+            "(planned, duplicate, resumed, quarantined)", ["outcome"], registry=registry)
+        self.cases = Counter(
+            "casefetch_worker_cases", "Cases settled, by outcome (complete, incomplete)",
+            ["outcome"], registry=registry)
+        self.files = Counter(
+            "casefetch_worker_files", "Files fetched, by outcome (stored, failed)",
+            ["outcome", "kind"], registry=registry)
+        self.bytes = Counter(
+            "casefetch_worker_downloaded_bytes", "Bytes of files stored", registry=registry)
+        self.download_seconds = Histogram(
+            "casefetch_worker_download_seconds", "Time to fetch one file, retries included",
+            ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry)
+        self.download_retries = Counter(
+            "casefetch_worker_download_retries", "Download attempts beyond the first",
+            registry=registry)
+        self.task_retries = Counter(
+            "casefetch_worker_task_retries", "Tasks put back for later (lock busy, Redis or "
+            "archive unavailable), by task", ["task"], registry=registry)
+
+
+class BacklogCollector(Collector):
+    """Gauges read at scrape time: queue depth, cases in progress, quarantine size."""
+
+    def __init__(self, redis_client: Any, storage: Storage,
+                 refresh_seconds: float = QUARANTINE_REFRESH_SECONDS) -> None:
+        self.redis = redis_client
+        self.storage = storage
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._quarantined: int | None = None
+        self._counted_at = 0.0
+
+    def quarantined(self) -> int | None:
+        with self._lock:
+            stale = time.monotonic() - self._counted_at > self.refresh_seconds
+            if self._quarantined is None or stale:
+                try:
+                    self._quarantined = sum(1 for key in self.storage.list(
+                        f"{archive.QUARANTINE}/") if key.endswith(".json"))
+                    self._counted_at = time.monotonic()
+                except (StorageError, OSError):
+                    log.warning("cannot count the quarantine", exc_info=True)
+            return self._quarantined
+
+    def saw_quarantine(self) -> None:
+        with self._lock:
+            if self._quarantined is not None:
+                self._quarantined += 1
+
+    def collect(self) -> Iterable[Any]:
+        quarantined = self.quarantined()
+        if quarantined is not None:
+            yield GaugeMetricFamily("casefetch_quarantine_records",
+                                    "Deliveries held in quarantine", value=quarantined)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for queue in ALL_QUEUES:
+                pipe.llen(queue)
+            pipe.zcard(ACTIVE_CASES_KEY)
+            *depths, active = pipe.execute()
+        except (RedisError, OSError):
+            return
+        depth = GaugeMetricFamily("casefetch_queue_depth", "Messages waiting, by queue",
+                                  labels=["queue"])
+        for queue, length in zip(ALL_QUEUES, depths, strict=True):
+            depth.add_metric([queue], int(length))
+        yield depth
+        yield GaugeMetricFamily("casefetch_cases_in_progress",
+                                "Cases with downloads outstanding", value=int(active))
+
+
+class ObservedFetcher:
+    """The pipeline's fetcher, timed and counted, logging one line per file."""
+
+    def __init__(self, inner: Any, metrics: WorkerMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def fetch(self, url: str, kind: FileKind, storage: Storage,
+              key_for: Callable[[FileType], str],
+              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
+        started = time.perf_counter()
+        try:
+            result: FetchResult = self.inner.fetch(url, kind, storage, key_for,
+                                                   before_commit=before_commit)
+        except DownloadError as exc:
+            attempts = int(getattr(exc, "attempts", 1))
+            self._count("failed", kind, started, attempts)
+            log.warning("file failed", extra=logs.fields(
+                kind=kind.value, status="failed", attempts=attempts, error=exc.message,
+                seconds=round(time.perf_counter() - started, 3)))
+            raise
+        self._count("stored", kind, started, result.attempts)
+        self.metrics.bytes.inc(result.size)
+        log.info("file stored", extra=logs.fields(
+            kind=kind.value, status="stored", key=result.key, bytes=result.size,
+            sha256=result.sha256, attempts=result.attempts,
+            seconds=round(time.perf_counter() - started, 3)))
+        return result
+
+    def _count(self, outcome: str, kind: FileKind, started: float, attempts: int) -> None:
+        self.metrics.files.labels(outcome=outcome, kind=kind.value).inc()
+        self.metrics.download_seconds.labels(outcome=outcome).observe(
+            time.perf_counter() - started)
+        if attempts > 1:
+            self.metrics.download_retries.inc(attempts - 1)
+
+
+class ObservedStorage(Storage):
+    """The pipeline's storage, watching settled manifests and new quarantine records."""
+
+    def __init__(self, inner: Storage, metrics: WorkerMetrics,
+                 backlog: BacklogCollector | None = None) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.backlog = backlog
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.inner.write_bytes(key, data)
+        if key.startswith(f"{archive.QUARANTINE}/"):
+            if self.backlog is not None:
+                self.backlog.saw_quarantine()
+        elif key.endswith(f"/{archive.MANIFEST}"):
+            self._saw_manifest(data)
+
+    def _saw_manifest(self, data: bytes) -> None:
+        try:
+            manifest = json.loads(data)
+        except ValueError:
+            return
+        status = manifest.get("status") if isinstance(manifest, dict) else None
+        if status not in _FINAL_STATUSES:
+            return
+        self.metrics.cases.labels(outcome=status).inc()
+        files = manifest.get("files", [])
+        stored = sum(1 for f in files if f.get("status") == "stored")
+        with logs.bound(path=None):  # the file whose download settled it is not the point
+            log.info("case settled", extra=logs.fields(
+                cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"),
+                status=status, files=len(files), stored=stored,
+                warnings=len(manifest.get("warnings") or [])))
+
+    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
+        return self.inner.open_writer(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.inner.read_bytes(key)
+
+    def open_reader(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        return self.inner.open_reader(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def move(self, source: str, destination: str) -> None:
+        self.inner.move(source, destination)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+def peek_cf_ref(delivery: Delivery) -> str | None:
+    """The cfRef a delivery announces, if it can be read (for logs only)."""
+    try:
+        payload = json.loads(delivery_body(delivery))
+    except (ValueError, RecursionError):
+        return None
+    value = payload.get("cfRef") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _on_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
+    name = getattr(task, "name", None)
+    first = args[0] if args else None
+    if not isinstance(first, dict):
+        return
+    if name == INGEST_TASK:
+        logs.bind(deliveryId=first.get("deliveryId"), cfRef=peek_cf_ref(first))  # type: ignore[arg-type]
+    elif name == DOWNLOAD_TASK:
+        logs.bind(deliveryId=first.get("gen"), cfRef=first.get("cfRef"), path=first.get("path"))
+
+
+def install(app: Any, port: int, addr: str = "0.0.0.0") -> WorkerMetrics:
+    """Instrument ``app``; when its worker starts, wrap its pipeline and serve ``/metrics``
+    on ``port`` (0: not served)."""
+    metrics = WorkerMetrics(CollectorRegistry())
+
+    def starting(sender: Any = None, **kw: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            instrument(app, metrics)
+            serve(metrics, port, addr)
+
+    def prerun(sender: Any = None, task: Any = None, args: Any = None, **kw: Any) -> None:
+        if getattr(task, "app", None) is app:
+            _on_prerun(task=task, args=args)
+
+    def postrun(sender: Any = None, task: Any = None, retval: Any = None, state: Any = None,
+                **kw: Any) -> None:
+        if getattr(task, "app", None) is not app:
+            return
+        if getattr(task, "name", None) == INGEST_TASK and state == "SUCCESS":
+            metrics.deliveries.labels(outcome=str(retval)).inc()
+            log.info("delivery ingested", extra=logs.fields(outcome=str(retval)))
+        logs.clear()
+
+    def retried(sender: Any = None, request: Any = None, **kw: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            metrics.task_retries.labels(task=str(getattr(request, "task", None)
+                                                 or getattr(sender, "name", "?"))).inc()
+
+    signals.worker_init.connect(starting, weak=False)
+    signals.task_prerun.connect(prerun, weak=False)
+    signals.task_postrun.connect(postrun, weak=False)
+    signals.task_retry.connect(retried, weak=False)
+    return metrics
+
+
+def instrument(app: Any, metrics: WorkerMetrics) -> None:
+    """Wrap the pipeline's storage and fetcher, and collect the backlog gauges."""
+    runtime = app.runtime
+    pipeline = runtime.pipeline
+    backlog = BacklogCollector(runtime.redis, pipeline.storage)
+    metrics.registry.register(backlog)
+    pipeline.storage = ObservedStorage(pipeline.storage, metrics, backlog)
+    pipeline.fetcher = ObservedFetcher(pipeline.fetcher, metrics)
+
+
+def serve(metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") -> None:
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        # A second worker on the same host must still work; it just exports nothing.
+        log.warning("worker metrics not served: cannot listen on %s:%d: %s", addr, port,
+                    exc.strerror)
+        return
+    log.info("worker metrics on http://%s:%d/metrics", addr, port)
