@@ -3,7 +3,8 @@
 The receiver does not go through Celery to enqueue: Celery's publisher is synchronous and
 costs more than the rest of the request. Instead it writes, with one Redis command, exactly
 the message a stock Celery worker reads from kombu's Redis transport (task protocol 2, JSON
-serialiser, base64 body). ``tests/test_protocol.py`` proves a real worker consumes it.
+serialiser, base64 body). ``tests/test_pipeline.py`` proves a real worker consumes what
+the real receiver wrote.
 
 A *delivery* is one accepted webhook request::
 

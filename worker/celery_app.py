@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, signals
+from kombu import Exchange, Queue
 from redis.exceptions import RedisError
 
 from casefetch.constants import (
@@ -96,6 +97,8 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=INGEST_QUEUE,
+        # `celery -A worker worker` without -Q consumes every queue, like `casefetch worker`.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES],
         task_routes={INGEST_TASK: {"queue": INGEST_QUEUE},
                      DOWNLOAD_TASK: {"queue": DOWNLOAD_QUEUE},
                      SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
