@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from casefetch.errors import ConfigError
 
 Env = Mapping[str, str]
+_N = TypeVar("_N", int, float)
 
 
 def read(env: Env, name: str, default: str | None = None) -> str | None:
@@ -35,30 +37,26 @@ def read_str(env: Env, name: str, default: str) -> str:
     return default if value is None else value
 
 
-def read_int(env: Env, name: str, default: int, minimum: int = 0) -> int:
+def _read_number(env: Env, name: str, default: _N, minimum: _N, cast: Callable[[str], _N],
+                 expected: str) -> _N:
     value = read(env, name)
     if value is None:
         return default
     try:
-        number = int(value)
+        number = cast(value)
     except ValueError as exc:
-        raise ConfigError(name, f"expected a whole number, got {value!r}") from exc
+        raise ConfigError(name, f"expected {expected}, got {value!r}") from exc
     if number < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {number}")
     return number
+
+
+def read_int(env: Env, name: str, default: int, minimum: int = 0) -> int:
+    return _read_number(env, name, default, minimum, int, "a whole number")
 
 
 def read_float(env: Env, name: str, default: float, minimum: float = 0.0) -> float:
-    value = read(env, name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError as exc:
-        raise ConfigError(name, f"expected a number, got {value!r}") from exc
-    if number < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {number}")
-    return number
+    return _read_number(env, name, default, minimum, float, "a number")
 
 
 def read_bool(env: Env, name: str, default: bool) -> bool:
