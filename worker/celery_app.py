@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, signals
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 from redis.exceptions import RedisError
 
 from casefetch.constants import (
