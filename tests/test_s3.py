@@ -31,7 +31,7 @@ from tests.conftest import (
     worker_env,
 )
 from tests.fileserver import FileServer
-from worker.errors import BucketMissing, NotFound, StorageError
+from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
 
 REGION = "us-east-1"
@@ -187,6 +187,26 @@ def test_a_missing_bucket_is_a_clear_storage_error(s3_client: Any) -> None:
             action()
         assert isinstance(caught.value, StorageError)
         assert "no-such-bucket-here" in str(caught.value) and "does not exist" in str(caught.value)
+
+
+def test_refused_writes_and_an_unreachable_store_are_storage_errors(s3_client: Any) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    storage = S3Storage(s3_client, "casefetch")
+    refused = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}},
+                          "PutObject")
+    error = storage._client_error(refused, "write", "cases/x/case.pdf")
+    assert isinstance(error, AccessRefused) and isinstance(error, StorageError)
+    assert "refused to write cases/x/case.pdf" in str(error) and error.key == "cases/x/case.pdf"
+
+    nowhere = boto3.session.Session().client(
+        "s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name=REGION,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+    with pytest.raises(StorageError, match="Could not connect"):
+        S3Storage(nowhere, "casefetch").write_bytes("cases/x/case.json", b"{}")
 
 
 # -- the pipeline writing to S3 --------------------------------------------------------------

@@ -219,7 +219,7 @@ class _Upload:
         if self.upload_id is None:
             s3.write_bytes(self.key, self._take())
             return
-        if self.pending_bytes or not self.parts:
+        if self.pending_bytes:
             self._send_part()
         with s3.translate("write", self.key):
             s3.client.complete_multipart_upload(
