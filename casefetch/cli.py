@@ -68,6 +68,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     from casefetch.constants import ALL_QUEUES
     from worker.celery_app import create_celery_app, install_sweeper, worker_argv
     from worker.settings import WorkerSettings
+    from worker.storage import make_storage
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     unknown = set(chosen or []) - set(ALL_QUEUES)
@@ -75,6 +76,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
         fail(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_QUEUES)}")
     try:
         settings = WorkerSettings.from_env()
+        make_storage(settings)  # a broken storage setting stops the worker, not a task
     except CasefetchError as exc:
         fail(str(exc))
     _setup_logging()

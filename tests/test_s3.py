@@ -33,6 +33,7 @@ from tests.conftest import (
 from tests.fileserver import FileServer
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
+from worker.settings import WorkerSettings
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -317,3 +318,26 @@ def test_worker_refuses_to_start_without_a_bucket(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "S3_BUCKET" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_credentials_can_come_from_secret_files(tmp_path: Path, s3_endpoint: str) -> None:
+    (tmp_path / "key").write_text("key-from-file\n")
+    (tmp_path / "secret").write_text("secret-from-file\n")
+    settings = WorkerSettings(storage_backend="s3", s3_bucket="casefetch",
+                              s3_endpoint_url=s3_endpoint)
+    storage = S3Storage.from_settings(settings, {
+        "AWS_ACCESS_KEY_ID_FILE": str(tmp_path / "key"),
+        "AWS_SECRET_ACCESS_KEY_FILE": str(tmp_path / "secret")})
+    credentials = storage.client._request_signer._credentials
+    assert (credentials.access_key, credentials.secret_key) == ("key-from-file",
+                                                                "secret-from-file")
+
+
+def test_worker_with_an_unreadable_secret_file_refuses_to_start(tmp_path: Path) -> None:
+    env = worker_env("redis://127.0.0.1:1/0", tmp_path, STORAGE_BACKEND="s3",
+                     S3_BUCKET="casefetch", AWS_ACCESS_KEY_ID="x",
+                     AWS_SECRET_ACCESS_KEY_FILE=str(tmp_path / "missing"))
+    result = subprocess.run([sys.executable, "-m", "casefetch", "worker"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "AWS_SECRET_ACCESS_KEY_FILE" in result.stderr and "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from casefetch import config
+from casefetch.errors import ConfigError
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.settings import WorkerSettings
 from worker.storage import Storage, Writer, check_key
@@ -56,11 +57,12 @@ class S3Storage(Storage):
     @classmethod
     def from_settings(cls, settings: WorkerSettings,
                       env: config.Env | None = None) -> S3Storage:
+        """A storage on a boto3 client; ConfigError when the settings cannot make one."""
         import boto3
         from botocore.config import Config
 
         if not settings.s3_bucket:
-            raise StorageError("S3_BUCKET is required when STORAGE_BACKEND=s3")
+            raise ConfigError("S3_BUCKET", "required when STORAGE_BACKEND=s3")
         env = config.environ() if env is None else env
         credentials = {param: config.read(env, name) for name, param in _CREDENTIALS}
         explicit = ({k: v for k, v in credentials.items() if v}
@@ -72,8 +74,11 @@ class S3Storage(Storage):
             # MinIO and most S3-compatible stores serve buckets by path, not by sub-domain.
             s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
         )
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=settings.s3_endpoint_url, config=client_config, **explicit)
+        try:
+            client = boto3.session.Session().client(
+                "s3", endpoint_url=settings.s3_endpoint_url, config=client_config, **explicit)
+        except (ValueError, BotoCoreError) as exc:
+            raise ConfigError("S3_ENDPOINT_URL", f"cannot use it for S3: {exc}") from exc
         return cls(client, settings.s3_bucket, settings.s3_prefix)
 
     def object_key(self, key: str) -> str:
