@@ -180,6 +180,19 @@ def test_large_writes_are_multipart_and_appear_only_when_complete(
     assert storage.read_bytes("small.bin") == b"tiny"
 
 
+def test_uploads_of_dead_writers_are_aborted(s3_client: Any, bucket: str) -> None:
+    storage = S3Storage(s3_client, bucket, prefix="mine")
+    dead = s3_client.create_multipart_upload(Bucket=bucket, Key="mine/cases/x/case.pdf")
+    s3_client.upload_part(Bucket=bucket, Key="mine/cases/x/case.pdf", PartNumber=1,
+                          UploadId=dead["UploadId"], Body=b"%PDF-")
+    other = s3_client.create_multipart_upload(Bucket=bucket, Key="theirs/file")
+
+    assert storage.remove_stale_temp(3600) == 0, "recent uploads are left alone"
+    assert storage.remove_stale_temp(-1) == 1, "only uploads under the prefix"
+    left = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [other["UploadId"]]
+
+
 def test_a_missing_bucket_is_a_clear_storage_error(s3_client: Any) -> None:
     storage = S3Storage(s3_client, "no-such-bucket-here")
     for action in (lambda: storage.write_bytes("cases/x/case.json", b"{}"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
@@ -150,6 +151,34 @@ class S3Storage(Storage):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def remove_stale_temp(self, older_than_seconds: float) -> int:
+        """Abort multipart uploads left by writers that died (their parts cost storage).
+
+        An upload is stale when neither it nor its last part is younger than the limit: a
+        live writer sends a part at least every ``part_size`` bytes. Should a slow writer be
+        taken for dead, its completion fails and the task is retried: nothing is lost.
+        """
+        ceiling = time.time() - older_than_seconds
+        removed = 0
+        with self.translate("list uploads under", self.prefix or "/"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "")
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if self._last_activity(upload) < ceiling:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        removed += 1
+        if removed:
+            log.info("aborted %d stale multipart upload(s) in %s", removed, self.describe())
+        return removed
+
+    def _last_activity(self, upload: dict[str, Any]) -> float:
+        parts = self.client.list_parts(Bucket=self.bucket, Key=upload["Key"],
+                                       UploadId=upload["UploadId"]).get("Parts", [])
+        times = [upload["Initiated"], *(part["LastModified"] for part in parts)]
+        return max(float(t.timestamp()) for t in times)
 
     # -- errors -----------------------------------------------------------------------------
 
