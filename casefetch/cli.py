@@ -70,6 +70,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     from casefetch.constants import ALL_QUEUES
     from worker.celery_app import create_celery_app, install_sweeper, worker_argv
     from worker.settings import WorkerSettings
+    from worker.storage import make_storage
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     unknown = set(chosen or []) - set(ALL_QUEUES)
@@ -77,6 +78,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
         fail(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_QUEUES)}")
     try:
         settings = WorkerSettings.from_env()
+        make_storage(settings)  # a broken storage setting stops the worker, not a task
     except CasefetchError as exc:
         fail(str(exc))
     _setup_logging(loglevel)
@@ -205,6 +207,44 @@ def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
     click.echo(f"{response.status} {text}")
     if not 200 <= response.status < 300:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--receiver", "receiver_url", envvar="DEMO_RECEIVER_URL", show_default=True,
+              default="http://127.0.0.1:8080/webhooks", help="Where to POST the webhooks.")
+@click.option("--host", envvar="DEMO_HOST", default="127.0.0.1", show_default=True,
+              help="Address the file server listens on.")
+@click.option("--port", envvar="DEMO_PORT", default=8000, show_default=True, type=int)
+@click.option("--public-url", envvar="DEMO_PUBLIC_URL", default=None,
+              help="Base URL the workers fetch the files from [default: http://HOST:PORT].")
+@click.option("--cases", envvar="DEMO_CASES", default=3, show_default=True,
+              type=click.IntRange(0), help="How many cases to announce.")
+@click.option("--interval", envvar="DEMO_INTERVAL_SECONDS", default=2.0, show_default=True,
+              type=click.FloatRange(0), help="Seconds between two cases.")
+@click.option("--bearer", metavar="TOKEN", help="Authenticate with a Bearer token.")
+@click.option("--hmac", "hmac_pair", metavar="KEY:SECRET", help="Sign with HMAC-SHA256.")
+@click.option("--basic", metavar="USER:PASS", help="Authenticate with HTTP Basic.")
+def demo(receiver_url: str, host: str, port: int, public_url: str | None, cases: int,
+         interval: float, bearer: str | None, hmac_pair: str | None,
+         basic: str | None) -> None:
+    """Play the certificate platform: serve sample files, send signed webhooks for them.
+
+    Without --bearer/--hmac/--basic it uses the receiver's own settings (WEBHOOK_HMAC_KEYS,
+    WEBHOOK_BEARER_TOKENS or WEBHOOK_BASIC_USERS).
+    """
+    from casefetch import config
+    from casefetch import demo as platform
+
+    try:
+        if sum(x is not None for x in (bearer, hmac_pair, basic)) > 1:
+            fail("give at most one of --bearer, --hmac or --basic")
+        credentials = (platform.Credentials(bearer, hmac_pair, basic)
+                       if bearer or hmac_pair or basic
+                       else platform.Credentials.from_env(config.environ()))
+        platform.run(receiver_url, credentials, host=host, port=port, public_url=public_url,
+                     cases=cases, interval=interval, echo=click.echo)
+    except CasefetchError as exc:
+        fail(str(exc), code=1)
 
 
 main.add_command(cli_archive.archive)

@@ -5,7 +5,9 @@ WorkerError (casefetch.errors.CasefetchError)
  │    ├── RetryableDownloadError   worth another attempt (network, timeout, 408/429/5xx, short body)
  │    └── PermanentDownloadError   never worth another attempt (4xx, wrong type, too large, refused)
  └── StorageError                  the archive could not be read or written
-      └── NotFound                 no object under that key
+      ├── NotFound                 no object under that key
+      ├── BucketMissing            the S3 bucket does not exist (retried until it does)
+      └── AccessRefused            the store refuses the credentials or the write (retried)
 """
 
 from __future__ import annotations
@@ -42,4 +44,12 @@ class StorageError(WorkerError):
 
 
 class NotFound(StorageError):
+    pass
+
+
+class BucketMissing(StorageError):
+    pass
+
+
+class AccessRefused(StorageError):
     pass

@@ -1,0 +1,175 @@
+"""What docker-compose.yml, the Dockerfile and .env.example must guarantee operators.
+
+Read as YAML (anchors and merge keys resolved); ``docker-compose config`` checks the file
+against Compose's own schema when the command is installed (CI installs it).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from casefetch.constants import ALL_QUEUES
+from receiver.settings import ReceiverSettings
+from tests.conftest import ROOT
+from worker.settings import WorkerSettings
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's ``${X:-default}`` substitution, enough for this file."""
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: env.get(m[1]) or (m[2] or ""), value).replace("$$", "$")
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return interpolate(loaded, {})  # type: ignore[no-any-return]
+
+
+def workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items()
+            if svc.get("command", [None, None])[:2] == ["casefetch", "worker"]}
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_redis_is_durable_and_never_evicts(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--appendfsync always" in command
+    assert "--maxmemory-policy noeviction" in command
+    [volume] = redis["volumes"]
+    name, target = volume.split(":")
+    assert target == "/data" and name in compose["volumes"], "a named volume"
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_receiver_publishes_8080_after_redis_is_healthy(compose: dict[str, Any]) -> None:
+    receiver = compose["services"]["receiver"]
+    assert receiver["ports"] == ["8080:8080"]
+    assert receiver["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(receiver["healthcheck"]["test"])
+    env = receiver["environment"]
+    for name in ("WEBHOOK_BEARER_TOKENS", "WEBHOOK_HMAC_KEYS", "WEBHOOK_BASIC_USERS"):
+        assert name in env and f"{name}_FILE" in env, "credentials from env or secrets"
+
+
+def test_workers_scale_and_share_the_archive(compose: dict[str, Any]) -> None:
+    found = workers(compose)
+    assert len(found) >= 2, "validation and downloads scale separately"
+    served: list[str] = []
+    for name, svc in found.items():
+        assert "container_name" not in svc, name
+        assert "ports" not in svc, name
+        assert "./archive:/archive" in svc["volumes"], name
+        assert svc["environment"]["ARCHIVE_DIR"] == "/archive"
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "healthcheck" in svc, name
+        served += option(svc["command"], "--queues").split(",")
+    assert sorted(served) == sorted(ALL_QUEUES), "each queue has exactly one worker service"
+    download = [svc for svc in found.values()
+                if option(svc["command"], "--queues") == "casefetch.download"]
+    assert len(download) == 1, "downloads have a service of their own"
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        if svc.get("restart") != "no":
+            assert "test" in svc.get("healthcheck", {}), name
+
+
+def test_profiles_add_minio_and_the_demo(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "flower" in services and "profiles" not in services["flower"]
+    assert services["minio"]["profiles"] == ["s3"]
+    setup = services["minio-setup"]
+    assert setup["profiles"] == ["s3"] and "mc mb" in " ".join(setup["command"])
+    assert setup["depends_on"]["minio"]["condition"] == "service_healthy"
+    demo = services["demo"]
+    assert demo["profiles"] == ["demo"] and demo["command"][:2] == ["casefetch", "demo"]
+    assert demo["depends_on"]["receiver"]["condition"] == "service_healthy"
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    for name, svc in services.items():
+        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana"}:
+            assert "profiles" not in svc, f"{name} belongs to the default stack"
+
+
+def test_s3_mode_is_an_environment_switch(compose: dict[str, Any]) -> None:
+    env = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "casefetch",
+           "S3_ENDPOINT_URL": "http://minio:9000"}
+    loaded = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env)
+    for svc in workers(loaded).values():
+        settings = WorkerSettings.from_env(svc["environment"])
+        assert settings.storage_backend == "s3" and settings.s3_bucket == "casefetch"
+        assert settings.s3_endpoint_url == "http://minio:9000"
+
+
+def test_unset_settings_reach_casefetch_as_its_defaults(compose: dict[str, Any]) -> None:
+    for svc in workers(compose).values():
+        assert WorkerSettings.from_env(svc["environment"]) == WorkerSettings(
+            redis_url="redis://redis:6379/0", archive_dir=Path("/archive"))
+    env = {**compose["services"]["receiver"]["environment"], "WEBHOOK_BEARER_TOKENS": "t"}
+    settings = ReceiverSettings.from_env(env)
+    assert settings.max_body_bytes == 5 * 1024 * 1024 and settings.redis_timeout_seconds == 3
+
+
+def test_env_example_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    documented = {name for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", table)
+                  if not name.endswith("_FILE")}
+    example = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert documented, "the README's settings table"
+    assert documented <= listed, f"missing from .env.example: {sorted(documented - listed)}"
+    compose_vars = {name for name, _default in _VARIABLE.findall(COMPOSE_FILE.read_text())}
+    unlisted = {v for v in compose_vars - listed if not v.endswith("_FILE")}
+    assert not unlisted, f"compose variables missing from .env.example: {sorted(unlisted)}"
+
+
+def test_image_runs_as_a_user_with_the_readme_install() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in {"root", "0"}
+    assert "pip install --no-deps ." in dockerfile
+    assert "pip install ." in (ROOT / "README.md").read_text()
+    healthcheck = dockerfile.split("HEALTHCHECK", 1)[1]
+    assert "/healthz" in healthcheck.split("\n\n", 1)[0]
+    # Dependencies are installed before the sources are copied: a cached layer.
+    assert dockerfile.index("pip install .") < dockerfile.index("COPY casefetch")
+
+
+@pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring"])
+@pytest.mark.parametrize("env_file", [None, ".env.example"])
+def test_docker_compose_accepts_the_file(profile: str | None, env_file: str | None) -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    args = [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
+    if env_file:
+        args += ["--env-file", str(ROOT / env_file)]
+    if profile:
+        args += ["--profile", profile]
+    result = subprocess.run([*args, "config", "-q"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
