@@ -32,3 +32,10 @@ def lock_key(*parts: str) -> str:
 
 #: Sorted set of cases with work outstanding, scored by the time of their last progress.
 ACTIVE_CASES_KEY = f"{KEY_PREFIX}:active"
+
+#: Every accepted delivery until a worker has archived or quarantined it: hash deliveryId →
+#: the queued message, and its index, scored by the time it was (last) queued. The queue
+#: alone is not enough: a message a worker popped is lost if Redis dies before kombu records
+#: it as unacknowledged. The sweep queues again what stays here too long.
+INBOX_KEY = f"{KEY_PREFIX}:inbox"
+INBOX_INDEX_KEY = f"{KEY_PREFIX}:inbox:index"

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from casefetch.constants import CREDENTIAL_HEADERS
+from casefetch.constants import CREDENTIAL_HEADERS, INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE
 
 _ORIGIN = f"casefetch-receiver@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -39,6 +39,17 @@ class Delivery(TypedDict, total=False):
     body: str | None
     bodyBase64: str | None
     headers: dict[str, str]
+
+
+#: Queue a delivery's message and keep it in the inbox, atomically, in one round trip.
+#: ARGV: the message, the deliveryId, the time it was accepted.
+ENQUEUE_SCRIPT = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return 1
+"""
+ENQUEUE_KEYS = [INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY]
 
 
 def new_delivery_id() -> str:
@@ -84,6 +95,14 @@ def delivery_body(delivery: Mapping[str, Any]) -> bytes:
     if delivery.get("bodyBase64") is not None:
         return base64.b64decode(str(delivery["bodyBase64"]))
     return b""
+
+
+def delivery_from_message(message: bytes) -> Delivery:
+    """The delivery inside a message written by :func:`task_message`."""
+    envelope = json.loads(message)
+    args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    delivery: Delivery = args[0]
+    return delivery
 
 
 def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None) -> bytes:

@@ -1,8 +1,13 @@
-"""The enqueue path: one Redis command, acknowledged before the receiver answers 2xx."""
+"""The enqueue path: one Redis command, acknowledged before the receiver answers 2xx.
+
+The command is a small script that queues the message and keeps a copy in the inbox
+(:data:`casefetch.constants.INBOX_KEY`) in one atomic step.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -10,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
-from casefetch.protocol import Delivery, task_message
+from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, Delivery, task_message
 
 
 class EnqueueError(Exception):
@@ -23,6 +28,7 @@ class Enqueuer:
     def __init__(self, redis: aioredis.Redis, timeout_seconds: float) -> None:
         self.redis = redis
         self.timeout_seconds = timeout_seconds
+        self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float) -> Enqueuer:
@@ -40,7 +46,8 @@ class Enqueuer:
                                task_id=delivery["deliveryId"])
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await self.redis.lpush(INGEST_QUEUE, message)
+                await self._enqueue(keys=ENQUEUE_KEYS,
+                                    args=[message, delivery["deliveryId"], time.time()])
         except (RedisError, OSError, TimeoutError) as exc:
             raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
 

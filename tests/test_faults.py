@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE, MAINTENANCE_QUEUE
+from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE, MAINTENANCE_QUEUE
 from casefetch.redis_server import RedisServer
 from tests import samples
 from tests.conftest import (
@@ -251,6 +251,26 @@ def test_redis_outage_under_load(stack: dict[str, Any],
                 + f" outage_max_answer_s={max(outage_seconds):.2f}")
     assert during_outage and all(status == 503 for status in during_outage)
     assert max(outage_seconds) < 5, "a 503 must come promptly, not after a hang"
+
+
+def test_sweep_requeues_an_accepted_delivery_whose_message_was_lost(
+        stack: dict[str, Any], report_line: Callable[[str], None]) -> None:
+    files: FileServer = stack["files"]
+    receiver: ReceiverProcess = stack["receiver"]
+    archive: Archive = stack["archive"]
+    client = redis.Redis.from_url(stack["redis"].url)
+    cf = "INBOX-1"
+    body = samples.body(samples.case(cf, files.add("inbox/pdf", samples.pdf())))
+    tally = Tally()
+    assert tally.post(receiver, cf, body) == 202
+    # As if a worker popped the message and Redis died before kombu noted it unacknowledged.
+    assert client.delete(INGEST_QUEUE) == 1
+    stack["add_worker"](CELERY_VISIBILITY_TIMEOUT="5", SWEEP_STUCK_AFTER_SECONDS="2")
+    manifest = archive.settled(cf, timeout=60)
+    assert manifest["status"] == "complete"
+    assert client.hlen(INBOX_KEY) == 0
+    report_line(tally.line("accepted delivery's message deleted, sweep", archive,
+                           duplicate_writes(stack["workers"])))
 
 
 def test_sweep_finishes_a_case_whose_messages_were_lost(

@@ -13,7 +13,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE, INGEST_TASK
 from casefetch.redis_server import RedisServer
 from receiver import create_app
 from tests import receiver_helpers as rh
@@ -34,7 +34,7 @@ def queue_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def redis_client(queue_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(queue_url)
-    client.delete(INGEST_QUEUE)
+    client.delete(INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY)
     yield client
     client.close()
 
@@ -69,6 +69,10 @@ async def test_each_scheme_is_accepted_and_enqueued(client: TestClient[Any, Any]
     assert answer["status"] == "accepted"
     [delivery] = queued(redis_client)
     assert delivery["deliveryId"] == answer["deliveryId"]
+    # The inbox keeps the same message until a worker has archived or quarantined it.
+    kept = redis_client.hget(INBOX_KEY, answer["deliveryId"])
+    assert kept == redis_client.lindex(INGEST_QUEUE, 0)
+    assert redis_client.zscore(INBOX_INDEX_KEY, answer["deliveryId"]) is not None
     assert delivery["body"].encode() == PAYLOAD  # the exact bytes, non-ASCII included
     assert "Authorization" not in delivery["headers"]
     assert "X-Api-Key" not in delivery["headers"]

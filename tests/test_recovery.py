@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY
 from casefetch.protocol import make_delivery
 from casefetch.redis_server import RedisServer
 from tests import samples
@@ -61,6 +62,19 @@ def test_ingest_redelivered_after_a_crash_before_the_manifest(
     manifest = pipe._read_manifest("cases/REC-1")
     assert manifest is not None and manifest["status"] == "complete"
     assert not pipe.storage.exists("cases/REC-1/history")
+
+
+def test_a_finished_delivery_leaves_the_inbox(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        own_redis: redis.Redis) -> None:
+    pipe, _ = pipeline
+    delivery = delivery_for(file_server, "REC-0")
+    own_redis.hset(INBOX_KEY, delivery["deliveryId"], b"message")
+    own_redis.zadd(INBOX_INDEX_KEY, {delivery["deliveryId"]: 1.0})
+    assert pipe.books.undelivered(older_than_seconds=0) == [(delivery["deliveryId"], b"message")]
+    pipe.ingest(delivery)  # type: ignore[arg-type]
+    assert pipe.books.undelivered(older_than_seconds=0) == []
+    assert own_redis.hlen(INBOX_KEY) == 0
 
 
 def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(

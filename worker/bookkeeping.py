@@ -25,7 +25,13 @@ from typing import Any
 import redis
 from redis.lock import Lock
 
-from casefetch.constants import ACTIVE_CASES_KEY, case_key, lock_key
+from casefetch.constants import (
+    ACTIVE_CASES_KEY,
+    INBOX_INDEX_KEY,
+    INBOX_KEY,
+    case_key,
+    lock_key,
+)
 
 
 class Busy(Exception):
@@ -102,6 +108,31 @@ class Bookkeeping:
         ceiling = time.time() - older_than_seconds
         found = self.redis.zrangebyscore(ACTIVE_CASES_KEY, 0, ceiling)
         return [c.decode() for c in found if isinstance(c, bytes)]
+
+    def delivered(self, delivery_id: str) -> None:
+        """The delivery is archived or quarantined: it leaves the inbox."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(INBOX_KEY, delivery_id)
+        pipe.zrem(INBOX_INDEX_KEY, delivery_id)
+        pipe.execute()
+
+    def undelivered(self, older_than_seconds: float, limit: int = 1000
+                    ) -> list[tuple[str, bytes]]:
+        """Accepted deliveries not finished for a while, with their queued message."""
+        ceiling = time.time() - older_than_seconds
+        ids = [i.decode() for i in self.redis.zrangebyscore(INBOX_INDEX_KEY, 0, ceiling, 0, limit)
+               if isinstance(i, bytes)]
+        found = []
+        for delivery_id in ids:
+            message = self.redis.hget(INBOX_KEY, delivery_id)
+            if isinstance(message, bytes):
+                found.append((delivery_id, message))
+            else:
+                self.redis.zrem(INBOX_INDEX_KEY, delivery_id)
+        return found
+
+    def requeued(self, delivery_id: str) -> None:
+        self.redis.zadd(INBOX_INDEX_KEY, {delivery_id: time.time()}, xx=True)
 
     def touch(self, case: str) -> None:
         self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)

@@ -33,7 +33,7 @@ from casefetch.constants import (
     MAINTENANCE_QUEUE,
     SWEEP_TASK,
 )
-from casefetch.protocol import Delivery
+from casefetch.protocol import Delivery, delivery_from_message
 from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
@@ -137,6 +137,7 @@ def _register_tasks(app: CasefetchCelery) -> None:
             log.exception("ingest of %s failed unexpectedly", delivery.get("deliveryId"))
             pipeline.quarantine(delivery, "internal_error",
                                 {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
+            pipeline.books.delivered(delivery["deliveryId"])
             return "quarantined"
 
     @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
@@ -175,11 +176,36 @@ def run_sweep(app: CasefetchCelery) -> list[str]:
             continue
     if resumed:
         log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
+    requeue_lost_deliveries(app)
     stale_after = max(600.0, 10 * app.settings.download.timeout_seconds)
     removed = runtime.pipeline.storage.remove_stale_temp(stale_after)
     if removed:
         log.info("sweep removed %d temporary file(s) left by dead writers", removed)
     return resumed
+
+
+def requeue_lost_deliveries(app: CasefetchCelery) -> int:
+    """Queue again the accepted deliveries that no worker finished and none is waiting for.
+
+    Only when the ingest queue is empty: a delivery still waiting its turn there is not lost,
+    and a long backlog must not be copied into itself. Ingest is idempotent, so a delivery
+    that was merely slow is archived once all the same.
+    """
+    books = app.runtime.pipeline.books
+    if books.redis.llen(INGEST_QUEUE):
+        return 0
+    settings = app.settings
+    older_than = max(settings.stuck_after_seconds, 2.0 * settings.visibility_timeout_seconds)
+    requeued = 0
+    for delivery_id, message in books.undelivered(older_than):
+        app.send_task(INGEST_TASK, args=[delivery_from_message(message)], queue=INGEST_QUEUE,
+                      task_id=delivery_id)
+        books.requeued(delivery_id)
+        requeued += 1
+    if requeued:
+        log.warning("sweep queued %d accepted delivery(ies) again: their messages were lost",
+                    requeued)
+    return requeued
 
 
 def _backoff(retries: int) -> int:

@@ -50,6 +50,11 @@ class Pipeline:
 
     def ingest(self, delivery: Delivery) -> str:
         """Archive or quarantine one delivery; return what happened (for logs and tests)."""
+        outcome = self._ingest(delivery)
+        self.books.delivered(delivery["deliveryId"])
+        return outcome
+
+    def _ingest(self, delivery: Delivery) -> str:
         body = delivery_body(delivery)
         try:
             check = check_case(_decode(body))

@@ -11,10 +11,18 @@ which record it replays). A body is so never in the quarantine twice.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
-from casefetch.protocol import delivery_body, make_delivery, safe_headers, task_message
+from casefetch.protocol import (
+    ENQUEUE_KEYS,
+    ENQUEUE_SCRIPT,
+    delivery_body,
+    make_delivery,
+    safe_headers,
+    task_message,
+)
 from worker import archive
 from worker.errors import NotFound
 from worker.inspection import RecordNotFound
@@ -74,8 +82,9 @@ def replay(storage: Storage, redis_client: Any, delivery_id: str) -> str:
     headers = safe_headers((str(k), str(v)) for k, v in (record.get("headers") or {}).items())
     headers[REPLAY_HEADER] = str(record.get("deliveryId") or delivery_id)
     delivery = make_delivery(delivery_body(record), headers)
-    redis_client.lpush(INGEST_QUEUE, task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
-                                                  task_id=delivery["deliveryId"]))
+    message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"])
+    redis_client.register_script(ENQUEUE_SCRIPT)(
+        keys=ENQUEUE_KEYS, args=[message, delivery["deliveryId"], time.time()])
     storage.delete(archive.quarantine_key(delivery_id))
     return delivery["deliveryId"]
 
