@@ -111,7 +111,8 @@ class Pipeline:
             self.books.touch(case)
             indices = self.books.remaining(case)
         if not self.books.remaining(case):
-            self.settle(case, gen)
+            # Callers hold the case lock already (it is not re-entrant).
+            self._settle_locked(case, gen)
             return
         for index in indices:
             entry = manifest["files"][index]
@@ -169,25 +170,28 @@ class Pipeline:
     def settle(self, case: str, gen: str) -> None:
         """Write the final manifest once every file of generation ``gen`` is done."""
         with self.books.lock("case", case, wait_seconds=30):
-            manifest = self._read_manifest(case)
-            if manifest is None or manifest.get("deliveryId") != gen:
-                return
-            if manifest["status"] != CaseStatus.PENDING.value:
-                self.books.finish(case)
-                return
-            results = self.books.results(case)
-            merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
-            final = settle(manifest, merged)
-            if final["status"] == CaseStatus.PENDING.value:
-                return
-            replaced = final.pop("replaced", [])
-            kept = {e["path"] for e in final["files"]}
-            for path in replaced:
-                if path not in kept:
-                    self.storage.delete(archive.case_key(case, path))
-            self._write_manifest(case, final)
+            self._settle_locked(case, gen)
+
+    def _settle_locked(self, case: str, gen: str) -> None:
+        manifest = self._read_manifest(case)
+        if manifest is None or manifest.get("deliveryId") != gen:
+            return
+        if manifest["status"] != CaseStatus.PENDING.value:
             self.books.finish(case)
-            log.info("case %s %s", final["cfRef"], final["status"])
+            return
+        results = self.books.results(case)
+        merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
+        final = settle(manifest, merged)
+        if final["status"] == CaseStatus.PENDING.value:
+            return
+        replaced = final.pop("replaced", [])
+        kept = {e["path"] for e in final["files"]}
+        for path in replaced:
+            if path not in kept:
+                self.storage.delete(archive.case_key(case, path))
+        self._write_manifest(case, final)
+        self.books.finish(case)
+        log.info("case %s %s", final["cfRef"], final["status"])
 
     # -- quarantine -------------------------------------------------------------------------
 
