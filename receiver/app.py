@@ -96,6 +96,11 @@ async def handle_webhook(request: web.Request) -> web.Response:
 
     if request.content_type != "application/json":
         return _error(415, "content type must be application/json")
+    # The signature covers the bytes sent; a compressed body would also be inflated before
+    # it is counted. The platform never compresses: refuse it (RFC 7694).
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return _error(415, "content encoding not supported: send the body uncompressed",
+                      {"Accept-Encoding": "identity"})
     try:
         async with asyncio.timeout(settings.read_timeout_seconds):
             body = await _read_body(request, settings.max_body_bytes)
@@ -103,6 +108,8 @@ async def handle_webhook(request: web.Request) -> web.Response:
         response = _error(408, "body not received in time")
         response.force_close()
         return response
+    except web.RequestPayloadError:  # malformed chunked framing and the like
+        return _error(400, "malformed body")
     if body is None:
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
 
