@@ -128,3 +128,8 @@ def test_forced_encoding_differs_from_every_kept_name() -> None:
     assert archive.safe_name("CF-1", encode=True) != archive.safe_name("cf-1", encode=True)
     assert archive.safe_name("CF-1", encode=True).lower() != archive.safe_name(
         "cf-1", encode=True).lower()
+
+
+def test_readers_know_both_places_a_case_may_be() -> None:
+    assert archive.case_dirs("CF-1") == ("cases/CF-1", archive.case_dir("CF-1", encode=True))
+    assert archive.case_dirs("../x") == (archive.case_dir("../x"),)

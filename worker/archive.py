@@ -64,6 +64,12 @@ def case_dir(cf_ref: str, encode: bool = False) -> str:
     return f"{CASES}/{safe_name(cf_ref, encode)}"
 
 
+def case_dirs(cf_ref: str) -> tuple[str, ...]:
+    """Where a case may be: its own folder or, when a case-insensitive disk had it taken by
+    another cfRef, its encoded one. A reader picks the one whose manifest has this cfRef."""
+    return tuple(dict.fromkeys((case_dir(cf_ref), case_dir(cf_ref, encode=True))))
+
+
 def case_key(case_folder: str, relative: str) -> str:
     return f"{case_folder}/{relative}"
 
