@@ -45,6 +45,7 @@ def receiver(host: str, port: int) -> None:
     from aiohttp import web
 
     from receiver import ReceiverSettings, create_app
+    from receiver.app import server_options
 
     try:
         settings = ReceiverSettings.from_env()
@@ -56,7 +57,7 @@ def receiver(host: str, port: int) -> None:
         ", ".join(s.value for s in settings.credentials.schemes))
     try:
         web.run_app(create_app(settings), host=host, port=port, access_log=None,
-                    print=None, handle_signals=True)
+                    print=None, handle_signals=True, **server_options(settings))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,6 +24,8 @@ log = logging.getLogger("casefetch.receiver")
 SETTINGS = web.AppKey("settings", ReceiverSettings)
 ENQUEUER = web.AppKey("enqueuer", Enqueuer)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
+#: A case is a few levels deep; far deeper is an attack on whatever walks it next.
+MAX_JSON_DEPTH = 64
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -60,7 +63,23 @@ def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, "body is nested too deeply"
     if not isinstance(parsed, dict):
         return None, "body is not a JSON object"
+    # Only a body with that many brackets can be that deep: most are not even walked.
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _deeper_than(
+            parsed, MAX_JSON_DEPTH):
+        return None, f"body is nested more than {MAX_JSON_DEPTH} levels deep"
     return parsed, None
+
+
+def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return False
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
@@ -78,7 +97,20 @@ async def handle_webhook(request: web.Request) -> web.Response:
 
     if request.content_type != "application/json":
         return _error(415, "content type must be application/json")
-    body = await _read_body(request, settings.max_body_bytes)
+    # The signature covers the bytes sent; a compressed body would also be inflated before
+    # it is counted. The platform never compresses: refuse it (RFC 7694).
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return _error(415, "content encoding not supported: send the body uncompressed",
+                      {"Accept-Encoding": "identity"})
+    try:
+        async with asyncio.timeout(settings.read_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
+    except TimeoutError:
+        response = _error(408, "body not received in time")
+        response.force_close()
+        return response
+    except web.RequestPayloadError:  # malformed chunked framing and the like
+        return _error(400, "malformed body")
     if body is None:
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
 
@@ -139,6 +171,22 @@ async def count_requests(request: web.Request,
     name = route.canonical if route is not None else "unmatched"
     request.app[METRICS].requests.labels(route=name, status=str(response.status)).inc()
     return response
+
+
+class ServerOptions(TypedDict):
+    keepalive_timeout: float
+    lingering_time: float
+
+
+def server_options(settings: ReceiverSettings) -> ServerOptions:
+    """aiohttp server options that bound how long a client may hold a connection.
+
+    ``keepalive_timeout`` also limits the time to send a request's headers: aiohttp drops a
+    connection that has not completed a request by then, however slowly it trickles bytes.
+    ``lingering_time`` bounds how long the unread rest of a refused body is drained.
+    """
+    return ServerOptions(keepalive_timeout=settings.read_timeout_seconds,
+                         lingering_time=min(10.0, settings.read_timeout_seconds))
 
 
 def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None) -> web.Application:

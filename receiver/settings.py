@@ -17,6 +17,10 @@ class ReceiverSettings:
     #: Longest a request may wait on Redis before it is answered 503.
     redis_timeout_seconds: float = 3.0
     retry_after_seconds: int = 5
+    #: Longest a client may take to send a request's headers (from connecting, or from the
+    #: previous answer on a kept-alive connection), and again its body: a slow client is cut
+    #: off (408 for the body) instead of holding a connection forever.
+    read_timeout_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> ReceiverSettings:
@@ -37,4 +41,6 @@ class ReceiverSettings:
             credentials=credentials,
             max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", 5 * 1024 * 1024, 1),
             redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS", 3.0),
+            read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS", 30.0,
+                                                   0.1),
         )

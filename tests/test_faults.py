@@ -194,6 +194,7 @@ def test_worker_killed_mid_download_loses_nothing(stack: dict[str, Any],
     assert leftovers == []
     report_line(tally.line("worker SIGKILL mid-download", archive, duplicates, refetches))
     assert len(tally.accepted) == len(expected) and duplicates == 0
+    assert not (archive.root / "quarantine").exists()
 
 
 def test_redis_outage_under_load(stack: dict[str, Any],
@@ -250,6 +251,7 @@ def test_redis_outage_under_load(stack: dict[str, Any],
                 + f" outage_requests={len(during_outage)} outage_503={during_outage.count(503)}"
                 + f" outage_max_answer_s={max(outage_seconds):.2f}")
     assert during_outage and all(status == 503 for status in during_outage)
+    assert not (archive.root / "quarantine").exists(), "an outage is not the payload's fault"
     assert max(outage_seconds) < 5, "a 503 must come promptly, not after a hang"
 
 

@@ -8,6 +8,12 @@ Pure functions only. The layout (see the contract)::
     cases/<cfRef>/history/<deliveryId>.json
     cases/<cfRef>/manifest.json
     quarantine/<deliveryId>.json
+
+A cfRef that is not a safe file name is encoded (:func:`safe_name`). Safe names that differ
+only by case (``CF-1``, ``cf-1``) keep their own names on a case-sensitive disk (local Linux
+disks, S3); on a case-insensitive one the first to arrive keeps the plain name and the next
+gets the encoded one (``Pipeline._claim`` sees the folder is taken). Items cannot collide:
+their names start with their position.
 """
 
 from __future__ import annotations
@@ -36,13 +42,16 @@ def is_safe_name(name: str) -> bool:
     return bool(_SAFE.fullmatch(name)) and not name.startswith(_ENCODED_MARK)
 
 
-def safe_name(name: str) -> str:
+def safe_name(name: str, encode: bool = False) -> str:
     """``name`` itself when it is a safe file name, else a deterministic safe encoding.
 
-    The encoding keeps a readable slug and adds a hash of the original, so two different
-    names never share a folder.
+    The encoding keeps a readable slug (ASCII letters, digits, ``.``, ``_``, ``-``; at most
+    90 characters) and adds a hash of the original, so two different names never share a
+    folder, even on a case-insensitive disk, and Unicode look-alikes of a name (fullwidth
+    letters, a Cyrillic Es for a C) never take its place. ``encode`` forces the encoding
+    of a safe name.
     """
-    if is_safe_name(name):
+    if is_safe_name(name) and not encode:
         return name
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:24]
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
@@ -50,8 +59,15 @@ def safe_name(name: str) -> str:
     return f"{_ENCODED_MARK}{slug}.{digest}" if slug else f"{_ENCODED_MARK}{digest}"
 
 
-def case_dir(cf_ref: str) -> str:
-    return f"{CASES}/{safe_name(cf_ref)}"
+def case_dir(cf_ref: str, encode: bool = False) -> str:
+    """``cases/<cfRef>``; see ``Pipeline._claim`` for when ``encode`` is needed."""
+    return f"{CASES}/{safe_name(cf_ref, encode)}"
+
+
+def case_dirs(cf_ref: str) -> tuple[str, ...]:
+    """Where a case may be: its own folder or, when a case-insensitive disk had it taken by
+    another cfRef, its encoded one. A reader picks the one whose manifest has this cfRef."""
+    return tuple(dict.fromkeys((case_dir(cf_ref), case_dir(cf_ref, encode=True))))
 
 
 def case_key(case_folder: str, relative: str) -> str:

@@ -143,7 +143,7 @@ class Bookkeeping:
 
         Raises Busy when it cannot be had (at once, or within ``wait_seconds``).
         """
-        lock = Lock(self.redis, lock_key(*name), timeout=self.lock_seconds,
+        lock = Lock(self.redis, lock_key(*name), timeout=self.lock_seconds, thread_local=False,
                     blocking=wait_seconds is not None, blocking_timeout=wait_seconds)
         if not lock.acquire():
             raise Busy(":".join(name))

@@ -34,13 +34,13 @@ from casefetch.constants import (
     SWEEP_TASK,
 )
 from casefetch.protocol import Delivery, delivery_from_message
-from worker.errors import StorageError
+from worker.errors import QueueError, StorageError
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("casefetch.worker")
 
 #: Failures of the infrastructure (Redis, the archive): retried until they pass.
-INFRA_ERRORS = (RedisError, StorageError, OSError)
+INFRA_ERRORS = (RedisError, StorageError, QueueError, OSError)
 BUSY_RETRY_SECONDS = 5
 
 
@@ -63,9 +63,18 @@ class Runtime:
             # redelivered after a crash waits no longer than the message did.
             books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
             fetcher=Fetcher(settings.download),
-            send_download=lambda job: app.send_task(DOWNLOAD_TASK, args=[job],
-                                                    queue=DOWNLOAD_QUEUE),
+            send_download=lambda job: send(app, DOWNLOAD_TASK, DOWNLOAD_QUEUE, job),
         )
+
+
+def send(app: Celery, task: str, queue: str, argument: Any) -> None:
+    """Queue a task; any failure of the broker becomes a QueueError, retried like Redis errors."""
+    try:
+        app.send_task(task, args=[argument], queue=queue)
+    except Exception as exc:
+        # kombu raises assorted types when Redis drops (OperationalError, even AttributeError
+        # from a channel whose connection is gone); none of them is the case's fault.
+        raise QueueError(f"cannot queue {task}: {type(exc).__name__}: {exc}") from exc
 
 
 class CasefetchCelery(Celery):

@@ -12,13 +12,13 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
-from worker.guard import UrlGuard
+from worker.guard import GuardedPoolManager, UrlGuard, address_check
 from worker.settings import DownloadSettings
 from worker.sniff import (
     SNIFF_BYTES,
@@ -51,8 +51,8 @@ class Fetcher:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.guard = UrlGuard(settings)
-        self.pool = pool or urllib3.PoolManager(
-            num_pools=32, maxsize=16, retries=False,
+        self.pool = pool or GuardedPoolManager(
+            address_check(settings), num_pools=32, maxsize=16, retries=False,
             timeout=urllib3.Timeout(connect=settings.timeout_seconds,
                                     read=settings.timeout_seconds),
         )
@@ -93,12 +93,16 @@ class Fetcher:
         return jittered
 
     def _open(self, url: str) -> urllib3.BaseHTTPResponse:
-        """GET ``url``, following redirects ourselves so every hop passes the guard."""
-        original_host = self.guard.check(url)
+        """GET ``url``, following redirects ourselves so every hop passes the guard.
+
+        DOWNLOAD_HEADERS go only to the origin (scheme, host, port) of the URL received, or to
+        a host named in DOWNLOAD_ALLOWED_HOSTS: never to wherever a redirect points.
+        """
+        original = _origin(url)
         for _ in range(self.settings.max_redirects + 1):
             host = self.guard.check(url)
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if host == original_host or host in self.settings.allowed_hosts:
+            if _origin(url) == original or host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
                 response = self.pool.request("GET", url, headers=headers, redirect=False,
@@ -195,6 +199,16 @@ def _bind_attempts(hook: Callable[[FetchResult], None] | None, attempts: int
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), port or default
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -61,9 +61,27 @@ class Pipeline:
         except Unarchivable as exc:
             self.quarantine(delivery, exc.reason, exc.errors)
             return "quarantined"
-        case = archive.case_dir(check.cf_ref)
-        with self.books.lock("case", case, wait_seconds=30):
-            return self._plan(case, check, body, delivery["deliveryId"])
+        # Folders that differ only by case are one folder on a case-insensitive disk: claim
+        # under a case-folded lock, so two such cfRefs cannot both take it (see _claim).
+        with self.books.lock("claim", archive.case_dir(check.cf_ref).lower(), wait_seconds=30):
+            case = self._claim(check.cf_ref)
+            with self.books.lock("case", case, wait_seconds=30):
+                return self._plan(case, check, body, delivery["deliveryId"])
+
+    def _claim(self, cf_ref: str) -> str:
+        """The case's folder: ``cases/<safe name>``, unless that folder already holds another
+        cfRef (on a case-insensitive disk, ``cases/cf-1`` *is* ``cases/CF-1``); then the
+        encoded name, which differs for every cfRef whatever the disk."""
+        case = archive.case_dir(cf_ref)
+        owner = self._owner(case)
+        return case if owner is None or owner == cf_ref else archive.case_dir(cf_ref, encode=True)
+
+    def _owner(self, case: str) -> str | None:
+        manifest = self._read_manifest(case)
+        if manifest is not None:
+            return str(manifest.get("cfRef"))
+        current = self._read(case, archive.CASE_JSON)
+        return str(json.loads(current).get("cfRef")) if current is not None else None
 
     def _plan(self, case: str, check: CaseCheck, body: bytes, delivery_id: str) -> str:
         previous = self._read_manifest(case)
@@ -99,7 +117,8 @@ class Pipeline:
             self.books.touch(case)
             indices = self.books.remaining(case)
         if not self.books.remaining(case):
-            self.settle(case, gen)
+            # Callers hold the case lock already (it is not re-entrant).
+            self._settle_locked(case, gen)
             return
         for index in indices:
             entry = manifest["files"][index]
@@ -185,25 +204,28 @@ class Pipeline:
     def settle(self, case: str, gen: str) -> None:
         """Write the final manifest once every file of generation ``gen`` is done."""
         with self.books.lock("case", case, wait_seconds=30):
-            manifest = self._read_manifest(case)
-            if manifest is None or manifest.get("deliveryId") != gen:
-                return
-            if manifest["status"] != CaseStatus.PENDING.value:
-                self.books.finish(case)
-                return
-            results = self.books.results(case)
-            merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
-            final = settle(manifest, merged)
-            if final["status"] == CaseStatus.PENDING.value:
-                return
-            replaced = final.pop("replaced", [])
-            kept = {e["path"] for e in final["files"]}
-            for path in replaced:
-                if path not in kept:
-                    self.storage.delete(archive.case_key(case, path))
-            self._write_manifest(case, final)
+            self._settle_locked(case, gen)
+
+    def _settle_locked(self, case: str, gen: str) -> None:
+        manifest = self._read_manifest(case)
+        if manifest is None or manifest.get("deliveryId") != gen:
+            return
+        if manifest["status"] != CaseStatus.PENDING.value:
             self.books.finish(case)
-            log.info("case %s %s", final["cfRef"], final["status"])
+            return
+        results = self.books.results(case)
+        merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
+        final = settle(manifest, merged)
+        if final["status"] == CaseStatus.PENDING.value:
+            return
+        replaced = final.pop("replaced", [])
+        kept = {e["path"] for e in final["files"]}
+        for path in replaced:
+            if path not in kept:
+                self.storage.delete(archive.case_key(case, path))
+        self._write_manifest(case, final)
+        self.books.finish(case)
+        log.info("case %s %s", final["cfRef"], final["status"])
 
     # -- quarantine -------------------------------------------------------------------------
 
@@ -269,7 +291,11 @@ def _short_hash(data: bytes) -> str:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): keep it escaped
+        return json.dumps(value, indent=2).encode("ascii")
 
 
 __all__ = ["Busy", "Pipeline"]
