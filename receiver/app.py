@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -34,8 +35,9 @@ def _unauthorized(settings: ReceiverSettings) -> web.Response:
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None once it passes ``limit`` (read no further)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    if request.content_length is not None:
+        # Known and within the limit: one read, no per-chunk loop.
+        return None if request.content_length > limit else await request.read()
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):
@@ -48,6 +50,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 def _is_json_object(body: bytes) -> str | None:
     """None when ``body`` is a JSON object, else a short reason."""
+    # orjson parses a case three times faster than json. It is stricter (no NaN, no BOM, no
+    # UTF-16), so what it refuses gets json's verdict: both sides accept exactly what the
+    # worker's json.loads accepts.
+    try:
+        return None if isinstance(orjson.loads(body), dict) else "body is not a JSON object"
+    except orjson.JSONDecodeError:
+        pass
     try:
         parsed = json.loads(body)
     except UnicodeDecodeError:
@@ -102,9 +111,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
                       {"Retry-After": str(settings.retry_after_seconds)})
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     metrics.payload_bytes.observe(len(body))
-    return web.json_response(
-        {"status": "accepted", "deliveryId": delivery["deliveryId"]}, status=202
-    )
+    return web.Response(
+        body=orjson.dumps({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
+        status=202, content_type="application/json")
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -131,7 +140,7 @@ async def count_requests(request: web.Request,
     response = await handler(request)
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].requests.labels(route=name, status=str(response.status)).inc()
+    request.app[METRICS].request_counter(name, response.status).inc()
     return response
 
 
