@@ -26,7 +26,7 @@ ALL = ("receiver", "fetch", "memory", "growth", "payload")
 
 @dataclass(frozen=True)
 class Config:
-    receiver_rounds: int = 3
+    receiver_rounds: int = 5
     receiver_seconds: float = 5.0
     fetch_rounds: int = 3
     fetch_cases: int = 50
