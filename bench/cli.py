@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
+    results.sort(key=lambda r: r.name.split(".", 1)[0])  # by benchmark number, stable
     report.print_table(results, console)
     console.print(f"{len(results)} rows in {seconds:.0f}s")
     if output is not None:

@@ -133,6 +133,11 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(exc)
 
 
+def _retrieve(task: asyncio.Task[_Protocol]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class RedisPipe:
     def __init__(self, host: str, port: int, db: int = 0, username: str | None = None,
                  password: str | None = None, connect_timeout: float = 2.0) -> None:
@@ -177,6 +182,8 @@ class RedisPipe:
         # Requests arriving while a connection is being made all wait for that one.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(self._open())
+            # Its callers may all have timed out: the failure is theirs, not the loop's log's.
+            self._connecting.add_done_callback(_retrieve)
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Protocol:

@@ -105,3 +105,26 @@ async def test_password_and_database_are_used(tmp_path: Path) -> None:
 ])
 def test_only_plain_urls_are_taken(url: str, supported: bool) -> None:
     assert RedisPipe.supports(url) is supported
+
+
+async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
+    from receiver.enqueue import EnqueueError, Enqueuer
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # takes every byte, answers nothing
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    enqueuer = Enqueuer.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.3)
+    assert enqueuer.pipe is not None
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(EnqueueError):
+            await enqueuer.enqueue({"deliveryId": "d-1", "receivedAt": "x", "body": "{}",
+                                    "headers": {}})
+        assert not await enqueuer.ping()
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        await enqueuer.close()
+        server.close()
+        await server.wait_closed()
