@@ -33,6 +33,7 @@ class Config:
     fetch_images: int = 10
     fetch_pdf: int = fetch.PDF_BYTES
     fetch_image: int = fetch.IMAGE_BYTES
+    fetch_large: int = fetch.LARGE_BYTES
     memory_pdf: int = memory.GIB
     growth_sizes: tuple[int, ...] = growth.SIZES
     growth_rounds: int = 2
@@ -42,6 +43,7 @@ class Config:
 
 QUICK = Config(receiver_rounds=1, receiver_seconds=1, fetch_rounds=1, fetch_cases=3,
                fetch_images=2, fetch_pdf=64 * 1024, fetch_image=16 * 1024,
+               fetch_large=256 * 1024,
                memory_pdf=32 * 1024 * 1024, growth_sizes=(1, 5, 10, 20), growth_rounds=1,
                payload_requests=3, payload_bytes=256 * 1024)
 
@@ -80,7 +82,7 @@ def run(chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
         workers = [bench.start_worker(f"worker-{i}", archive) for i in (1, 2)]
         attempt("fetch", lambda: fetch.run(bench, url, files, archive, c.fetch_rounds,
                                            c.fetch_cases, c.fetch_images, c.fetch_pdf,
-                                           c.fetch_image))
+                                           c.fetch_image, large_bytes=c.fetch_large))
         attempt("growth", lambda: growth.run(url, files, archive, c.growth_sizes,
                                              c.growth_rounds))
         attempt("payload", lambda: payload.run(bench, url, files, archive,

@@ -13,6 +13,7 @@ from pathlib import Path
 from bench import payloads, pipeline
 from bench.fileserver import url
 from bench.harness import Bench, PeakRss, Result, tree_rss
+from worker.archive import case_dir
 from worker.storage import TMP_DIR
 
 GIB = 1024**3
@@ -35,8 +36,9 @@ def run(bench: Bench, receiver: str, files: str, pdf_bytes: int = GIB) -> list[R
     size = pipeline.require_complete(settled)
     bench.procs.stop(worker)
     leftovers = _leftovers(archive / TMP_DIR)
-    stored = (archive / "cases" / cf_ref / "case.pdf").stat().st_size
-    (archive / "cases" / cf_ref / "case.pdf").unlink()
+    pdf = archive / case_dir(cf_ref) / "case.pdf"
+    stored = pdf.stat().st_size
+    pdf.unlink()  # a GiB of scratch space back at once
     peak_mib = rss.peak / 2**20
     return [
         Result(f"3. worker peak RSS, {_size(pdf_bytes)} PDF", peak_mib, None, "MiB", None,

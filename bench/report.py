@@ -42,7 +42,8 @@ benchmarks.
    timed from the first webhook sent to the last manifest `complete`. curl: the same URLs
    with `curl --parallel --parallel-max 16` (2 x 8), then every file and the folder fsynced,
    since casefetch fsyncs a file and its folder before it calls it stored. Rounds alternate
-   which goes first; medians.
+   which goes first; medians. An information row repeats the comparison with 8 cases of one
+   32 MiB PDF each: few files, so what remains is the cost per byte.
 3. **Memory.** One case whose PDF is 1 GiB (streamed by the file server, never held) plus
    three images, one worker process; its process tree's RSS sampled every 20 ms from before
    the webhook to the complete manifest. Then `ARCHIVE_DIR/.tmp` must be empty.
@@ -105,9 +106,14 @@ function with the bare handler; CPU time of the server process per request):
   against curl's 363, 0.21x to 0.22x.
 - Not reached: 0.7x curl on 300 KiB files needs the per-file cost cut about three times,
   which a Celery task per file with per-file durability (two fsyncs) in Python does not
-  allow. Large files are not the problem: the 1 GiB PDF is stored at about 250 MiB/s. Ways
+  allow. The cost per byte is not the problem: with eight 32 MiB files casefetch reaches
+  0.9x curl (the information row), and the 1 GiB PDF is stored at about 300 MiB/s. Ways
   forward, not done here: fetch a case's images in one task with a thread pool, or hand the
   byte moving to a C client (pycurl), keeping the per-file verification and atomic rename.
+- In the harness: the first file server left Nagle's algorithm on, so a file smaller than a
+  TCP segment waited for the client's delayed ACK of the headers (40 ms a file, in the
+  growth benchmark). A single download profiled in-process showed it (43 ms in `recv_into`
+  for a 2 KiB file); the server now sets TCP_NODELAY, as real file hosts do.
 """
 
 
@@ -123,9 +129,10 @@ def fmt(value: float | None) -> str:
 
 def cells(result: Result) -> tuple[str, ...]:
     unit = f" {result.unit}" if result.unit else ""
+    ours = f"{result.ours:.0f}" if result.unit == "files" else fmt(result.ours)
     comparison = f"{fmt(result.comparison)}{unit}" if result.comparison is not None else "—"
     ratio = f"{result.ratio:.2f}x" if result.ratio is not None else "—"
-    return (result.name, f"{fmt(result.ours)}{unit}", comparison, ratio, result.target,
+    return (result.name, f"{ours}{unit}", comparison, ratio, result.target,
             "pass" if result.passed else "FAIL", result.notes)
 
 
