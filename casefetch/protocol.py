@@ -108,7 +108,8 @@ def delivery_body(delivery: Mapping[str, Any]) -> bytes:
     return b""
 
 
-def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None) -> bytes:
+def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None,
+                 origin: str = _ORIGIN) -> bytes:
     """Serialise a Celery task-protocol-2 message as kombu's Redis transport stores it.
 
     Push it with ``LPUSH <queue> <message>`` (kombu pops from the right: first in, first out).
@@ -134,7 +135,7 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
             "parent_id": None,
             "argsrepr": "",
             "kwargsrepr": "{}",
-            "origin": _ORIGIN,
+            "origin": origin,
             "ignore_result": True,
         },
         "properties": {

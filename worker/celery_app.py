@@ -17,6 +17,7 @@ Connections are opened lazily, in the process that uses them (no import-time con
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -37,6 +38,7 @@ from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("casefetch.worker")
+_ORIGIN = f"casefetch-worker@{socket.gethostname()}"
 
 #: Failures of the infrastructure (Redis, the archive): retried until they pass.
 INFRA_ERRORS = (RedisError, StorageError, OSError)
@@ -66,7 +68,8 @@ class Runtime:
     def send_download(self, job: dict[str, Any]) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
         # files is planned without a thousand trips through Celery's publisher.
-        self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job]))
+        self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job],
+                                                      origin=_ORIGIN))
 
 
 class CasefetchCelery(Celery):
