@@ -98,7 +98,7 @@ function with the bare handler; CPU time of the server process per request):
   curl spends about 0.3 s in all; more threads per worker do not help (4 threads did as well
   as 8 or 16). Hashing and copying bytes are a small part.
 - Per file, of the time holding the GIL: Celery and kombu (consume, trace, ack) about a
-  third; the bookkeeping's Redis round trips (about eight) 15 %; the urllib3 request 10 %;
+  third; the bookkeeping's seven Redis round trips 15 %; the urllib3 request 10 %;
   the durable write (temporary file, fsync, rename, fsync of the folder) about 0.75 ms of CPU
   even for a 2 KiB file; publishing the downloads with `send_task` 10 %.
 - Changed: the ingest publishes each download with one LPUSH of the same protocol message the
@@ -108,7 +108,7 @@ function with the bare handler; CPU time of the server process per request):
 - Not reached: 0.7x curl on 300 KiB files needs the per-file cost cut about three times,
   which a Celery task per file with per-file durability (two fsyncs) in Python does not
   allow. The cost per byte is not the problem: with eight 32 MiB files casefetch reaches
-  0.9x curl (the information row), and the 1 GiB PDF is stored at about 300 MiB/s. Ways
+  0.84x to 0.94x curl (the information row), and the 1 GiB PDF is stored at about 300 MiB/s. Ways
   forward, not done here: fetch a case's images in one task with a thread pool, or hand the
   byte moving to a C client (pycurl), keeping the per-file verification and atomic rename.
 - In the harness: the first file server left Nagle's algorithm on, so a file smaller than a
