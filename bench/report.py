@@ -109,8 +109,9 @@ function with the bare handler; CPU time of the server process per request):
   which a Celery task per file with per-file durability (two fsyncs) in Python does not
   allow. The cost per byte is not the problem: with eight 32 MiB files casefetch reaches
   0.84x to 0.94x curl (the information row), and the 1 GiB PDF is stored at about
-  300 MiB/s. Ways forward, not done here: fetch a case's images in one task with a thread pool, or hand the
-  byte moving to a C client (pycurl), keeping the per-file verification and atomic rename.
+  300 MiB/s. Ways forward, not done here: fetch a case's images in one task with a thread
+  pool, or hand the byte moving to a C client (pycurl), keeping the per-file verification
+  and the atomic rename.
 - In the harness: the first file server left Nagle's algorithm on, so a file smaller than a
   TCP segment waited for the client's delayed ACK of the headers (40 ms a file, in the
   growth benchmark). A single download profiled in-process showed it (43 ms in `recv_into`
