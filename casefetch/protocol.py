@@ -24,8 +24,9 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, TypedDict
+
+import orjson
 
 from casefetch.constants import CREDENTIAL_HEADERS, INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE
 
@@ -52,17 +53,37 @@ return 1
 ENQUEUE_KEYS = [INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY]
 
 
-def new_delivery_id() -> str:
+def _uuid_text(value: int) -> str:
+    # str(uuid.UUID(int=...)) costs three times as much, on the receiver's hot path.
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_delivery_id(ms: int | None = None) -> str:
     """A UUID whose first 48 bits are the time in ms (the UUIDv7 layout): ids sort by arrival."""
-    ms = time.time_ns() // 1_000_000
+    ms = time.time_ns() // 1_000_000 if ms is None else ms
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand & ((1 << 76) - 1))
     value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
-    return str(uuid.UUID(int=value))
+    return _uuid_text(value)
+
+
+def _random_uuid() -> str:
+    """A version-4 UUID, as ``str(uuid.uuid4())`` gives, for less."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xF << 76)) | (0x4 << 76)
+    value = (value & ~(0xC << 60)) | (0x8 << 60)
+    return _uuid_text(value)
+
+
+def utc_iso(ms: int) -> str:
+    """``2026-11-28T10:00:00.000Z`` for a time in milliseconds since the epoch."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(time.time_ns() // 1_000_000)
 
 
 def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -70,15 +91,17 @@ def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in headers:
         if name.lower() not in CREDENTIAL_HEADERS:
-            kept[name] = value
+            # aiohttp's names are multidict.istr; a plain str keeps the fast JSON encoder.
+            kept[str(name)] = value
     return kept
 
 
 def make_delivery(body: bytes, headers: Mapping[str, str], delivery_id: str | None = None,
                   received_at: str | None = None) -> Delivery:
+    ms = time.time_ns() // 1_000_000
     delivery: Delivery = {
-        "deliveryId": delivery_id or new_delivery_id(),
-        "receivedAt": received_at or utc_now_iso(),
+        "deliveryId": delivery_id or new_delivery_id(ms),
+        "receivedAt": received_at or utc_iso(ms),
         "headers": dict(headers),
     }
     try:
@@ -105,15 +128,16 @@ def delivery_from_message(message: bytes) -> Delivery:
     return delivery
 
 
-def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None) -> bytes:
+def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None,
+                 origin: str = _ORIGIN) -> bytes:
     """Serialise a Celery task-protocol-2 message as kombu's Redis transport stores it.
 
     Push it with ``LPUSH <queue> <message>`` (kombu pops from the right: first in, first out).
     """
     task_id = task_id or str(uuid.uuid4())
-    body = json.dumps([args, {}, _EMBED], ensure_ascii=False, separators=(",", ":"))
+    body = _dumps([args, {}, _EMBED])
     envelope = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "body": base64.b64encode(body).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
@@ -131,7 +155,7 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
             "parent_id": None,
             "argsrepr": "",
             "kwargsrepr": "{}",
-            "origin": _ORIGIN,
+            "origin": origin,
             "ignore_result": True,
         },
         "properties": {
@@ -141,7 +165,17 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": _random_uuid(),
         },
     }
-    return json.dumps(envelope, separators=(",", ":")).encode("ascii")
+    return _dumps(envelope)
+
+
+def _dumps(value: Any) -> bytes:
+    """Compact JSON in UTF-8. orjson is 5 to 40 times faster than json here (a 5 KiB body
+    escaped, a 7 KiB base64 string scanned); json takes what orjson refuses: a header value
+    holding a lone surrogate (undecodable bytes), which it escapes as ``\\udcXX``."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -39,8 +40,9 @@ def _unauthorized(settings: ReceiverSettings) -> web.Response:
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None once it passes ``limit`` (read no further)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    if request.content_length is not None:
+        # Known and within the limit: one read, no per-chunk loop.
+        return None if request.content_length > limit else await request.read()
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):
@@ -54,13 +56,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """``(the object, None)`` when ``body`` is a JSON object, else ``(None, a short reason)``."""
     try:
-        parsed = json.loads(body)
-    except UnicodeDecodeError:
-        return None, "body is not UTF-8"
-    except ValueError:
-        return None, "body is not valid JSON"
-    except RecursionError:
-        return None, "body is nested too deeply"
+        # orjson parses a case three times faster than json. It is stricter (no NaN, no BOM,
+        # no UTF-16), so what it refuses gets json's verdict: both sides accept exactly what
+        # the worker's json.loads accepts.
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed, problem = _json_verdict(body)
+        if problem is not None:
+            return None, problem
     if not isinstance(parsed, dict):
         return None, "body is not a JSON object"
     # Only a body with that many brackets can be that deep: most are not even walked.
@@ -68,6 +71,17 @@ def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
             parsed, MAX_JSON_DEPTH):
         return None, f"body is nested more than {MAX_JSON_DEPTH} levels deep"
     return parsed, None
+
+
+def _json_verdict(body: bytes) -> tuple[Any, str | None]:
+    try:
+        return json.loads(body), None
+    except UnicodeDecodeError:
+        return None, "body is not UTF-8"
+    except ValueError:
+        return None, "body is not valid JSON"
+    except RecursionError:
+        return None, "body is nested too deeply"
 
 
 def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
@@ -140,9 +154,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
     log.info("delivery accepted", extra=fields(
         deliveryId=delivery["deliveryId"], cfRef=cf_ref if isinstance(cf_ref, str) else None,
         scheme=scheme.value, bytes=len(body)))
-    return web.json_response(
-        {"status": "accepted", "deliveryId": delivery["deliveryId"]}, status=202
-    )
+    return web.Response(
+        body=orjson.dumps({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
+        status=202, content_type="application/json")
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -169,7 +183,7 @@ async def count_requests(request: web.Request,
     response = await handler(request)
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].requests.labels(route=name, status=str(response.status)).inc()
+    request.app[METRICS].request_counter(name, response.status).inc()
     return response
 
 

@@ -16,6 +16,10 @@ from redis.exceptions import RedisError
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
 from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, Delivery, task_message
+from receiver.redis_pipe import RedisPipe
+
+_SCRIPT = ENQUEUE_SCRIPT.encode()
+_KEYS = [key.encode() for key in ENQUEUE_KEYS]
 
 
 class EnqueueError(Exception):
@@ -23,12 +27,18 @@ class EnqueueError(Exception):
 
 
 class Enqueuer:
-    """Writes deliveries to the ingest queue as Celery task messages."""
+    """Writes deliveries to the ingest queue as Celery task messages.
 
-    def __init__(self, redis: aioredis.Redis, timeout_seconds: float) -> None:
+    Through a :class:`RedisPipe` when the URL allows (it costs a fraction of redis-py per
+    command), else through redis-py.
+    """
+
+    def __init__(self, redis: aioredis.Redis, timeout_seconds: float,
+                 pipe: RedisPipe | None = None) -> None:
         self.redis = redis
         self.timeout_seconds = timeout_seconds
         self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
+        self.pipe = pipe
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float) -> Enqueuer:
@@ -39,24 +49,35 @@ class Enqueuer:
             retry=Retry(NoBackoff(), 1),
             max_connections=256,
         )
-        return cls(client, timeout_seconds)
+        pipe = (RedisPipe.from_url(url, min(timeout_seconds, 2.0))
+                if RedisPipe.supports(url) else None)
+        return cls(client, timeout_seconds, pipe)
 
     async def enqueue(self, delivery: Delivery) -> None:
         message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
                                task_id=delivery["deliveryId"])
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await self._enqueue(keys=ENQUEUE_KEYS,
-                                    args=[message, delivery["deliveryId"], time.time()])
+                if self.pipe is not None:
+                    await self.pipe.execute(b"EVAL", _SCRIPT, b"%d" % len(_KEYS), *_KEYS,
+                                            message, delivery["deliveryId"].encode(),
+                                            b"%f" % time.time())
+                else:
+                    await self._enqueue(keys=ENQUEUE_KEYS,
+                                        args=[message, delivery["deliveryId"], time.time()])
         except (RedisError, OSError, TimeoutError) as exc:
             raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self.timeout_seconds):
+                if self.pipe is not None:
+                    return await self.pipe.ping()
                 return bool(await self.redis.ping())
         except (RedisError, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         await self.redis.aclose()

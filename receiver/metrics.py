@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
@@ -21,3 +23,13 @@ class ReceiverMetrics:
             "casefetch_receiver_payload_bytes", "Size of accepted payloads",
             buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
             registry=registry)
+        self._request_counters: dict[tuple[str, int], Any] = {}
+
+    def request_counter(self, route: str, status: int) -> Any:
+        """The counter of one route and status (``labels()`` is slow for every request)."""
+        key = (route, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(
+                route=route, status=str(status))
+        return counter

@@ -32,6 +32,7 @@ from casefetch.constants import (
     case_key,
     lock_key,
 )
+from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT
 
 
 class Busy(Exception):
@@ -43,6 +44,7 @@ class Bookkeeping:
         self.redis = client
         self.lock_seconds = lock_seconds
         self._record = client.register_script(self._RECORD)
+        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
 
     def generation(self, case: str) -> str | None:
         value = self.redis.get(case_key(case, "gen"))
@@ -131,8 +133,9 @@ class Bookkeeping:
                 self.redis.zrem(INBOX_INDEX_KEY, delivery_id)
         return found
 
-    def requeued(self, delivery_id: str) -> None:
-        self.redis.zadd(INBOX_INDEX_KEY, {delivery_id: time.time()}, xx=True)
+    def requeue(self, delivery_id: str, message: bytes) -> None:
+        """Queue a delivery's message again, exactly as the receiver queued it."""
+        self._enqueue(keys=ENQUEUE_KEYS, args=[message, delivery_id, time.time()])
 
     def touch(self, case: str) -> None:
         self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)

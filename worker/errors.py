@@ -8,7 +8,6 @@ WorkerError (casefetch.errors.CasefetchError)
       ├── NotFound                 no object under that key
       ├── BucketMissing            the S3 bucket does not exist (retried until it does)
       └── AccessRefused            the store refuses the credentials or the write (retried)
- └── QueueError                    a task could not be queued (the broker is unreachable)
 """
 
 from __future__ import annotations
@@ -35,10 +34,6 @@ class RetryableDownloadError(DownloadError):
 
 
 class PermanentDownloadError(DownloadError):
-    pass
-
-
-class QueueError(WorkerError):
     pass
 
 

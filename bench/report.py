@@ -1,0 +1,223 @@
+"""The results table: printed with rich, and kept as markdown in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.harness import Result
+
+HEADERS = ("benchmark", "ours", "comparison", "ratio", "target", "result", "notes")
+
+METHOD = """\
+## How it is measured
+
+Everything runs on this machine, over 127.0.0.1, in separate processes: one redis-server
+(AOF on, `appendfsync everysec`, the same for every variant), the file server, the receivers,
+the workers and the load generators. `python -m bench --quick` runs a tiny configuration in
+seconds (the smoke test does); `--strict` exits 1 when a target is missed; `--only` picks
+benchmarks.
+
+1. **Receiver throughput.** wrk (1 thread, 32 connections) POSTs one HMAC-signed case of
+   5.4 KiB (20 items, 10 with image URLs, accented and non-Latin text) to three servers, each
+   a single process with the access log off, all writing to the same Redis:
+   casefetch (`casefetch receiver`), (a) aiohttp reading the body and doing one redis.asyncio
+   `RPUSH` (`bench/servers.py bare`) and (b) aiohttp verifying the HMAC, parsing the JSON and
+   calling Celery's `send_task` in a thread pool (`bench/servers.py celery`). After a 1 s
+   warm-up each, five rounds of 5 s run the three in turn, the order rotating every round;
+   the table gives the medians of the rounds. Every answer must be a 2xx. The details also
+   give the server's CPU time per request, which other load on the machine disturbs less
+   than requests per second.
+2. **Fetch throughput.** 50 cases, each one 2 MiB PDF and ten 300 KiB JPEGs (251 MiB), served
+   from memory by `bench/fileserver.py` (a threaded HTTP/1.1 server). casefetch: the 50
+   webhooks go to the receiver, two `casefetch worker` processes (8 threads each) fetch;
+   timed from the first webhook sent to the last manifest `complete`. curl: the same URLs
+   with `curl --parallel --parallel-max 16` (2 x 8), then every file and the folder fsynced,
+   since casefetch fsyncs a file and its folder before it calls it stored. Rounds alternate
+   which goes first; medians. An information row repeats the comparison with 8 cases of one
+   32 MiB PDF each: few files, so what remains is the cost per byte.
+3. **Memory.** One case whose PDF is 1 GiB (streamed by the file server, never held) plus
+   three images, one worker process; its process tree's RSS sampled every 20 ms from before
+   the webhook to the complete manifest. Then `ARCHIVE_DIR/.tmp` must be empty.
+4. **Growth.** Cases of 1, 10, 100 and 1,000 items (each with a 2 KiB image, plus a 16 KiB
+   PDF), each timed alone from webhook to complete manifest on the two workers; two rounds,
+   medians. A case of 10 items pays the fixed cost of a case (webhook, ingest, PDF, final
+   manifest) over 10 items, one of 1,000 over 1,000: flat or falling time per item means
+   no step grows faster than the number of items. Target: 1,000 items at most 1.5 times
+   10 items' time per item; the second row compares 1,000 with 100 items.
+5. **Payload size.** A case of exactly 5 MiB (RECEIVER_MAX_BODY_BYTES) with 20 images is
+   sent, must be answered 202 and archived with `case.json` byte for byte the body. Then a
+   receiver of its own serves 10 warm-up requests of that body, N = 20 more, then 20 more,
+   one at a time, its RSS sampled every 5 ms; the peak over the second 20 must be within
+   10 % of the peak over the first 20. (RSS between requests only says when the allocator
+   returned memory, and the peak of concurrent requests depends on how they overlap; the
+   peak of one request at a time is steady, and it is what grows if requests leak.)
+"""
+
+
+FINDINGS = """\
+## What the profiles showed, and what changed (issue 6)
+
+Measured on the shared 2-core machine while other test suites ran, so the numbers moved by
+±20 % from run to run; each before/after pair below was measured side by side.
+
+**Receiver** (py-spy on the receiver under wrk; cProfile of the same load compared function by
+function with the bare handler; CPU time of the server process per request):
+
+- Before: 0.50x the bare handler's req/s in the first run (1,520 against 3,016).
+- `task_message` took 70 µs a request: `json.dumps` scanning the 7 KiB base64 string (19 µs)
+  and the body (30 µs). Now orjson (json only for what orjson refuses: a header holding a lone
+  surrogate): 17 µs. aiohttp's header names are `multidict.istr`, which orjson refuses as
+  keys, so `safe_headers` hands over plain `str`.
+- The JSON-object check: `json.loads` 30 µs, now `orjson.loads` 12 µs; what orjson refuses
+  gets json's verdict, so exactly the same bodies are accepted as before.
+- redis-py's asyncio client was most of what is left of a request, in the bare handler too:
+  a pool checkout under an asyncio lock, a retry wrapper, a timeout per read, one `send` per
+  command. The receiver now writes through `receiver/redis_pipe.py`: one connection, the
+  LPUSHes of one event-loop turn leave in one write, replies (in order) go to their callers,
+  and each request still waits for its own reply before its 202. TLS, Unix-socket or
+  parameterised REDIS_URLs keep redis-py.
+- Smaller: ids and timestamps formatted directly, labelled request counters cached, the 202
+  body built as bytes.
+- Side by side, old receiver / new receiver / bare handler, five rounds of 5 s:
+  2,013 / 4,053 / 4,844 req/s (0.42x to 0.84x), p99 34 / 22 / 18 ms (1.90x to 1.21x), CPU
+  per request 451 / 217 / 182 µs. Over the day's full runs the new receiver made 0.84x to
+  0.96x the bare handler's req/s, with a p99 of 0.6x to 1.4x its own.
+
+**Worker** (py-spy `--gil` on both workers during the fetch benchmark; CPU time per process):
+
+- The two workers are CPU-bound: about 4 CPU-seconds for 550 files, 7 ms per file, where
+  curl spends about 0.3 s in all; more threads per worker do not help (4 threads did as well
+  as 8 or 16). Hashing and copying bytes are a small part.
+- Per file, of the time holding the GIL: Celery and kombu (consume, trace, ack) about a
+  third; the bookkeeping's seven Redis round trips 15 %; the urllib3 request 10 %;
+  the durable write (temporary file, fsync, rename, fsync of the folder) about 0.75 ms of CPU
+  even for a 2 KiB file; publishing the downloads with `send_task` 10 %.
+- Changed: the ingest publishes each download with one LPUSH of the same protocol message the
+  receiver writes (no Celery publisher); files are read in 256 KiB chunks instead of 1 MiB
+  (urllib3 spends less CPU per byte, and the worker holds less). Effect: 75 to 80 MiB/s
+  against curl's 363, 0.21x to 0.22x.
+- Not reached: 0.7x curl on 300 KiB files needs the per-file cost cut about three times,
+  which a Celery task per file with per-file durability (two fsyncs) in Python does not
+  allow. Celery alone costs about 2 ms of CPU per task here (2,000 tasks that return at once
+  after one Redis GET: 1.96 ms each, 405 tasks/s per worker process; 1.80 ms with the
+  per-task INFO log lines off), and a download adds about 2.7 ms (measured in-process
+  without Celery): 600 tasks is about 2.8 CPU-seconds, against curl's 0.8 s of wall time.
+  The cost per byte is not the problem: with eight 32 MiB files casefetch reaches
+  0.84x to 0.94x curl (the information row), and the 1 GiB PDF is stored at about
+  300 MiB/s. Ways forward, not done here: fetch a case's images in one task with a thread
+  pool, or hand the byte moving to a C client (pycurl), keeping the per-file verification
+  and the atomic rename.
+- In the harness: the first file server left Nagle's algorithm on, so a file smaller than a
+  TCP segment waited for the client's delayed ACK of the headers (40 ms a file, in the
+  growth benchmark). A single download profiled in-process showed it (43 ms in `recv_into`
+  for a 2 KiB file); the server now sets TCP_NODELAY, as real file hosts do.
+"""
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def cells(result: Result) -> tuple[str, ...]:
+    unit = f" {result.unit}" if result.unit else ""
+    ours = f"{result.ours:.0f}" if result.unit == "files" else fmt(result.ours)
+    comparison = f"{fmt(result.comparison)}{unit}" if result.comparison is not None else "—"
+    ratio = f"{result.ratio:.2f}x" if result.ratio is not None else "—"
+    return (result.name, f"{ours}{unit}", comparison, ratio, result.target,
+            "pass" if result.passed else "FAIL", result.notes)
+
+
+def print_table(results: list[Result], console: Console | None = None) -> None:
+    table = Table(title="casefetch benchmarks")
+    for header in HEADERS:
+        table.add_column(header, overflow="fold")
+    for result in results:
+        row = cells(result)
+        style = None if result.passed else "red"
+        table.add_row(*row, style=style)
+    console = console or Console()
+    # A pipe or CI log gets 80 columns by default: too narrow for this table.
+    console.width = max(console.width, 150)
+    console.print(table)
+
+
+def markdown_table(results: list[Result]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for result in results:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(result)) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    info = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu": _cpu_model(), "cores": str(os.cpu_count()),
+            "load average at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "python": platform.python_version(), "kernel": platform.release()}
+    for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    for name, argv in (("redis-server", ["redis-server", "--version"]),
+                       ("wrk", ["wrk", "--version"]), ("curl", ["curl", "--version"])):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+            info[name] = (done.stdout or done.stderr).splitlines()[0][:80]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            info[name] = "not found"
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_markdown(path: Path, results: list[Result], seconds: float, command: str,
+                   scratch: str) -> None:
+    info = machine()
+    details = {r.name: r.details for r in results if r.details}
+    text = "\n".join([
+        "# Benchmarks",
+        "",
+        f"The last full run of `{command}`: {seconds:.0f} s, {info['date']}. Ratios matter more",
+        "than absolute numbers: the machine is shared and its load varies from run to run.",
+        "",
+        markdown_table(results),
+        "",
+        METHOD,
+        FINDINGS,
+        "## Machine",
+        "",
+        *[f"- {key}: {value}" for key, value in info.items()],
+        f"- scratch directory (archives, curl's files, Redis): {scratch}",
+        "",
+        "## Details of the run",
+        "",
+        "```json",
+        json.dumps(details, indent=2, ensure_ascii=False),
+        "```",
+        "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

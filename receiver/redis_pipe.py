@@ -1,0 +1,218 @@
+"""One pipelined Redis connection for the receiver's single command per request.
+
+redis-py's asyncio client costs more per command than the rest of a webhook request: a pool
+checkout under a lock, a retry wrapper, a timeout per read, one ``send`` per command. The
+receiver only ever sends ``LPUSH`` (and ``PING`` for /readyz), so it keeps one connection and
+pipelines: the commands of every request handled in one turn of the event loop leave in one
+write, and Redis's replies, which come in order, are handed to their callers in order.
+
+Each caller still waits for *its own* reply: a 2xx is only ever answered after Redis
+acknowledged that request's write. When the connection breaks, every caller still waiting gets
+a ConnectionError (their writes may or may not have landed: they answer 503, the sender
+retries, and the worker takes an identical re-delivery as a no-op); the next command
+reconnects.
+
+Only plain ``redis://`` URLs are handled (host, port, user, password, database);
+:meth:`RedisPipe.supports` tells, and the receiver uses redis-py for anything else (TLS,
+Unix sockets, URL options).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from urllib.parse import unquote, urlsplit
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+_CRLF = b"\r\n"
+
+
+def _command(*args: bytes) -> list[bytes]:
+    """RESP encoding of one command, as parts to write (the payload is never copied here)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n" % len(arg))
+        parts.append(arg)
+        parts.append(_CRLF)
+    return parts
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[asyncio.Future[object]] = deque()
+        self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        self.lost = False
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def send(self, parts: list[bytes]) -> asyncio.Future[object]:
+        if self.lost or self.transport is None:
+            raise RedisConnectionError("connection to Redis lost")
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.outgoing.extend(parts)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.outgoing and self.transport is not None and not self.lost:
+            data, self.outgoing = self.outgoing, []
+            self.transport.write(b"".join(data))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self._parse()
+        except RedisConnectionError as exc:
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    def _parse(self) -> None:
+        buffer = self.buffer
+        start = 0
+        while True:
+            end = buffer.find(_CRLF, start)
+            if end < 0:
+                break
+            kind = buffer[start]
+            if kind == 0x24:  # $: a bulk string, its length first
+                length = int(buffer[start + 1:end])
+                if length < 0:
+                    value: object = None
+                    start = end + 2
+                else:
+                    if len(buffer) < end + 2 + length + 2:
+                        break
+                    value = bytes(buffer[end + 2:end + 2 + length])
+                    start = end + 2 + length + 2
+            else:
+                line = bytes(buffer[start + 1:end])
+                start = end + 2
+                if kind == 0x3A:  # :
+                    value = int(line)
+                elif kind == 0x2B:  # +
+                    value = line
+                elif kind == 0x2D:  # -
+                    value = ResponseError(line.decode("utf-8", "replace"))
+                else:
+                    raise RedisConnectionError(f"unexpected reply from Redis: {kind:#x}")
+            if not self.waiters:
+                raise RedisConnectionError("reply from Redis that nothing asked for")
+            waiter = self.waiters.popleft()
+            if not waiter.done():  # its caller may have timed out and gone
+                if isinstance(value, Exception):
+                    waiter.set_exception(value)
+                else:
+                    waiter.set_result(value)
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = True
+        self.outgoing.clear()
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+
+def _retrieve(task: asyncio.Task[_Protocol]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class RedisPipe:
+    def __init__(self, host: str, port: int, db: int = 0, username: str | None = None,
+                 password: str | None = None, connect_timeout: float = 2.0) -> None:
+        self.host = host
+        self.port = port
+        self.db = db
+        self.username = username
+        self.password = password
+        self.connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        return (parts.scheme == "redis" and not parts.query and not parts.fragment
+                and (db == "" or db.isdigit()))
+
+    @classmethod
+    def from_url(cls, url: str, connect_timeout: float = 2.0) -> RedisPipe:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        return cls(parts.hostname or "localhost", parts.port or 6379, int(db or 0),
+                   unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None, connect_timeout)
+
+    async def execute(self, *args: bytes) -> object:
+        """Send one command and wait for its reply (ResponseError for an error reply)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        return await protocol.send(_command(*args))
+
+    async def lpush(self, key: str, value: bytes) -> object:
+        return await self.execute(b"LPUSH", key.encode(), value)
+
+    async def ping(self) -> bool:
+        return await self.execute(b"PING") == b"PONG"
+
+    async def _connect(self) -> _Protocol:
+        # Requests arriving while a connection is being made all wait for that one.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open())
+            # Its callers may all have timed out: the failure is theirs, not the loop's log's.
+            self._connecting.add_done_callback(_retrieve)
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, protocol = await loop.create_connection(_Protocol, self.host,
+                                                                   self.port)
+                setup = []
+                if self.password is not None:
+                    credentials = ([self.username.encode()] if self.username else [])
+                    setup.append(protocol.send(_command(b"AUTH", *credentials,
+                                                        self.password.encode())))
+                if self.db:
+                    setup.append(protocol.send(_command(b"SELECT", str(self.db).encode())))
+                for reply in setup:
+                    await reply
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: "
+                                       f"{exc}") from exc
+        except ResponseError:
+            transport.close()  # a refused AUTH or SELECT: this connection is of no use
+            raise
+        self._protocol = protocol
+        return protocol
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None

@@ -1,0 +1,83 @@
+"""The benchmark harness (bench/) stays runnable: its parts, and a tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import cli, fileserver, payloads, receiver, report
+from bench.harness import Result
+from worker.sniff import PDF, looks_complete, sniff
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:8080/webhooks
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.21ms  512.00us  20.00ms   90.00%
+    Req/Sec    10.00k   500.00    11.00k    70.00%
+  Latency Distribution
+     50%    3.00ms
+     75%    3.50ms
+     90%    4.00ms
+     99%  812.00us
+  50000 requests in 5.00s, 9.83MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:  10000.50
+Transfer/sec:      1.97MB
+"""
+
+
+def test_wrk_output_is_read() -> None:
+    run = receiver.parse_wrk(WRK_OUTPUT)
+    assert run.rps == 10000.50
+    assert run.p99_ms == 0.812
+    assert run.requests == 50000
+    assert run.errors == 12
+
+
+def test_wrk_script_posts_the_body_with_its_headers(tmp_path: Path) -> None:
+    script = receiver.lua_script("/tmp/body.json", {"X-Api-Key": "k"})
+    assert 'wrk.method = "POST"' in script and 'wrk.headers["X-Api-Key"] = "k"' in script
+
+
+def test_realistic_case_is_about_5_kib_with_20_non_ascii_items() -> None:
+    body = payloads.realistic_body()
+    payload = json.loads(body)
+    assert 4 * 1024 <= len(body) <= 6 * 1024
+    assert len(payload["items"]) == 20
+    assert not body.isascii()
+
+
+def test_padded_body_has_the_exact_size() -> None:
+    body = payloads.padded_body("CF-1", "https://h/c.pdf", ["https://h/1.jpg", None], 100_000)
+    assert len(body) == 100_000
+    assert json.loads(body)["cfRef"] == "CF-1"
+
+
+def test_generated_files_are_valid_whole_or_streamed() -> None:
+    small = fileserver.whole("pdf", 5000)
+    assert len(small) == 5000 and sniff(small) is PDF and looks_complete(PDF, small[-1024:])
+    streamed = b"".join(bytes(part) for part in fileserver.stream("pdf", 3 * 2**20 + 7))
+    assert len(streamed) == 3 * 2**20 + 7 and looks_complete(PDF, streamed[-1024:])
+    for kind in ("jpg", "png"):
+        data = fileserver.whole(kind, 4096)
+        assert len(data) == 4096 and sniff(data) is not None
+
+
+def test_markdown_table_has_one_row_per_result() -> None:
+    results = [Result("a", 1.0, 2.0, "req/s", 0.5, "≥ 0.8x", False),
+               Result("b", 3.0, None, "MiB", None, "≤ 150 MiB", True)]
+    table = report.markdown_table(results).splitlines()
+    assert len(table) == 4
+    assert "FAIL" in table[2] and "pass" in table[3]
+
+
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    output = tmp_path / "bench.md"
+    code = cli.main(["--quick", "--only", "growth,payload,memory", "--output", str(output),
+                     "--scratch", str(tmp_path)])
+    assert code == 0
+    text = output.read_text()
+    assert "time per item" in text and "peak RSS" in text and "payload" in text
+    assert "could not run" not in text
+    assert not list(tmp_path.glob("casefetch-bench-*"))  # the scratch directory is gone

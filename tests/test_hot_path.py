@@ -1,0 +1,52 @@
+"""The receiver's hot path (issue 6): the fast encoders give what the slow ones gave."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+
+from casefetch import protocol
+
+
+def decode(message: bytes) -> list[object]:
+    envelope = json.loads(message)
+    return json.loads(base64.b64decode(envelope["body"]))  # type: ignore[no-any-return]
+
+
+def test_ids_are_uuids_of_the_right_version() -> None:
+    delivery_id = protocol.new_delivery_id()
+    assert uuid.UUID(delivery_id).version == 7 and str(uuid.UUID(delivery_id)) == delivery_id
+    tag = protocol._random_uuid()
+    assert uuid.UUID(tag).version == 4 and str(uuid.UUID(tag)) == tag
+    assert protocol.new_delivery_id(ms=1) < protocol.new_delivery_id(ms=2)
+
+
+def test_received_at_is_iso_with_milliseconds() -> None:
+    assert protocol.utc_iso(1_764_324_000_123) == "2025-11-28T10:00:00.123Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", protocol.utc_now_iso())
+
+
+def test_message_carries_the_body_exactly() -> None:
+    body = '{"cfRef":"CF-ü","t":"😀 \u2028 \\"q\\""}'.encode()
+    delivery = protocol.make_delivery(body, {"Content-Type": "application/json"})
+    [args, kwargs, _embed] = decode(protocol.task_message("t", "q", [delivery], "id-1"))
+    assert args == [delivery] and kwargs == {}
+    assert protocol.delivery_body(args[0]) == body  # type: ignore[index]
+
+
+def test_undecodable_header_bytes_do_not_break_the_message() -> None:
+    # aiohttp hands undecodable header bytes over as lone surrogates; orjson refuses them.
+    delivery = protocol.make_delivery(b"{}", {"X-Odd": "caf\udce9"})
+    [args, _kwargs, _embed] = decode(protocol.task_message("t", "q", [delivery], "id-2"))
+    assert args[0]["headers"] == {"X-Odd": "caf\udce9"}  # type: ignore[index]
+
+
+def test_header_names_become_plain_strings() -> None:
+    from multidict import istr
+
+    kept = protocol.safe_headers([(istr("Content-Type"), "application/json"),
+                                  (istr("Authorization"), "Bearer x")])
+    assert kept == {"Content-Type": "application/json"}
+    assert all(type(name) is str for name in kept)

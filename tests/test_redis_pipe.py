@@ -1,0 +1,130 @@
+"""The receiver's pipelined Redis connection, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from casefetch.redis_server import RedisServer, free_port
+from receiver.redis_pipe import RedisPipe
+
+
+def db_url(server: RedisServer, db: int) -> str:
+    return server.url.rsplit("/", 1)[0] + f"/{db}"
+
+
+async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisServer) -> None:
+    url = db_url(redis_server, 5)
+    client = redis.Redis.from_url(url)
+    client.delete("pipe-test")
+    pipe = RedisPipe.from_url(url)
+    try:
+        lengths = await asyncio.gather(*(pipe.lpush("pipe-test", b"v%d" % i)
+                                         for i in range(200)))
+        assert sorted(int(n) for n in lengths) == list(range(1, 201))  # type: ignore[call-overload]
+        assert client.llen("pipe-test") == 200
+        big = b"\xff" * (3 * 1024 * 1024)
+        assert await pipe.lpush("pipe-test", big) == 201
+        assert client.lindex("pipe-test", 0) == big
+        assert await pipe.ping()
+    finally:
+        await pipe.close()
+        client.delete("pipe-test")
+        client.close()
+
+
+async def test_error_replies_are_raised_and_the_connection_goes_on(
+        redis_server: RedisServer) -> None:
+    url = db_url(redis_server, 5)
+    client = redis.Redis.from_url(url)
+    client.set("pipe-string", "x")
+    pipe = RedisPipe.from_url(url)
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await pipe.lpush("pipe-string", b"v")
+        assert await pipe.execute(b"GET", b"pipe-string") == b"x"
+        assert await pipe.execute(b"GET", b"pipe-missing") is None
+    finally:
+        await pipe.close()
+        client.delete("pipe-string")
+        client.close()
+
+
+async def test_lost_connection_fails_waiters_and_reconnects(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    pipe = RedisPipe.from_url(server.url)
+    try:
+        assert await pipe.lpush("q", b"1") == 1
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await pipe.lpush("q", b"2")
+        server.start()
+        assert await pipe.lpush("q", b"3") == 2  # the first write survived the restart
+    finally:
+        await pipe.close()
+        server.stop()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    pipe = RedisPipe.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(RedisConnectionError):
+        await pipe.ping()
+    await pipe.close()
+
+
+async def test_password_and_database_are_used(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.config_set("requirepass", "s3cret")
+        base = f"redis://:s3cret@127.0.0.1:{server.port}"
+        pipe = RedisPipe.from_url(f"{base}/2")
+        assert await pipe.lpush("q", b"x") == 1
+        await pipe.close()
+        checker = redis.Redis.from_url(f"{base}/2")
+        assert checker.llen("q") == 1
+        checker.close()
+        wrong = RedisPipe.from_url(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(ResponseError):
+            await wrong.ping()
+        await wrong.close()
+    finally:
+        client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(("url", "supported"), [
+    ("redis://localhost:6379/0", True), ("redis://h", True), ("redis://:p@h:1/3", True),
+    ("rediss://h:6380/0", False), ("unix:///tmp/r.sock", False),
+    ("redis://h/0?socket_timeout=3", False),
+])
+def test_only_plain_urls_are_taken(url: str, supported: bool) -> None:
+    assert RedisPipe.supports(url) is supported
+
+
+async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
+    from receiver.enqueue import EnqueueError, Enqueuer
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # takes every byte, answers nothing
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    enqueuer = Enqueuer.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.3)
+    assert enqueuer.pipe is not None
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(EnqueueError):
+            await enqueuer.enqueue({"deliveryId": "d-1", "receivedAt": "x", "body": "{}",
+                                    "headers": {}})
+        assert not await enqueuer.ping()
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        await enqueuer.close()
+        server.close()
+        await server.wait_closed()
