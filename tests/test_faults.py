@@ -122,7 +122,9 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
     """Files put in place more than once, counted from the workers' logs.
 
     A worker logs ``storing <key>`` just before renaming a file into place, so a rename is
-    never missed (a line without its rename can only overcount).
+    never missed. A worker killed between that line and the rename leaves a line without a
+    rename; the worker that takes the file over then finds nothing in place and says so
+    ("died before putting it in place"): that line cancels one "storing".
     """
     stores: dict[str, int] = {}
     for process in workers:
@@ -134,6 +136,9 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
             if "storing cases/" in message:
                 key = message.split("storing ", 1)[1].split(" ", 1)[0]
                 stores[key] = stores.get(key, 0) + 1
+            elif "died before putting it in place" in message:
+                key = message.split("not adopting ", 1)[1].split(":", 1)[0]
+                stores[key] = stores.get(key, 0) - 1
     assert stores, "no 'storing' line in the workers' logs: the count would be meaningless"
     return sum(count - 1 for count in stores.values())
 

@@ -193,8 +193,10 @@ class Pipeline:
                 for block in iter(lambda: reader.read(1024 * 1024), b""):
                     digest.update(block)
         except NotFound:
+            log.info("not adopting %s: its worker died before putting it in place", key)
             return None
         if digest.hexdigest() != intent["sha256"]:
+            log.warning("not adopting %s: its bytes differ from what was verified", key)
             return None
         log.info("adopting %s/%s, stored before its worker died", job["cfRef"], intent["path"])
         return intent
