@@ -116,17 +116,23 @@ def list_cases(storage: Storage, status: str | None = None,
 
 
 def find_case(storage: Storage, cf_ref: str) -> tuple[str, Manifest]:
-    """The folder and manifest of a case, by its cfRef (or by its folder name)."""
-    candidates = [archive.case_dir(cf_ref)]
+    """The folder and manifest of a case, by its cfRef (or by its folder name).
+
+    On a case-insensitive disk ``cases/cf-1`` may open CF-1's folder: a folder counts only
+    when its manifest names this cfRef (or when it was asked for by folder name).
+    """
+    candidates = [(folder, True) for folder in archive.case_dirs(cf_ref)]
     if _FOLDER_NAME.fullmatch(cf_ref):
-        candidates.append(f"{archive.CASES}/{cf_ref}")
-    for folder in dict.fromkeys(candidates):
+        candidates.append((f"{archive.CASES}/{cf_ref}", False))
+    for folder, must_match in candidates:
         try:
-            return folder, read_manifest(storage, folder)
+            manifest = read_manifest(storage, folder)
         except NotFound:
             continue
         except ValueError as exc:
             raise InspectionError(f"the manifest of {cf_ref!r} is unreadable: {exc}") from exc
+        if not must_match or manifest.get("cfRef") == cf_ref:
+            return folder, manifest
     raise CaseNotFound(cf_ref)
 
 

@@ -26,7 +26,10 @@ def retryable(entry: Entry) -> bool:
 
 def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
     """Re-queue the case's failed downloads; the paths re-queued (empty: nothing to retry)."""
-    case = archive.case_dir(cf_ref)
+    case = next((folder for folder in archive.case_dirs(cf_ref)
+                 if (pipeline._read_manifest(folder) or {}).get("cfRef") == cf_ref), None)
+    if case is None:
+        raise CaseNotFound(cf_ref)
     with pipeline.books.lock("case", case, wait_seconds=30):
         manifest = pipeline._read_manifest(case)
         if manifest is None:
