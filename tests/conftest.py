@@ -166,6 +166,14 @@ class Archive:
 
 
 @pytest.fixture
+def storage(tmp_path: Path) -> Any:
+    """A local archive of the test's own."""
+    from worker.storage import LocalStorage
+
+    return LocalStorage(tmp_path / "archive")
+
+
+@pytest.fixture
 def archive(archive_dir: Path) -> Archive:
     return Archive(archive_dir)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -55,3 +57,12 @@ def case(cf_ref: str, case_url: str, items: list[dict[str, Any]] | None = None,
 def body(payload: Any) -> bytes:
     """Serialised as a JavaScript sender does (JSON.stringify: compact, raw UTF-8)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_for(stem: str) -> Callable[[Any], str]:
+    """A fetcher's ``key_for``: the stem plus the extension the bytes gave."""
+    return lambda file_type: f"{stem}.{file_type.extension}"

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 from tests import samples
 from tests.fileserver import Fault, FileServer
+from tests.samples import key_for
 from worker.download import Fetcher, _retry_after
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.settings import DownloadSettings
-from worker.sniff import FileKind, FileType
+from worker.sniff import FileKind
 from worker.storage import LocalStorage
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage(tmp_path / "archive")
 
 
 def fetcher(**overrides: object) -> tuple[Fetcher, list[float]]:
@@ -28,9 +21,6 @@ def fetcher(**overrides: object) -> tuple[Fetcher, list[float]]:
     values.update(overrides)
     return Fetcher(DownloadSettings(**values), sleep=slept.append), slept  # type: ignore[arg-type]
 
-
-def key_for(stem: str) -> Callable[[FileType], str]:
-    return lambda file_type: f"{stem}.{file_type.extension}"
 
 
 def test_streams_hashes_and_stores(file_server: FileServer, storage: LocalStorage) -> None:

@@ -7,7 +7,6 @@ visibility timeout; production uses 60 s (see the README's reliability section).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import threading
@@ -33,6 +32,7 @@ from tests.conftest import (
     worker_env,
 )
 from tests.fileserver import FileServer
+from tests.samples import sha
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -97,9 +97,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     files.stop()
     server.stop()
 
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_archive(archive: Archive, files: FileServer, expected: dict[str, dict[str, bytes]]

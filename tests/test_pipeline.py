@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +13,7 @@ from casefetch.protocol import make_delivery, task_message
 from tests import samples
 from tests.conftest import Archive, ReceiverProcess, WorkerProcess, wait_for
 from tests.fileserver import Fault, FileServer
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.samples import sha
 
 
 def test_webhook_becomes_a_verified_archive(receiver: ReceiverProcess, worker: WorkerProcess,

@@ -31,6 +31,7 @@ from tests.conftest import (
     worker_env,
 )
 from tests.fileserver import FileServer
+from tests.samples import sha
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
 from worker.settings import WorkerSettings
@@ -40,9 +41,6 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
                "AWS_DEFAULT_REGION": REGION}
 PREFIX = "archive/v1"
 
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,18 @@ from __future__ import annotations
 import gzip
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
+from tests.samples import key_for
 from worker.download import Fetcher
 from worker.errors import PermanentDownloadError
 from worker.settings import DownloadSettings
-from worker.sniff import FileKind, FileType
+from worker.sniff import FileKind
 from worker.storage import LocalStorage
 
 SECRET = "download-header-secret-value"
@@ -38,10 +38,6 @@ def elsewhere() -> Iterator[RecordingServer]:
     running.stop()
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage(tmp_path / "archive")
-
 
 def fetcher(**overrides: Any) -> Fetcher:
     values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 1,
@@ -49,9 +45,6 @@ def fetcher(**overrides: Any) -> Fetcher:
     values.update(overrides)
     return Fetcher(DownloadSettings(**values), sleep=lambda _: None)
 
-
-def key_for(stem: str) -> Callable[[FileType], str]:
-    return lambda file_type: f"{stem}.{file_type.extension}"
 
 
 def test_download_headers_reach_the_origin_only(origin: RecordingServer,

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ import urllib3
 
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
+from tests.samples import key_for
 from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.guard import (
@@ -30,7 +30,7 @@ from worker.guard import (
     refuse_non_public,
 )
 from worker.settings import DownloadSettings
-from worker.sniff import FileKind, FileType
+from worker.sniff import FileKind
 from worker.storage import LocalStorage
 
 PNG = samples.png()
@@ -43,19 +43,12 @@ def server() -> Iterator[RecordingServer]:
     running.stop()
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage(tmp_path / "archive")
-
 
 def settings(**overrides: Any) -> DownloadSettings:
     values: dict[str, Any] = {"max_attempts": 1, "timeout_seconds": 2.0}
     values.update(overrides)
     return DownloadSettings(**values)
 
-
-def key_for(stem: str) -> Callable[[FileType], str]:
-    return lambda file_type: f"{stem}.{file_type.extension}"
 
 
 def localhost_is_public(host: str, address: IPAddress) -> None:
