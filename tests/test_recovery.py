@@ -101,7 +101,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
     pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
     job = file_jobs(sent[0])[0]
 
-    def die(*args: object) -> None:
+    def die(*args: object, **kwargs: object) -> None:
         raise Crash
 
     # The worker dies right after the rename: its result never reaches the bookkeeping.

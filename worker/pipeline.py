@@ -138,22 +138,20 @@ class Pipeline:
         """Fetch one file of a case (a job of :func:`file_jobs`). Raises Busy when another
         worker is fetching it."""
         case, gen, index = job["case"], job["gen"], int(job["index"])
-        if self.books.generation(case) != gen:
+        claim = self.books.claim(case, gen, index, job["path"])
+        if claim.status == "stale":
             return "stale"
-        if self.books.result(case, index) is None:
-            with self.books.lock("file", case, job["path"]):
-                if self.books.generation(case) != gen:
-                    return "stale"
-                if self.books.result(case, index) is None:
-                    entry = self._adopt(case, job) or self._fetch(case, job)
-                    remaining = self.books.record(case, gen, index, entry)
-                    if remaining == 0:
-                        self.settle(case, gen)
-                    return str(entry["status"])
-        # Already fetched (a redelivered or duplicate job): make sure the case is settled.
-        if not self.books.remaining(case):
+        if claim.lock is None:
+            # Already fetched (a redelivered or duplicate job): make sure the case is settled.
+            if not self.books.remaining(case):
+                self.settle(case, gen)
+            return "done"
+        with claim.lock:
+            entry = self._adopt(case, job, claim.intent) or self._fetch(case, job)
+            remaining = self.books.record(case, gen, index, entry, lock=claim.lock)
+        if remaining == 0:
             self.settle(case, gen)
-        return "done"
+        return str(entry["status"])
 
     def fail(self, job: dict[str, Any], error: str) -> str:
         """Record a file as failed for good (the download itself broke) and settle if last."""
@@ -188,9 +186,9 @@ class Pipeline:
             return entry
         return _stored_entry(case, path, kind, result)
 
-    def _adopt(self, case: str, job: dict[str, Any]) -> Entry | None:
-        """The file a dead worker verified and renamed into place, if it is there, whole."""
-        intent = self.books.intent(case, int(job["index"]))
+    def _adopt(self, case: str, job: dict[str, Any], intent: Entry | None) -> Entry | None:
+        """The file a dead worker verified and renamed into place (``intent``, as it noted
+        it), if it is there, whole."""
         if intent is None:
             return None
         key = archive.case_key(case, intent["path"])
