@@ -121,7 +121,7 @@ class Pipeline:
         else:
             self.books.touch(case)
             indices = self.books.remaining(case)
-        if not self.books.remaining(case):
+        if not indices:
             # Callers hold the case lock already (it is not re-entrant).
             self._settle_locked(case, gen)
             return
