@@ -41,7 +41,7 @@ SendDownload = Callable[[dict[str, Any]], None]
 #: Files per download message. Celery costs about 2 ms of CPU per task, as much as fetching
 #: a small file: a batch pays it once for several files, while a large case still spreads
 #: over many messages, hence over every worker.
-BATCH_FILES = 8
+BATCH_FILES = 16
 
 
 @dataclass
