@@ -92,8 +92,8 @@ class Bookkeeping:
         token = new_token()
         keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "intents"),
                 lock_key("file", case, path)]
-        status, intent = self._claim(keys=keys, args=[gen, index, token, self.locks.ttl_ms])
-        status = status.decode()
+        found, intent = self._claim(keys=keys, args=[gen, index, token, self.locks.ttl_ms])
+        status = found.decode() if isinstance(found, bytes) else str(found)
         if status == "busy":
             raise Busy(f"file:{case}:{path}")
         if status != "claimed":
