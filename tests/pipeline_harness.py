@@ -16,7 +16,7 @@ import redis
 from casefetch.protocol import make_delivery
 from worker.bookkeeping import Bookkeeping
 from worker.download import Fetcher
-from worker.pipeline import Pipeline
+from worker.pipeline import Pipeline, file_jobs
 from worker.settings import DownloadSettings
 from worker.storage import LocalStorage, Storage
 
@@ -38,7 +38,8 @@ class Harness:
         delivery = make_delivery(body, {"Content-Type": "application/json"})
         outcome = self.pipeline.ingest(delivery)
         while self.jobs:
-            self.pipeline.download(self.jobs.pop(0))
+            for job in file_jobs(self.jobs.pop(0)):
+                self.pipeline.download(job)
         return {"deliveryId": delivery["deliveryId"], "outcome": outcome}
 
     def quarantine(self, delivery_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+from casefetch.constants import INGEST_QUEUE, INGEST_TASK, lock_key
 from casefetch.protocol import make_delivery, task_message
 from tests import samples
 from tests.conftest import Archive, ReceiverProcess, WorkerProcess, wait_for
@@ -216,3 +216,28 @@ def test_many_items_are_fetched_concurrently(
     assert manifest["status"] == "complete"
     # Each image is held back, so downloads done one after another never overlap.
     assert file_server.max_in_flight >= 4
+
+
+def test_a_batch_fetches_the_rest_while_one_file_is_held_elsewhere(
+        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
+        archive: Archive, redis_client: redis.Redis, unique: Callable[[str], str]) -> None:
+    cf = unique("CF")
+    held = lock_key("file", f"cases/{cf}", "case.pdf")
+    redis_client.set(held, "another-worker", ex=60)  # another worker is fetching the PDF
+    items = [samples.item(name, file_server.add(f"{cf}/{name}", samples.png(seed=i)))
+             for i, name in enumerate(["A", "B"])]
+    assert receiver.post(samples.body(samples.case(cf, file_server.add(
+        f"{cf}/pdf", samples.pdf()), items)))[0] == 202
+
+    def images_stored() -> bool:
+        return all((archive.case(cf) / "items" / f"00{n}-{name}.png").exists()
+                   for n, name in [(1, "A"), (2, "B")])
+
+    wait_for(images_stored, message="the batch's other files to be stored")
+    assert file_server.hits[f"/{cf}/pdf"] == 0
+    assert (archive.manifest(cf) or {}).get("status") == "pending"
+    redis_client.delete(held)  # that worker is done with it (here: it died, nothing stored)
+    manifest = archive.settled(cf)
+    assert manifest["status"] == "complete"
+    assert file_server.hits[f"/{cf}/pdf"] == 1
+    assert file_server.hits[f"/{cf}/A"] == 1 and file_server.hits[f"/{cf}/B"] == 1

@@ -17,7 +17,7 @@ from tests import samples
 from tests.fileserver import FileServer
 from worker.bookkeeping import Bookkeeping
 from worker.download import Fetcher
-from worker.pipeline import Pipeline, resume
+from worker.pipeline import Pipeline, file_jobs, resume
 from worker.settings import DownloadSettings
 from worker.storage import LocalStorage
 
@@ -48,7 +48,8 @@ def delivery_for(file_server: FileServer, cf: str) -> dict[str, Any]:
 
 def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> None:
     while sent:
-        pipe.download(sent.pop(0))
+        for job in file_jobs(sent.pop(0)):
+            pipe.download(job)
 
 
 def test_ingest_redelivered_after_a_crash_before_the_manifest(
@@ -84,7 +85,7 @@ def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(
     assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
     sent.clear()  # the messages never reached Redis
     assert pipe.ingest(delivery) == "resumed"  # type: ignore[arg-type]
-    assert len(sent) == 2
+    assert [len(message["files"]) for message in sent] == [2]
     run_all(pipe, sent)
     assert file_server.served["/rec/REC-2/pdf"] == 1
 
@@ -98,9 +99,9 @@ def test_download_redelivered_after_the_file_was_put_in_place(
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
-    job = sent[0]
+    job = file_jobs(sent[0])[0]
 
-    def die(*args: object) -> None:
+    def die(*args: object, **kwargs: object) -> None:
         raise Crash
 
     # The worker dies right after the rename: its result never reaches the bookkeeping.
@@ -111,7 +112,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
     assert pipe.storage.exists("cases/REC-3/case.pdf")
     assert pipe.download(job) == "stored"  # adopted, not fetched again
     assert file_server.served["/rec/REC-3/pdf"] == 1
-    run_all(pipe, sent[1:])
+    run_all(pipe, sent)
 
 
 def test_sweep_resumes_a_case_whose_messages_were_lost(
@@ -138,7 +139,7 @@ def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, An
     changed = dict(make_delivery(samples.body(samples.case(
         "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {}))
     pipe.ingest(changed)  # type: ignore[arg-type]
-    assert [pipe.download(job) for job in old_jobs] == ["stale", "stale"]
+    assert [pipe.download(job) for m in old_jobs for job in file_jobs(m)] == ["stale", "stale"]
     run_all(pipe, sent)
     manifest = pipe._read_manifest("cases/REC-5")
     assert manifest is not None and manifest["status"] == "complete"

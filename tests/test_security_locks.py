@@ -1,4 +1,4 @@
-"""The case and file locks outlive their timeout while work goes on (the keeper extends them)."""
+"""The case and file locks outlive their timeout while work goes on (renewed in the background)."""
 
 from __future__ import annotations
 

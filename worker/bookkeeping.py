@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.lock import Lock
 
 from casefetch.constants import (
     ACTIVE_CASES_KEY,
@@ -33,17 +32,27 @@ from casefetch.constants import (
     lock_key,
 )
 from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT
+from worker.locks import Busy, HeldLock, Locks, new_token
 
 
-class Busy(Exception):
-    """Another worker holds the lock; try again later."""
+@dataclass
+class Claim:
+    """What :meth:`Bookkeeping.claim` found: ``stale`` (another generation is current),
+    ``done`` (the file has its result) or ``claimed`` (``lock`` is ours, and ``intent`` is
+    what a dead worker noted before renaming the file into place, if it did)."""
+
+    status: str
+    lock: HeldLock | None = None
+    intent: dict[str, Any] | None = None
 
 
 class Bookkeeping:
     def __init__(self, client: redis.Redis, lock_seconds: float = 60.0) -> None:
         self.redis = client
         self.lock_seconds = lock_seconds
+        self.locks = Locks(client, lock_seconds)
         self._record = client.register_script(self._RECORD)
+        self._claim = client.register_script(self._CLAIM)
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
 
     def generation(self, case: str) -> str | None:
@@ -67,36 +76,69 @@ class Bookkeeping:
     def is_active(self, case: str) -> bool:
         return self.redis.zscore(ACTIVE_CASES_KEY, case) is not None
 
-    def result(self, case: str, index: int) -> dict[str, Any] | None:
-        raw = self.redis.hget(case_key(case, "results"), str(index))
-        return json.loads(raw) if raw is not None else None
-
     def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
         self.redis.hset(case_key(case, "intents"), str(index), json.dumps(entry))
-
-    def intent(self, case: str, index: int) -> dict[str, Any] | None:
-        raw = self.redis.hget(case_key(case, "intents"), str(index))
-        return json.loads(raw) if raw is not None else None
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(case_key(case, "results"))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
-    def record(self, case: str, gen: str, index: int, entry: dict[str, Any]) -> int | None:
-        """Store a finished entry; return how many remain, or None if ``gen`` is stale."""
+    def claim(self, case: str, gen: str, index: int, path: str) -> Claim:
+        """Take the lock on one file of generation ``gen``, unless it is stale or done.
+
+        One round trip for what took five: generation and result checks, the lock, the
+        intent. Raises Busy when another worker holds the file.
+        """
+        token = new_token()
+        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "intents"),
+                lock_key("file", case, path)]
+        found, intent = self._claim(keys=keys, args=[gen, index, token, self.locks.ttl_ms])
+        status = found.decode() if isinstance(found, bytes) else str(found)
+        if status == "busy":
+            raise Busy(f"file:{case}:{path}")
+        if status != "claimed":
+            return Claim(status)
+        return Claim(status, HeldLock(self.locks, keys[3], token),
+                     json.loads(intent) if intent else None)
+
+    # Checked and taken atomically: no generation can start, and no other worker record the
+    # file, between the checks and the lock.
+    _CLAIM = """
+    if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', ''} end
+    if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'done', ''} end
+    if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then
+      return {'busy', ''}
+    end
+    return {'claimed', redis.call('HGET', KEYS[3], ARGV[2]) or ''}
+    """
+
+    def record(self, case: str, gen: str, index: int, entry: dict[str, Any],
+               lock: HeldLock | None = None) -> int | None:
+        """Store a finished entry; return how many remain, or None if ``gen`` is stale.
+
+        ``lock`` (the file's, from :meth:`claim`) is released in the same round trip.
+        """
         keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "pending"),
-                ACTIVE_CASES_KEY]
+                ACTIVE_CASES_KEY, lock.key if lock else lock_key("none")]
         remaining = self._record(keys=keys, args=[gen, index, json.dumps(entry), case,
-                                                  time.time()])
+                                                  time.time(), lock.token if lock else ""])
+        if lock is not None:
+            lock.released = True
         return None if remaining is None or int(remaining) < 0 else int(remaining)
 
     # Atomic, so a stale result can never land after a newer generation started.
     _RECORD = """
-    if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-    redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-    redis.call('SREM', KEYS[3], ARGV[2])
-    redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-    return redis.call('SCARD', KEYS[3])
+    local remaining = -1
+    if redis.call('GET', KEYS[1]) == ARGV[1] then
+      redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+      redis.call('SREM', KEYS[3], ARGV[2])
+      redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+      remaining = redis.call('SCARD', KEYS[3])
+    end
+    if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then
+      redis.call('DEL', KEYS[5])
+    end
+    return remaining
     """
 
     def finish(self, case: str) -> None:
@@ -146,22 +188,12 @@ class Bookkeeping:
 
         Raises Busy when it cannot be had (at once, or within ``wait_seconds``).
         """
-        lock = Lock(self.redis, lock_key(*name), timeout=self.lock_seconds, thread_local=False,
-                    blocking=wait_seconds is not None, blocking_timeout=wait_seconds)
-        if not lock.acquire():
-            raise Busy(":".join(name))
-        stop = threading.Event()
-        keeper = threading.Thread(target=self._keep, args=(lock, stop), daemon=True)
-        keeper.start()
         try:
+            held = self.locks.acquire(lock_key(*name), wait_seconds)
+        except Busy as exc:
+            raise Busy(":".join(name)) from exc
+        with held:
             yield
-        finally:
-            stop.set()
-            keeper.join()
-            with contextlib.suppress(redis.exceptions.LockError):
-                lock.release()
 
-    def _keep(self, lock: Lock, stop: threading.Event) -> None:
-        while not stop.wait(self.lock_seconds / 3):
-            with contextlib.suppress(redis.exceptions.RedisError):
-                lock.reacquire()
+
+__all__ = ["Bookkeeping", "Busy", "Claim"]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
 from kombu.entity import Exchange, Queue
 from redis.exceptions import RedisError
 
+from casefetch import logs
 from casefetch.constants import (
     ALL_QUEUES,
     DOWNLOAD_QUEUE,
@@ -37,6 +39,9 @@ from casefetch.constants import (
 from casefetch.protocol import Delivery, delivery_from_message, task_message
 from worker.errors import StorageError
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.pipeline import Pipeline
 
 log = logging.getLogger("casefetch.worker")
 _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
@@ -67,6 +72,8 @@ class Runtime:
             fetcher=Fetcher(settings.download),
             send_download=self.send_download,
         )
+        self.files = ThreadPoolExecutor(max_workers=app.download_threads,
+                                        thread_name_prefix="casefetch-file")
 
     def send_download(self, job: dict[str, Any]) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
@@ -80,6 +87,8 @@ class CasefetchCelery(Celery):
         super().__init__("casefetch", broker=settings.redis_url, **kwargs)
         self.settings = settings
         self._runtime: Runtime | None = None
+        #: Files fetched at once: the worker's concurrency (set when the worker starts).
+        self.download_threads = 8
         self._runtime_lock = threading.Lock()
 
     @property
@@ -123,6 +132,12 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
         worker_send_task_events=False,
     )
     _register_tasks(app)
+
+    @signals.worker_init.connect(weak=False)
+    def sized(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is app and getattr(sender, "concurrency", None):
+            app.download_threads = int(sender.concurrency)
+
     return app
 
 
@@ -148,24 +163,56 @@ def _register_tasks(app: CasefetchCelery) -> None:
             return "quarantined"
 
     @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
-    def download(self: Task, job: dict[str, Any]) -> str:
+    def download(self: Task, message: dict[str, Any]) -> str:
         from worker.bookkeeping import Busy
 
-        try:
-            return app.runtime.pipeline.download(job)
-        except Busy as exc:
-            raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
-        except INFRA_ERRORS as exc:
-            log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
-            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-        except Exception as exc:
-            # A bug must not leave the case pending for ever: record the file as failed.
-            log.exception("download %s/%s failed unexpectedly", job.get("case"), job.get("path"))
-            return app.runtime.pipeline.fail(job, f"internal error: {type(exc).__name__}: {exc}")
+        outcomes, postponed = fetch_batch(app.runtime, message)
+        # Retrying the whole message is safe: files already recorded are skipped.
+        if isinstance(postponed, Busy):
+            raise self.retry(exc=postponed, countdown=BUSY_RETRY_SECONDS)
+        if postponed is not None:
+            raise self.retry(exc=postponed, countdown=_backoff(self.request.retries))
+        return ",".join(outcomes)
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> list[str]:
         return run_sweep(app)
+
+
+def fetch_batch(runtime: Runtime, message: dict[str, Any]
+                ) -> tuple[list[str], BaseException | None]:
+    """Fetch the files of a download message; their outcomes, and why to come back, if so.
+
+    The files are fetched side by side, on threads the whole process shares (as many as it
+    runs tasks), so a batch is as quick as its files were as separate tasks.
+    """
+    from worker.bookkeeping import Busy
+    from worker.pipeline import file_jobs
+
+    jobs = file_jobs(message)
+    futures = [runtime.files.submit(_download_file, runtime.pipeline, job) for job in jobs]
+    outcomes = []
+    postponed: BaseException | None = None
+    for job, future in zip(jobs, futures, strict=True):
+        try:
+            outcomes.append(future.result())
+        except Busy as exc:
+            postponed = postponed or exc  # another worker holds it: come back for it
+        except INFRA_ERRORS as exc:
+            log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
+            postponed = exc
+        except Exception as exc:
+            # A bug must not leave the case pending for ever: record the file as failed.
+            log.error("download %s/%s failed unexpectedly", job.get("case"), job.get("path"),
+                      exc_info=exc)
+            outcomes.append(runtime.pipeline.fail(
+                job, f"internal error: {type(exc).__name__}: {exc}"))
+    return outcomes, postponed
+
+
+def _download_file(pipeline: Pipeline, job: dict[str, Any]) -> str:
+    with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
+        return pipeline.download(job)
 
 
 def run_sweep(app: CasefetchCelery) -> list[str]:

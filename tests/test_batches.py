@@ -1,0 +1,36 @@
+"""How a case's files are cut into download messages, and read back (pure functions)."""
+
+from __future__ import annotations
+
+from worker.pipeline import BATCH_FILES, batches, file_jobs
+
+
+def test_batches_are_few_and_even() -> None:
+    files = [{"index": i} for i in range(BATCH_FILES + 3)]
+    cut = batches(files, BATCH_FILES)
+    assert len(cut) == 2
+    assert sorted(len(b) for b in cut) == [(BATCH_FILES + 3) // 2, (BATCH_FILES + 4) // 2]
+    assert sorted(f["index"] for b in cut for f in b) == list(range(BATCH_FILES + 3))
+    assert batches([], BATCH_FILES) == []
+    assert [len(b) for b in batches(files[:1], BATCH_FILES)] == [1]
+
+
+def test_a_large_case_spreads_over_many_messages() -> None:
+    cut = batches([{"index": i} for i in range(1000)], BATCH_FILES)
+    assert len(cut) == -(-1000 // BATCH_FILES)
+    assert max(len(b) for b in cut) <= BATCH_FILES
+
+
+def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
+    message = {"case": "cases/B", "gen": "g", "cfRef": "B",
+               "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf",
+                          "sourceUrl": "http://h/p"},
+                         {"index": 2, "path": "items/002-X", "kind": "item_image",
+                          "sourceUrl": "http://h/x"}]}
+    jobs = file_jobs(message)
+    assert [j["index"] for j in jobs] == [0, 2]
+    assert all(j["case"] == "cases/B" and j["gen"] == "g" and "files" not in j for j in jobs)
+    # Queued before batches existed (a rolling upgrade): still one file job.
+    single = {"case": "cases/B", "gen": "g", "index": 1, "path": "items/001-Y",
+              "kind": "item_image", "sourceUrl": "http://h/y", "cfRef": "B"}
+    assert file_jobs(single) == [single]
