@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -87,7 +88,41 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     install_sweeper(app)
     from worker.observe import install
     install(app, settings.metrics_port)
-    app.worker_main(worker_argv(chosen, concurrency, loglevel))
+    requested = watch_shutdown_requests()
+    code = app.start(worker_argv(chosen, concurrency, loglevel))
+    if code and not requested.is_set():
+        restart_worker(code)
+    sys.exit(code or 0)
+
+
+def watch_shutdown_requests() -> threading.Event:
+    """Set when the worker stops because it was asked to (a signal), not because it broke."""
+    from celery import signals
+
+    requested = threading.Event()
+
+    def on_shutdown(**kwargs: Any) -> None:
+        requested.set()
+
+    signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    return requested
+
+
+def restart_worker(code: int) -> NoReturn:
+    """Start this worker afresh, in the same process (same pid, no orphan).
+
+    Celery gives up ("Unrecoverable error") on some races of kombu's Redis transport when the
+    connection drops; a worker must outlive a Redis outage, so it starts again. Repeated
+    failures back off, up to 30 s between tries.
+    """
+    restarts = int(os.environ.get("CASEFETCH_WORKER_RESTARTS", "0"))
+    delay = min(30.0, 2.0 ** min(restarts, 5))
+    logging.getLogger("casefetch.worker").error(
+        "the Celery worker stopped on an error (exit %s); starting it again in %.0f s",
+        code, delay)
+    time.sleep(delay)
+    os.environ["CASEFETCH_WORKER_RESTARTS"] = str(restarts + 1)
+    os.execv(sys.executable, [sys.executable, "-m", "casefetch", *sys.argv[1:]])
 
 
 @main.command()
