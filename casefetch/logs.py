@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
+
 #: Fields added to every line logged in this context (a task, a request).
 _context: ContextVar[dict[str, Any] | None] = ContextVar("casefetch_log_context", default=None)
 _FIELDS = "casefetch_fields"
@@ -65,7 +67,12 @@ class JsonFormatter(logging.Formatter):
             line.setdefault(key, value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        try:
+            # orjson: the receiver writes one of these per accepted webhook.
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:
+            # Text orjson refuses (a lone surrogate in a cfRef, say) is escaped instead.
+            return json.dumps(line, default=str)
 
 
 class TextFormatter(logging.Formatter):
