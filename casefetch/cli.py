@@ -66,7 +66,9 @@ def receiver(host: str, port: int) -> None:
 @main.command()
 @click.option("--queues", default=None, help="Comma-separated queues (default: all).")
 @click.option("--concurrency", default=None, type=click.IntRange(1), help="Parallel tasks.")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                case_sensitive=False))
 def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker."""
     from casefetch.constants import ALL_QUEUES

@@ -142,3 +142,29 @@ def test_celery_cli_consumes_every_queue_by_default() -> None:
     assert [queue.name for queue in app.conf.task_queues] == list(ALL_QUEUES)
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.broker_transport_options["visibility_timeout"] == 60
+
+
+def test_a_broken_worker_starts_again_in_the_same_process() -> None:
+    # restart_worker replaces the process with a fresh `casefetch <same arguments>`; here the
+    # arguments are `--version`, so the fresh process prints it and exits.
+    code = ("import sys; sys.argv = ['casefetch', '--version'];"
+            "from casefetch.cli import restart_worker; restart_worker(1)")
+    env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "version" in result.stdout
+    assert "starting it again in 1 s" in result.stderr
+
+
+def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
+                                                     tmp_path: Path) -> None:
+    from casefetch.redis_server import RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    own_db = redis_server.url.rsplit("/", 1)[0] + "/6"
+    process = WorkerProcess(worker_env(own_db, tmp_path / "archive"), tmp_path / "w.log").start()
+    assert process.process is not None
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(timeout=30) == 0
+    assert "starting it again" not in process.log()
