@@ -57,6 +57,8 @@ class FileServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Small responses must not wait ~40 ms for a delayed ACK (Nagle's algorithm).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
