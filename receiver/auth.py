@@ -133,11 +133,6 @@ def decode_signature(text: str) -> bytes:
     return decoded
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature the platform sends: hex HMAC-SHA256 of the body."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 def check_hmac(value: str, api_key_header: str | None, body: bytes,
                credentials: Credentials) -> None:
     key_text, sep, signature_text = value.rpartition(":")

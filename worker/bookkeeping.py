@@ -73,9 +73,6 @@ class Bookkeeping:
     def remaining(self, case: str) -> list[int]:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
 
-    def is_active(self, case: str) -> bool:
-        return self.redis.zscore(ACTIVE_CASES_KEY, case) is not None
-
     def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
         self.redis.hset(case_key(case, "intents"), str(index), json.dumps(entry))
 
@@ -175,8 +172,8 @@ class Bookkeeping:
                 self.redis.zrem(INBOX_INDEX_KEY, delivery_id)
         return found
 
-    def requeue(self, delivery_id: str, message: bytes) -> None:
-        """Queue a delivery's message again, exactly as the receiver queued it."""
+    def enqueue(self, delivery_id: str, message: bytes) -> None:
+        """Queue a delivery's message (and keep it in the inbox), as the receiver does."""
         self._enqueue(keys=ENQUEUE_KEYS, args=[message, delivery_id, time.time()])
 
     def touch(self, case: str) -> None:

@@ -254,7 +254,7 @@ def requeue_lost_deliveries(app: CasefetchCelery) -> int:
     for delivery_id, message in books.undelivered(older_than):
         # A fresh message (new delivery tag) for the same delivery, through the same script
         # as the receiver, so the inbox entry's clock restarts with it.
-        books.requeue(delivery_id, task_message(
+        books.enqueue(delivery_id, task_message(
             INGEST_TASK, INGEST_QUEUE, [delivery_from_message(message)], task_id=delivery_id,
             origin=_ORIGIN))
         requeued += 1

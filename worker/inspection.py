@@ -11,7 +11,6 @@ InspectionError (worker.errors.WorkerError)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -22,7 +21,6 @@ from worker.errors import NotFound, WorkerError
 from worker.manifest import FileStatus, Manifest
 from worker.storage import Storage
 
-HASH_CHUNK = 1024 * 1024
 #: What a case folder may be called (so a folder name given as CFREF finds its case).
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
 
@@ -207,17 +205,12 @@ def verify_targets(storage: Storage, cf_ref: str | None = None
 
 def verify_file(storage: Storage, target: Target) -> Problem | None:
     """Re-hash one file; a Problem when it is missing or differs from its manifest entry."""
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with storage.open_reader(target.key) as reader:
-            while chunk := reader.read(HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        sha256, size = storage.digest(target.key)
     except NotFound:
         return Problem(target.cfRef, target.entry["path"], "missing")
     expected_size = target.entry.get("bytes")
-    if digest.hexdigest() != target.entry.get("sha256"):
+    if sha256 != target.entry.get("sha256"):
         return Problem(target.cfRef, target.entry["path"],
                        f"sha256 mismatch (size {size}, manifest says {expected_size})")
     if expected_size is not None and size != expected_size:

@@ -192,15 +192,12 @@ class Pipeline:
         if intent is None:
             return None
         key = archive.case_key(case, intent["path"])
-        digest = hashlib.sha256()
         try:
-            with self.storage.open_reader(key) as reader:
-                for block in iter(lambda: reader.read(1024 * 1024), b""):
-                    digest.update(block)
+            sha256, _size = self.storage.digest(key)
         except NotFound:
             log.info("not adopting %s: its worker died before putting it in place", key)
             return None
-        if digest.hexdigest() != intent["sha256"]:
+        if sha256 != intent["sha256"]:
             log.warning("not adopting %s: its bytes differ from what was verified", key)
             return None
         log.info("adopting %s/%s, stored before its worker died", job["cfRef"], intent["path"])

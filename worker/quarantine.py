@@ -11,19 +11,17 @@ which record it replays). A body is so never in the quarantine twice.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
 from casefetch.protocol import (
-    ENQUEUE_KEYS,
-    ENQUEUE_SCRIPT,
     delivery_body,
     make_delivery,
     safe_headers,
     task_message,
 )
 from worker import archive
+from worker.bookkeeping import Bookkeeping
 from worker.errors import NotFound
 from worker.inspection import RecordNotFound
 from worker.storage import Storage
@@ -83,8 +81,7 @@ def replay(storage: Storage, redis_client: Any, delivery_id: str) -> str:
     headers[REPLAY_HEADER] = str(record.get("deliveryId") or delivery_id)
     delivery = make_delivery(delivery_body(record), headers)
     message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"])
-    redis_client.register_script(ENQUEUE_SCRIPT)(
-        keys=ENQUEUE_KEYS, args=[message, delivery["deliveryId"], time.time()])
+    Bookkeeping(redis_client).enqueue(delivery["deliveryId"], message)
     storage.delete(archive.quarantine_key(delivery_id))
     return delivery["deliveryId"]
 

@@ -7,6 +7,7 @@ sees the whole object under its key or nothing, never a part.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ from worker.errors import NotFound, StorageError
 from worker.settings import WorkerSettings
 
 TMP_DIR = ".tmp"
+HASH_CHUNK = 1024 * 1024
 
 
 class Writer(Protocol):
@@ -71,6 +73,16 @@ class Storage(ABC):
     def remove_stale_temp(self, older_than_seconds: float) -> int:
         """Delete what writers killed mid-write left behind; return how many were removed."""
         return 0
+
+    def digest(self, key: str) -> tuple[str, int]:
+        """The sha256 (hex) and size of the object's bytes as stored; NotFound if none."""
+        sha = hashlib.sha256()
+        size = 0
+        with self.open_reader(key) as reader:
+            while chunk := reader.read(HASH_CHUNK):
+                sha.update(chunk)
+                size += len(chunk)
+        return sha.hexdigest(), size
 
 
 class LocalStorage(Storage):
