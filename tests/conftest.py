@@ -120,6 +120,9 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -99,6 +99,30 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 
+def settle_or_explain(settled: Callable[[], bool], tally: Tally, stack: dict[str, Any],
+                      timeout: float = 180) -> None:
+    """Wait for ``settled``; on timeout, fail with what an operator would look at."""
+    try:
+        wait_for(settled, timeout=timeout, interval=0.5, message="every accepted case")
+    except AssertionError as exc:
+        archive: Archive = stack["archive"]
+        unsettled = {cf: (archive.manifest(cf) or {}).get("status") for cf in tally.accepted
+                     if (archive.manifest(cf) or {}).get("status") != "complete"}
+        try:
+            client = redis.Redis.from_url(stack["redis"].url)
+            queues = {name: client.llen(name)
+                      for name in (INGEST_QUEUE, DOWNLOAD_QUEUE, MAINTENANCE_QUEUE)}
+            queues["inbox"] = client.hlen(INBOX_KEY)
+        except redis.RedisError as error:
+            queues = {"redis": str(error)}
+        tails = "\n".join(f"--- {process.log_path.name} (running: {process.running()})\n"
+                          + "\n".join(process.log().splitlines()[-15:])
+                          for process in stack["workers"])
+        raise AssertionError(f"{exc}: {len(unsettled)} not complete, e.g. "
+                             f"{dict(list(unsettled.items())[:10])}; queues {queues}\n"
+                             f"{tails}") from None
+
+
 def check_archive(archive: Archive, files: FileServer, expected: dict[str, dict[str, bytes]]
                   ) -> int:
     """Every case complete with the bytes served; return how many whole fetches were repeated."""
@@ -121,23 +145,29 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
     A worker logs ``storing <key>`` just before renaming a file into place, so a rename is
     never missed. A worker killed between that line and the rename leaves a line without a
     rename; the worker that takes the file over then finds nothing in place and says so
-    ("died before putting it in place"): that line cancels one "storing".
+    ("died before putting it in place"): that line cancels the "storing" before it. A worker
+    killed before it logged "storing" leaves nothing to cancel, so such a line cancels only a
+    "storing" logged earlier (lines in timestamp order, one clock for all; a log keeps its
+    own order).
     """
-    stores: dict[str, int] = {}
+    events: list[tuple[str, int, str]] = []  # (timestamp, +1 storing / -1 died, key)
     for process in workers:
         for line in process.log().splitlines():
             try:
-                message = str(json.loads(line)["msg"])
+                record = json.loads(line)
+                message, stamp = str(record["msg"]), str(record["ts"])
             except (ValueError, KeyError, TypeError):
-                message = line
+                continue
             if "storing cases/" in message:
-                key = message.split("storing ", 1)[1].split(" ", 1)[0]
-                stores[key] = stores.get(key, 0) + 1
+                events.append((stamp, 1, message.split("storing ", 1)[1].split(" ", 1)[0]))
             elif "died before putting it in place" in message:
-                key = message.split("not adopting ", 1)[1].split(":", 1)[0]
-                stores[key] = stores.get(key, 0) - 1
-    assert stores, "no 'storing' line in the workers' logs: the count would be meaningless"
-    return sum(count - 1 for count in stores.values())
+                events.append((stamp, -1, message.split("not adopting ", 1)[1].split(":", 1)[0]))
+    assert any(kind == 1 for _, kind, _ in events), (
+        "no 'storing' line in the workers' logs: the count would be meaningless")
+    stores: dict[str, int] = {}
+    for _, kind, key in sorted(events, key=lambda event: event[0]):
+        stores[key] = max(0, stores.get(key, 0) + kind)
+    return sum(max(0, count - 1) for count in stores.values())
 
 
 def test_worker_killed_mid_download_loses_nothing(stack: dict[str, Any],
@@ -185,7 +215,7 @@ def test_worker_killed_mid_download_loses_nothing(stack: dict[str, Any],
     def all_settled() -> bool:
         return all((archive.manifest(cf) or {}).get("status") == "complete" for cf in expected)
 
-    wait_for(all_settled, timeout=180, interval=0.5, message="every case to complete")
+    settle_or_explain(all_settled, tally, stack)
     refetches = check_archive(archive, files, expected)
     duplicates = duplicate_writes(stack["workers"])
     for cf in interrupted:
@@ -247,7 +277,7 @@ def test_redis_outage_under_load(stack: dict[str, Any],
         return all((archive.manifest(cf) or {}).get("status") == "complete"
                    for cf in tally.accepted)
 
-    wait_for(all_archived, timeout=180, interval=0.5, message="every accepted case")
+    settle_or_explain(all_archived, tally, stack)
     report_line(tally.line("redis SIGKILL + restart under load", archive,
                            duplicate_writes(stack["workers"]))
                 + f" outage_requests={len(during_outage)} outage_503={during_outage.count(503)}"
