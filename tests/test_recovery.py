@@ -161,3 +161,40 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert storage.remove_stale_temp(600) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
+        redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from casefetch.constants import ACTIVE_CASES_KEY, INGEST_QUEUE, INGEST_TASK
+    from casefetch.protocol import task_message
+    from worker.celery_app import create_celery_app, run_sweep
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(redis_url=redis_server.url.rsplit("/", 1)[0] + "/8",
+                              archive_dir=tmp_path / "archive", stuck_after_seconds=0,
+                              visibility_timeout_seconds=0)
+    app = create_celery_app(settings)
+    client = app.runtime.redis
+    client.flushdb()
+    # A stuck case whose manifest cannot be read (a disk fault, an operator's edit) ...
+    broken = tmp_path / "archive" / "cases" / "BROKEN"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json")
+    client.zadd(ACTIVE_CASES_KEY, {"cases/BROKEN": 0})
+    # ... and an accepted delivery whose message was lost.
+    delivery = make_delivery(samples.body(samples.case("LOST-1", "http://x.test/a.pdf")), {})
+    app.runtime.pipeline.books.enqueue(delivery["deliveryId"], task_message(
+        INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"]))
+    client.delete(INGEST_QUEUE)
+
+    run_sweep(app)
+    assert client.llen(INGEST_QUEUE) == 1, "the lost delivery was not queued again"
+    assert "could not resume cases/BROKEN" in caplog.text
+    client.flushdb()
+
+
+def test_work_postponed_by_an_outage_comes_back_within_half_a_minute() -> None:
+    from worker.celery_app import _backoff
+
+    assert [_backoff(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert _backoff(500) == 30  # retries count the "file busy" ones too

@@ -224,10 +224,16 @@ def run_sweep(app: CasefetchCelery) -> list[str]:
     resumed = []
     for case in runtime.pipeline.books.stuck(app.settings.stuck_after_seconds):
         try:
-            if resume(runtime.pipeline, case) == "resumed":
+            # Busy: a worker is on it now. Wait only briefly: one busy case must not hold up
+            # the others, nor the lost deliveries below.
+            if resume(runtime.pipeline, case, wait_seconds=1.0) == "resumed":
                 resumed.append(case)
         except Busy:
             continue
+        except RedisError:
+            raise  # Redis is down: so is every other case's resume; the sweeper waits
+        except Exception:
+            log.exception("sweep could not resume %s; the next sweep tries again", case)
     if resumed:
         log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
     requeue_lost_deliveries(app)
@@ -265,7 +271,11 @@ def requeue_lost_deliveries(app: CasefetchCelery) -> int:
 
 
 def _backoff(retries: int) -> int:
-    return int(min(300, 2 ** min(retries, 8)))
+    """Seconds before a task postponed by Redis or the store tries again: 1, 2, 4 ... 30.
+
+    ``retries`` counts every earlier retry, the "file busy" ones too, so the ceiling stays
+    low: work must resume within half a minute of the outage ending, however it waited."""
+    return int(min(30, 2 ** min(retries, 5)))
 
 
 class Sweeper(threading.Thread):

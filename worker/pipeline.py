@@ -323,9 +323,9 @@ def _dumps(value: Any) -> bytes:
 __all__ = ["Busy", "Pipeline"]
 
 
-def resume(pipeline: Pipeline, case: str) -> str:
+def resume(pipeline: Pipeline, case: str, wait_seconds: float = 30) -> str:
     """Re-queue what a stuck case still needs (its messages were lost or its worker died)."""
-    with pipeline.books.lock("case", case, wait_seconds=30):
+    with pipeline.books.lock("case", case, wait_seconds=wait_seconds):
         manifest = pipeline._read_manifest(case)
         if manifest is None or manifest["status"] != CaseStatus.PENDING.value:
             pipeline.books.finish(case)
