@@ -203,6 +203,7 @@ class ReceiverProcess:
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._http: Any = None
 
     @property
     def url(self) -> str:
@@ -240,8 +241,10 @@ class ReceiverProcess:
 
         headers = headers or {"Authorization": f"Bearer {TOKEN}",
                               "Content-Type": "application/json"}
-        response = urllib3.request("POST", f"{self.url}/webhooks", body=body, headers=headers,
-                                   retries=False, timeout=10)
+        if self._http is None:  # one pool, as many connections as the tests' threads
+            self._http = urllib3.PoolManager(maxsize=16)
+        response = self._http.request("POST", f"{self.url}/webhooks", body=body,
+                                      headers=headers, retries=False, timeout=10)
         try:
             return response.status, json.loads(response.data)
         except ValueError:
