@@ -57,12 +57,12 @@ class Enqueuer:
         message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
                                task_id=delivery["deliveryId"])
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                if self.pipe is not None:
-                    await self.pipe.execute(b"EVAL", _SCRIPT, b"%d" % len(_KEYS), *_KEYS,
-                                            message, delivery["deliveryId"].encode(),
-                                            b"%f" % time.time())
-                else:
+            if self.pipe is not None:  # the pipe times out itself, for less than a Timeout
+                await self.pipe.execute(b"EVAL", _SCRIPT, b"%d" % len(_KEYS), *_KEYS,
+                                        message, delivery["deliveryId"].encode(),
+                                        b"%f" % time.time(), timeout=self.timeout_seconds)
+            else:
+                async with asyncio.timeout(self.timeout_seconds):
                     await self._enqueue(keys=ENQUEUE_KEYS,
                                         args=[message, delivery["deliveryId"], time.time()])
         except (RedisError, OSError, TimeoutError) as exc:
@@ -70,9 +70,9 @@ class Enqueuer:
 
     async def ping(self) -> bool:
         try:
+            if self.pipe is not None:
+                return await self.pipe.ping(self.timeout_seconds)
             async with asyncio.timeout(self.timeout_seconds):
-                if self.pipe is not None:
-                    return await self.pipe.ping()
                 return bool(await self.redis.ping())
         except (RedisError, OSError, TimeoutError):
             return False

@@ -7,10 +7,11 @@ pipelines: the commands of every request handled in one turn of the event loop l
 write, and Redis's replies, which come in order, are handed to their callers in order.
 
 Each caller still waits for *its own* reply: a 2xx is only ever answered after Redis
-acknowledged that request's write. When the connection breaks, every caller still waiting gets
-a ConnectionError (their writes may or may not have landed: they answer 503, the sender
-retries, and the worker takes an identical re-delivery as a no-op); the next command
-reconnects.
+acknowledged that request's write. A caller may give a timeout: one timer per connection,
+not one per command, fails the commands whose reply is late with TimeoutError. When the
+connection breaks, every caller still waiting gets a ConnectionError (their writes may or
+may not have landed: they answer 503, the sender retries, and the worker takes an identical
+re-delivery as a no-op); the next command reconnects.
 
 Only plain ``redis://`` URLs are handled (host, port, user, password, database);
 :meth:`RedisPipe.supports` tells, and the receiver uses redis-py for anything else (TLS,
@@ -39,27 +40,55 @@ def _command(*args: bytes) -> list[bytes]:
     return parts
 
 
+_NEVER = float("inf")
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[object]] = deque()
+        #: Commands sent and not answered yet, in order: (their future, their deadline).
+        self.waiters: deque[tuple[asyncio.Future[object], float]] = deque()
         self.buffer = bytearray()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
         self.lost = False
+        self.watchdog: asyncio.TimerHandle | None = None
 
     # -- writing ----------------------------------------------------------------------------
 
-    def send(self, parts: list[bytes]) -> asyncio.Future[object]:
+    def send(self, parts: list[bytes], deadline: float = _NEVER) -> asyncio.Future[object]:
+        """Queue a command; ``deadline`` is in the loop's time."""
         if self.lost or self.transport is None:
             raise RedisConnectionError("connection to Redis lost")
-        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[object] = loop.create_future()
+        self.waiters.append((waiter, deadline))
         self.outgoing.extend(parts)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop.call_soon(self.flush)
+        if self.watchdog is None and deadline != _NEVER:
+            self.watchdog = loop.call_at(deadline, self._expire)
         return waiter
+
+    def _expire(self) -> None:
+        """Fail the commands past their deadline; wake up again at the next deadline.
+
+        Their replies may still come: they keep their place in :attr:`waiters`.
+        """
+        self.watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        upcoming = _NEVER
+        for waiter, deadline in self.waiters:
+            if waiter.done():
+                continue
+            if deadline <= now:
+                waiter.set_exception(TimeoutError("Redis did not answer in time"))
+            else:
+                upcoming = min(upcoming, deadline)
+        if upcoming != _NEVER:
+            self.watchdog = loop.call_at(upcoming, self._expire)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -113,7 +142,7 @@ class _Protocol(asyncio.Protocol):
                     raise RedisConnectionError(f"unexpected reply from Redis: {kind:#x}")
             if not self.waiters:
                 raise RedisConnectionError("reply from Redis that nothing asked for")
-            waiter = self.waiters.popleft()
+            waiter, _ = self.waiters.popleft()
             if not waiter.done():  # its caller may have timed out and gone
                 if isinstance(value, Exception):
                     waiter.set_exception(value)
@@ -127,8 +156,11 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         self.lost = True
         self.outgoing.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, _ = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(exc)
 
@@ -165,18 +197,24 @@ class RedisPipe:
                    unquote(parts.username) if parts.username else None,
                    unquote(parts.password) if parts.password else None, connect_timeout)
 
-    async def execute(self, *args: bytes) -> object:
-        """Send one command and wait for its reply (ResponseError for an error reply)."""
+    async def execute(self, *args: bytes, timeout: float | None = None) -> object:
+        """Send one command and wait for its reply (ResponseError for an error reply,
+        TimeoutError when connecting and the reply took more than ``timeout`` seconds)."""
         protocol = self._protocol
+        deadline = _NEVER if timeout is None else asyncio.get_running_loop().time() + timeout
         if protocol is None or protocol.lost:
-            protocol = await self._connect()
-        return await protocol.send(_command(*args))
+            if timeout is None:
+                protocol = await self._connect()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    protocol = await self._connect()
+        return await protocol.send(_command(*args), deadline)
 
     async def lpush(self, key: str, value: bytes) -> object:
         return await self.execute(b"LPUSH", key.encode(), value)
 
-    async def ping(self) -> bool:
-        return await self.execute(b"PING") == b"PONG"
+    async def ping(self, timeout: float | None = None) -> bool:
+        return await self.execute(b"PING", timeout=timeout) == b"PONG"
 
     async def _connect(self) -> _Protocol:
         # Requests arriving while a connection is being made all wait for that one.

@@ -128,3 +128,20 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
         await enqueuer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_late_reply_times_out_its_command_only(redis_server: RedisServer) -> None:
+    pipe = RedisPipe.from_url(db_url(redis_server, 5))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # WAIT (for a replica there is not) holds its reply for a second: the command's own
+        # timeout fires first.
+        with pytest.raises(TimeoutError):
+            await pipe.execute(b"WAIT", b"1", b"1000", timeout=0.1)
+        assert loop.time() - started < 0.9
+        # Its late reply still lands in its place, so the next command gets its own.
+        assert await pipe.ping(timeout=5)
+        assert await pipe.execute(b"ECHO", b"mine", timeout=5) == b"mine"
+    finally:
+        await pipe.close()
