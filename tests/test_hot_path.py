@@ -50,3 +50,21 @@ def test_header_names_become_plain_strings() -> None:
                                   (istr("Authorization"), "Bearer x")])
     assert kept == {"Content-Type": "application/json"}
     assert all(type(name) is str for name in kept)
+
+
+def test_message_pieced_together_is_the_envelope_serialised() -> None:
+    delivery = protocol.make_delivery('{"cfRef":"CF-1"}'.encode(), {"X-Odd": "caf\udce9"})
+    message = protocol.task_message("casefetch.ingest", "casefetch.ingest", [delivery], "id-3")
+    envelope = json.loads(message)
+    body = base64.b64encode(json.dumps([[delivery], {}, protocol._EMBED],
+                                       separators=(",", ":")).encode()).decode()
+    expected = protocol._envelope("casefetch.ingest", "casefetch.ingest", "id-3", body,
+                                  envelope["properties"]["delivery_tag"], protocol._ORIGIN)
+    assert envelope == expected
+    assert uuid.UUID(envelope["properties"]["delivery_tag"]).version == 4
+    assert protocol.delivery_from_message(message) == delivery
+
+
+def test_received_at_changes_with_the_second() -> None:
+    assert protocol.utc_iso(1_764_324_000_999) == "2025-11-28T10:00:00.999Z"
+    assert protocol.utc_iso(1_764_324_001_000) == "2025-11-28T10:00:01.000Z"
