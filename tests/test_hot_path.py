@@ -53,7 +53,7 @@ def test_header_names_become_plain_strings() -> None:
 
 
 def test_message_pieced_together_is_the_envelope_serialised() -> None:
-    delivery = protocol.make_delivery('{"cfRef":"CF-1"}'.encode(), {"X-Odd": "caf\udce9"})
+    delivery = protocol.make_delivery(b'{"cfRef":"CF-1"}', {"X-Odd": "caf\udce9"})
     message = protocol.task_message("casefetch.ingest", "casefetch.ingest", [delivery], "id-3")
     envelope = json.loads(message)
     body = base64.b64encode(json.dumps([[delivery], {}, protocol._EMBED],
