@@ -105,13 +105,17 @@ def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def make_delivery(body: bytes, headers: Mapping[str, str], delivery_id: str | None = None,
-                  received_at: str | None = None) -> Delivery:
+                  received_at: str | None = None, text: str | None = None) -> Delivery:
+    """``text``: the body decoded from UTF-8, when the caller has it already."""
     ms = time.time_ns() // 1_000_000
     delivery: Delivery = {
         "deliveryId": delivery_id or new_delivery_id(ms),
         "receivedAt": received_at or utc_iso(ms),
         "headers": dict(headers),
     }
+    if text is not None:
+        delivery["body"] = text
+        return delivery
     try:
         delivery["body"] = body.decode("utf-8")
     except UnicodeDecodeError:

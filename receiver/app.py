@@ -46,8 +46,11 @@ def _unauthorized(settings: ReceiverSettings) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None once it passes ``limit`` (read no further)."""
     if request.content_length is not None:
-        # Known and within the limit: one read, no per-chunk loop.
-        return None if request.content_length > limit else await request.read()
+        if request.content_length > limit:
+            return None
+        if request.content.is_eof():  # all of it is in the buffer: take it, one copy
+            return request.content.read_nowait()
+        return await request.read()  # known and within the limit: no per-chunk loop
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):
@@ -67,19 +70,19 @@ class _CfRefOnly(msgspec.Struct):
 _CF_REF_ONLY = msgspec.json.Decoder(_CfRefOnly)
 
 
-def _json_object(body: bytes) -> tuple[bool, Any, str | None]:
+def _json_object(body: bytes, utf8: bool) -> tuple[bool, Any, str | None]:
     """``(True, its cfRef, None)`` when ``body`` is a JSON object, else ``(False, None, a short
-    reason)``. Exactly what the worker's json.loads accepts is accepted."""
+    reason)``; ``utf8`` tells whether it is valid UTF-8. Exactly what the worker's json.loads
+    accepts is accepted."""
     # A body with few brackets cannot be too deep. msgspec's grammar is strict JSON, a subset
     # of what json takes, except that it neither checks text it skips is UTF-8 (checked
     # here) nor refuses integers too long for int() (bodies that may hold one are left to
     # json). Anything else (json's NaN, a BOM, UTF-16, invalid UTF-8...) takes the long way.
     brackets = body.count(b"{") + body.count(b"[")
-    if brackets <= MAX_JSON_DEPTH and not _may_hold_a_huge_integer(body):
+    if utf8 and brackets <= MAX_JSON_DEPTH and not _may_hold_a_huge_integer(body):
         try:
             found = _CF_REF_ONLY.decode(body)
-            body.decode("utf-8")
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except msgspec.DecodeError:
             pass
         else:
             return True, found.cfRef, None
@@ -171,7 +174,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
         log.info("webhook refused: %s", exc.reason)
         return _unauthorized(settings)
 
-    if request.content_type != "application/json":
+    # The exact header the platform sends is taken as it is; anything else is parsed.
+    if (request.headers.get("Content-Type") != "application/json"
+            and request.content_type != "application/json"):
         return _error(415, "content type must be application/json")
     # The signature covers the bytes sent; a compressed body would also be inflated before
     # it is counted. The platform never compresses: refuse it (RFC 7694).
@@ -190,11 +195,15 @@ async def handle_webhook(request: web.Request) -> web.Response:
             log.info("webhook refused: %s", exc.reason)
             return _unauthorized(settings)
 
-    is_object, cf_ref, problem = _json_object(body)
+    try:
+        text: str | None = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    is_object, cf_ref, problem = _json_object(body, utf8=text is not None)
     if not is_object:
         return _error(400, problem or "body is not a JSON object")
 
-    delivery = make_delivery(body, safe_headers(request.headers.items()))
+    delivery = make_delivery(body, safe_headers(request.headers.items()), text=text)
     started = time.perf_counter()
     try:
         await request.app[ENQUEUER].enqueue(delivery)
