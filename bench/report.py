@@ -168,7 +168,7 @@ def machine() -> dict[str, str]:
             "cpu": _cpu_model(), "cores": str(os.cpu_count()),
             "load average at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "python": platform.python_version(), "kernel": platform.release()}
-    for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson"):
+    for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson", "msgspec"):
         try:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
