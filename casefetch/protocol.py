@@ -55,6 +55,16 @@ return 1
 ENQUEUE_KEYS = [INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY]
 
 
+def enqueue_commands(message: bytes, delivery_id: str, now: float
+                     ) -> tuple[tuple[bytes, ...], ...]:
+    """What :data:`ENQUEUE_SCRIPT` does, as commands to run in one MULTI/EXEC: Redis spends
+    less on a transaction than on a script (no copy of the message into Lua and back)."""
+    queue, inbox, index = (key.encode() for key in ENQUEUE_KEYS)
+    member = delivery_id.encode()
+    return ((b"LPUSH", queue, message), (b"HSET", inbox, member, message),
+            (b"ZADD", index, b"%f" % now, member))
+
+
 def _uuid_text(value: int) -> str:
     # str(uuid.UUID(int=...)) costs three times as much, on the receiver's hot path.
     h = f"{value:032x}"
