@@ -30,6 +30,8 @@ ENQUEUER = web.AppKey("enqueuer", Enqueuer)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 #: The "delivery accepted" line, one per accepted webhook, written in batches.
 ACCEPTED_LOG = web.AppKey("accepted_log", BatchedLines)
+#: As a header rather than ``content_type=``, which aiohttp takes apart and puts together.
+_JSON = {"Content-Type": "application/json"}
 #: A case is a few levels deep; far deeper is an attack on whatever walks it next.
 MAX_JSON_DEPTH = 64
 
@@ -219,7 +221,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         bytes=len(body))
     return web.Response(
         body=orjson.dumps({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
-        status=202, content_type="application/json")
+        status=202, headers=_JSON)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
