@@ -120,6 +120,98 @@ function with the bare handler; CPU time of the server process per request):
   TCP segment waited for the client's delayed ACK of the headers (40 ms a file, in the
   growth benchmark). A single download profiled in-process showed it (43 ms in `recv_into`
   for a 2 KiB file); the server now sets TCP_NODELAY, as real file hosts do.
+
+### Since then: what the other issues cost the receiver (measured 2026-11-29, 22:30 UTC)
+
+After this work the receiver gained three things that each cost time per request, and the
+receiver row fell from 0.84-0.88x to 0.55-0.59x of the bare handler. Measured one at a
+time with `python -m bench --only receiver` on a quiet machine:
+
+| receiver variant | req/s vs (a) |
+|---|---|
+| as merged (JSON log line per accepted webhook, inbox script, input hardening) | 0.55x |
+| without the per-request log line | 0.67x |
+| without the log line and without the inbox (plain `LPUSH`) | 0.73x |
+
+The log line is what issue 7 asks for (one line per delivery); it now goes through orjson
+(0.59x in the full run above). The inbox (a Lua script that also keeps the message until
+a worker has finished it) closes a loss window in kombu's Redis transport; the remaining
+gap is the hardening of issue 5 and noise between runs. Neither guarantee was traded for
+speed. The second pass below took the receiver back to about 0.8x.
+
+### Second pass on the receiver (issue 6, benchmark 1; 2026-11-29, 23:15-00:10 UTC)
+
+Profiled first: py-spy (200 Hz) on the receiver and on the bare handler in the same run under
+the same wrk load, samples turned into µs per request; CPU time per request of the server
+and of redis-server from psutil; the suspects timed alone with `timeit`. The machine was
+shared with another benchmarking session throughout, so CPU µs per request moved by ±20 %
+from run to run; each comparison below was made in one run or in alternating runs.
+
+What the profile showed (as merged, 0.51-0.59x of (a)):
+
+- The receiver spent about twice the bare handler's CPU per request (367-431 µs against
+  175-207 µs in the same runs); redis-server spent 80-100 µs per request for it, against
+  30-45 µs for (a)'s RPUSH.
+- The `delivery accepted` line through `logging`: about 23 µs (a LogRecord, the handler
+  chain, `datetime` formatting) and one `write` system call per line.
+- prometheus-client: a lock and a dictionary lookup per update, four updates per request,
+  and the counting middleware, which aiohttp runs through two more coroutines.
+- Two `asyncio.timeout()` per request (reading the body, waiting for Redis): 7-8 µs each,
+  most of it scheduling and cancelling a timer.
+- `orjson.loads` built the whole case (20-40 µs on this CPU) only to learn it is an object
+  and read its cfRef.
+- `task_message`: 28-30 µs, of which the envelope's `orjson.dumps` scanned the 7 KiB of
+  base64 once more; `strftime` for receivedAt on every request.
+- Not a factor: the garbage collector (after `gc.freeze()`, 7 young collections, 0.9 ms in
+  all, over 27,000 requests; thresholds left as they are); EVALSHA instead of EVAL (no
+  difference in Redis CPU).
+- In Redis, the inbox script: the message (8.4 KiB) copied into Lua and back for each of
+  LPUSH and HSET. The same three writes in MULTI/EXEC cost Redis 53-61 µs per request
+  against EVAL's 68-82 µs (30,000 writes, four alternating rounds).
+
+What changed (the guarantees are the same: 202 only after Redis acknowledged the write, the
+inbox, a stock Celery protocol-2 message, every auth and input check, one line per
+delivery with deliveryId and cfRef, the same /metrics):
+
+- The log line is formatted directly with orjson (same fields and format as
+  `JsonFormatter`) and written by the event loop in batches, at most every 50 ms or 64 KiB;
+  the last ones on shutdown (`BatchedLines` in `casefetch/logs.py`). When something else
+  listens on the logger (a terminal, a test's capture) it goes through `logging` as before.
+- Metrics are plain ints, turned into Prometheus families by a custom collector when
+  /metrics is scraped; the routes are counted by a wrapper instead of a middleware.
+- No timer for a body that is already all in (the usual case); the pipe keeps one watchdog
+  timer per connection instead of one Timeout per command. The body is taken from aiohttp's
+  buffer in one copy and decoded once.
+- The JSON check is msgspec decoding only `cfRef` and skipping the rest (4-6 µs); what
+  msgspec does not refuse but json does (invalid UTF-8, integers longer than `int()` takes)
+  and anything msgspec refuses still gets json's verdict, so the same bodies are accepted
+  (tested against json on edge cases and 3,000 mutated cases).
+- The Celery envelope is serialised once per task and queue, and each message is pieced
+  together around its id, delivery tag and body; `strftime` once a second; one
+  `hmac.digest` call.
+- The enqueue is a MULTI/EXEC of LPUSH, HSET and ZADD through the pipe (the same writes as
+  the script, which redis-py and the worker keep; a test compares what both leave in Redis).
+
+Side by side, `python -m bench --only receiver` (five rounds of 5 s, medians), before and
+after alternating:
+
+| receiver | req/s vs (a) | p99 vs (a) | CPU µs/request, ours / (a) |
+|---|---|---|---|
+| as merged (5ced221), three runs | 0.52x, 0.51x, 0.58x | 1.42x, 1.86x, 1.47x | 399-422 / 227-237 |
+| all but MULTI/EXEC, five runs | 0.63x-0.79x | 1.11x-1.28x | 252-298 / 185-245 |
+| now, six runs | 0.68x-0.87x, median 0.78x | 0.99x-1.86x, median 1.18x | 254-288 / 188-268 |
+
+Redis CPU per request for the receiver fell from 80-100 µs to 59 µs in the one run that
+measured it ((a): 36 µs). The six runs of the code as it is (the last two after the 202's
+header change), in order: 0.81x, 0.74x, 0.87x, 0.83x, 0.68x, 0.71x of (a)'s req/s, p99
+1.14x, 1.13x, 0.99x, 1.21x, 1.86x, 1.39x. So the req/s target (>= 0.8x) was met in three
+runs and the p99 target (<= 1.5x) in five. The server now spends 1.07-1.35x the bare
+handler's CPU per request; the rest of the gap is Redis's share of the two cores. What
+is left of the server's extra is what the bare handler does not do: the HMAC over the body
+(about 15 µs), the JSON check, the Celery message (orjson escaping the body, then base64:
+about 35 µs), the transaction and its 8.4 KiB (against 5.4 KiB) written to Redis, the ids
+and the log line. Not done: a smaller message (the body is stored twice, in the queue and
+in the inbox, and base64 makes it a third larger); uvloop (it would have to run under (a) too).
 """
 
 
@@ -168,7 +260,7 @@ def machine() -> dict[str, str]:
             "cpu": _cpu_model(), "cores": str(os.cpu_count()),
             "load average at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "python": platform.python_version(), "kernel": platform.release()}
-    for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson"):
+    for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson", "msgspec"):
         try:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -8,10 +8,12 @@ no signed URLs (only archive paths).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -73,6 +75,112 @@ class JsonFormatter(logging.Formatter):
         except TypeError:
             # Text orjson refuses (a lone surrogate in a cfRef, say) is escaped instead.
             return json.dumps(line, default=str)
+
+
+class BatchedLines:
+    """One logger's INFO lines on a hot path, as :class:`JsonFormatter` would write them, for a
+    fraction of the cost: formatted directly with orjson (no LogRecord, no handler chain) and
+    written by the event loop in batches, one write every ``flush_seconds`` at most instead of
+    one per line. :meth:`close` (on shutdown) writes what is left.
+
+    Only when the logger's lines would go to the one JSON handler :func:`setup` installs;
+    otherwise (a terminal, a test's capture handler, another level) through ``logger.info``.
+    Use it from the event loop's thread only.
+    """
+
+    def __init__(self, logger: logging.Logger, flush_seconds: float = 0.05,
+                 max_buffered: int = 65536) -> None:
+        self.logger = logger
+        self.flush_seconds = flush_seconds
+        self.max_buffered = max_buffered
+        self._lines: list[bytes] = []
+        self._size = 0
+        #: Where the buffered lines go: the handler there was when the first was buffered.
+        self._handler: logging.StreamHandler[TextIO] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._second_text = ""
+
+    def _target(self) -> logging.StreamHandler[TextIO] | None:
+        logger: logging.Logger | None = self.logger
+        found: list[logging.Handler] = []
+        while logger is not None:
+            found.extend(logger.handlers)
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        if len(found) != 1:
+            return None
+        handler = found[0]
+        if (type(handler) is not logging.StreamHandler or handler.filters
+                or type(handler.formatter) is not JsonFormatter
+                or handler.level > logging.INFO):
+            return None
+        return handler
+
+    def info(self, msg: str, **values: Any) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        handler = self._target()
+        if handler is None:
+            self.flush()  # keep the order of lines
+            self.logger.info(msg, extra=fields(**values))
+            return
+        if handler is not self._handler:
+            self.flush()
+            self._handler = handler
+        line: dict[str, Any] = {"ts": self._timestamp(), "level": "info",
+                                "logger": self.logger.name, "msg": msg}
+        context = _context.get()
+        if context:
+            for key, value in context.items():
+                if value is not None:
+                    line.setdefault(key, value)
+        for key, value in values.items():
+            if value is not None:
+                line.setdefault(key, value)
+        try:
+            data = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # text orjson refuses (a lone surrogate), escaped instead
+            data = (json.dumps(line, default=str) + "\n").encode()
+        self._lines.append(data)
+        self._size += len(data)
+        if self._size >= self.max_buffered:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self.flush)
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = b"".join(self._lines).decode()
+        self._lines.clear()
+        self._size = 0
+        handler = self._handler
+        assert handler is not None
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+        except (OSError, ValueError):  # as logging does: a broken log stream stops no one
+            if logging.raiseExceptions:
+                sys.stderr.write("casefetch: could not write log lines\n")
+        finally:
+            handler.release()
+
+    def close(self) -> None:
+        self.flush()
 
 
 class TextFormatter(logging.Formatter):

@@ -1,7 +1,8 @@
-"""The enqueue path: one Redis command, acknowledged before the receiver answers 2xx.
+"""The enqueue path: one Redis round trip, acknowledged before the receiver answers 2xx.
 
-The command is a small script that queues the message and keeps a copy in the inbox
-(:data:`casefetch.constants.INBOX_KEY`) in one atomic step.
+It queues the message and keeps a copy in the inbox (:data:`casefetch.constants.INBOX_KEY`)
+in one atomic step: a MULTI/EXEC transaction through the pipe, the same commands as a script
+through redis-py.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
-from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, Delivery, task_message
+from casefetch.protocol import (
+    ENQUEUE_KEYS,
+    ENQUEUE_SCRIPT,
+    Delivery,
+    enqueue_commands,
+    task_message,
+)
 from receiver.redis_pipe import RedisPipe
-
-_SCRIPT = ENQUEUE_SCRIPT.encode()
-_KEYS = [key.encode() for key in ENQUEUE_KEYS]
 
 
 class EnqueueError(Exception):
@@ -57,12 +61,12 @@ class Enqueuer:
         message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
                                task_id=delivery["deliveryId"])
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                if self.pipe is not None:
-                    await self.pipe.execute(b"EVAL", _SCRIPT, b"%d" % len(_KEYS), *_KEYS,
-                                            message, delivery["deliveryId"].encode(),
-                                            b"%f" % time.time())
-                else:
+            if self.pipe is not None:  # the pipe times out itself, for less than a Timeout
+                await self.pipe.transaction(
+                    *enqueue_commands(message, delivery["deliveryId"], time.time()),
+                    timeout=self.timeout_seconds)
+            else:
+                async with asyncio.timeout(self.timeout_seconds):
                     await self._enqueue(keys=ENQUEUE_KEYS,
                                         args=[message, delivery["deliveryId"], time.time()])
         except (RedisError, OSError, TimeoutError) as exc:
@@ -70,9 +74,9 @@ class Enqueuer:
 
     async def ping(self) -> bool:
         try:
+            if self.pipe is not None:
+                return await self.pipe.ping(self.timeout_seconds)
             async with asyncio.timeout(self.timeout_seconds):
-                if self.pipe is not None:
-                    return await self.pipe.ping()
                 return bool(await self.redis.ping())
         except (RedisError, OSError, TimeoutError):
             return False

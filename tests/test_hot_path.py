@@ -7,6 +7,8 @@ import json
 import re
 import uuid
 
+import pytest
+
 from casefetch import protocol
 
 
@@ -50,3 +52,79 @@ def test_header_names_become_plain_strings() -> None:
                                   (istr("Authorization"), "Bearer x")])
     assert kept == {"Content-Type": "application/json"}
     assert all(type(name) is str for name in kept)
+
+
+def test_message_pieced_together_is_the_envelope_serialised() -> None:
+    delivery = protocol.make_delivery(b'{"cfRef":"CF-1"}', {"X-Odd": "caf\udce9"})
+    message = protocol.task_message("casefetch.ingest", "casefetch.ingest", [delivery], "id-3")
+    envelope = json.loads(message)
+    body = base64.b64encode(json.dumps([[delivery], {}, protocol._EMBED],
+                                       separators=(",", ":")).encode()).decode()
+    expected = protocol._envelope("casefetch.ingest", "casefetch.ingest", "id-3", body,
+                                  envelope["properties"]["delivery_tag"], protocol._ORIGIN)
+    assert envelope == expected
+    assert uuid.UUID(envelope["properties"]["delivery_tag"]).version == 4
+    assert protocol.delivery_from_message(message) == delivery
+
+
+def test_received_at_changes_with_the_second() -> None:
+    assert protocol.utc_iso(1_764_324_000_999) == "2025-11-28T10:00:00.999Z"
+    assert protocol.utc_iso(1_764_324_001_000) == "2025-11-28T10:00:01.000Z"
+
+
+def _json_accepts(body: bytes) -> bool:
+    """The worker's verdict: json.loads gives an object nested at most MAX_JSON_DEPTH deep."""
+    from receiver.app import MAX_JSON_DEPTH, _deeper_than
+
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and not _deeper_than(parsed, MAX_JSON_DEPTH)
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+EDGES = [
+    b'{"cfRef":"x","a":"\xff"}', b'{"a":["\xc3"]}', b'\xef\xbb\xbf{"cfRef":"x"}',
+    '{"cfRef":"é"}'.encode("utf-16"), b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\\ud800"}', b'{"a":1,"a":2}', b'{"a":01}', b'{"a":1.}', b'{"a":[1,]}', b"{} x",
+    b'{"a":"\x01"}', b" {} ", b"[]", b'"x"', b"null", b"",
+    b'{"a":' + b"[" * 65 + b"]" * 65 + b"}", b'{"a":' + b"[" * 63 + b"]" * 63 + b"}",
+    # integers int() takes, and one digit more, wherever they fall against the sampling
+    *(b'{"p":"' + b"x" * pad + b'","n":' + b"7" * digits + b"}"
+      for pad in (0, 1, 1000, 2149, 2150, 4299) for digits in (4300, 4301)),
+    b'{"n":-' + b"1" * 4301 + b"}", b'{"n":' + b"1" * 5000 + b'.5}',
+]
+
+
+@pytest.mark.parametrize("body", EDGES, ids=range(len(EDGES)))
+def test_the_fast_json_check_agrees_with_json(body: bytes) -> None:
+    from receiver.app import _json_object
+
+    assert _json_object(body, _utf8(body))[0] is _json_accepts(body)
+
+
+def test_the_fast_json_check_agrees_with_json_on_mutated_cases() -> None:
+    import random
+
+    from receiver.app import _json_object
+
+    rng = random.Random(6)
+    base = json.dumps({"cfRef": "CF-ü", "items": [{"n": i, "x": [1.5, None, True, "é"]}
+                                                 for i in range(5)]}).encode()
+    for _ in range(3000):
+        body = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            body[rng.randrange(len(body))] = rng.choice(b'{}[]",:\\0123456789.eE+-x \xff\xc3')
+        verdict = _json_object(bytes(body), _utf8(bytes(body)))
+        assert verdict[0] is _json_accepts(bytes(body)), bytes(body)
+        if verdict[0]:
+            parsed = json.loads(bytes(body))
+            assert verdict[1] == parsed.get("cfRef") or verdict[1] != verdict[1]  # NaN

@@ -175,6 +175,46 @@ def test_log_format_follows_the_terminal() -> None:
         root.setLevel(saved[1])
 
 
+async def test_batched_lines_are_the_lines_logging_would_write() -> None:
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    stream = io.StringIO()
+    logs.setup(json_lines=True, stream=stream)
+    logger = logging.getLogger("casefetch.test.batched")
+    try:
+        lines = logs.BatchedLines(logger)
+        with logs.bound(deliveryId="bound", cfRef="CF-0"):
+            lines.info("delivery accepted", deliveryId="d-1", cfRef="CF-é", bytes=3, none=None)
+        lines.info("delivery accepted", deliveryId="d-2", cfRef="CF-\udce9")  # lone surrogate
+        assert stream.getvalue() == ""  # buffered, for one write
+        lines.close()
+        logger.info("delivery accepted", extra=logs.fields(deliveryId="d-3", cfRef="CF-3"))
+        batched_1, batched_2, logged = (json.loads(line)
+                                        for line in stream.getvalue().splitlines())
+        assert batched_1 == {"ts": batched_1["ts"], "level": "info",
+                             "logger": "casefetch.test.batched", "msg": "delivery accepted",
+                             "deliveryId": "bound", "cfRef": "CF-0", "bytes": 3}
+        assert batched_2["cfRef"] == "CF-\udce9"
+        assert batched_1.keys() - {"bytes"} == logged.keys()
+        assert len(batched_1["ts"]) == len(logged["ts"]) and batched_1["ts"] <= logged["ts"]
+
+        full = logs.BatchedLines(logger, max_buffered=1)  # a full buffer is written at once
+        full.info("delivery accepted", deliveryId="d-4")
+        assert json.loads(stream.getvalue().splitlines()[-1])["deliveryId"] == "d-4"
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def test_batched_lines_go_through_logging_when_someone_else_listens(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    logs.BatchedLines(logging.getLogger("casefetch.test.batched")).info(
+        "delivery accepted", deliveryId="d-1")
+    [record] = [r for r in caplog.records if r.name == "casefetch.test.batched"]
+    assert logs.record_fields(record) == {"deliveryId": "d-1"}
+
+
 def test_dashboard_and_scrape_config_match_what_is_exported(
         receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
         archive: Archive, unique: Callable[[str], str]) -> None:

@@ -128,3 +128,69 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
         await enqueuer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_late_reply_times_out_its_command_only(redis_server: RedisServer) -> None:
+    pipe = RedisPipe.from_url(db_url(redis_server, 5))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # WAIT (for a replica there is not) holds its reply for a second: the command's own
+        # timeout fires first.
+        with pytest.raises(TimeoutError):
+            await pipe.execute(b"WAIT", b"1", b"1000", timeout=0.1)
+        assert loop.time() - started < 0.9
+        # Its late reply still lands in its place, so the next command gets its own.
+        assert await pipe.ping(timeout=5)
+        assert await pipe.execute(b"ECHO", b"mine", timeout=5) == b"mine"
+    finally:
+        await pipe.close()
+
+
+async def test_a_transaction_is_answered_by_its_exec(redis_server: RedisServer) -> None:
+    url = db_url(redis_server, 5)
+    client = redis.Redis.from_url(url)
+    client.delete("pipe-tx", "pipe-tx-hash")
+    client.set("pipe-tx-string", "x")
+    pipe = RedisPipe.from_url(url)
+    try:
+        # Concurrent transactions and plain commands each get their own replies.
+        results = await asyncio.gather(*(
+            pipe.transaction((b"LPUSH", b"pipe-tx", b"v%d" % i),
+                             (b"HSET", b"pipe-tx-hash", b"k%d" % i, b"v%d" % i))
+            if i % 2 else pipe.execute(b"ECHO", b"e%d" % i) for i in range(100)))
+        for i, result in enumerate(results):
+            assert result == ([i // 2 + 1, 1] if i % 2 else b"e%d" % i)
+        assert client.llen("pipe-tx") == 50 and client.hlen("pipe-tx-hash") == 50
+        # A command that fails inside the transaction is raised (the others ran: Redis does
+        # not roll back), and one refused while queueing aborts all of it.
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await pipe.transaction((b"LPUSH", b"pipe-tx-string", b"v"),
+                                   (b"LPUSH", b"pipe-tx", b"w"))
+        with pytest.raises(ResponseError, match="EXECABORT"):
+            await pipe.transaction((b"LPUSH", b"pipe-tx"), (b"LPUSH", b"pipe-tx", b"never"))
+        assert client.lrange("pipe-tx", 0, 0) == [b"w"]
+        assert await pipe.ping()
+    finally:
+        await pipe.close()
+        client.delete("pipe-tx", "pipe-tx-hash", "pipe-tx-string")
+        client.close()
+
+
+async def test_the_transaction_writes_what_the_script_writes(redis_server: RedisServer) -> None:
+    from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, enqueue_commands
+
+    url = db_url(redis_server, 6)
+    client = redis.Redis.from_url(url)
+    pipe = RedisPipe.from_url(url)
+    try:
+        client.flushdb()
+        client.register_script(ENQUEUE_SCRIPT)(keys=ENQUEUE_KEYS, args=[b"m\xff", "d-1", 12.5])
+        by_script = {key: client.dump(key) for key in ENQUEUE_KEYS}
+        client.flushdb()
+        await pipe.transaction(*enqueue_commands(b"m\xff", "d-1", 12.5))
+        assert {key: client.dump(key) for key in ENQUEUE_KEYS} == by_script
+    finally:
+        await pipe.close()
+        client.flushdb()
+        client.close()
