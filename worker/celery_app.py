@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
@@ -41,6 +41,8 @@ from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from worker.bookkeeping import Claim
+    from worker.manifest import Entry
     from worker.pipeline import Pipeline
 
 log = logging.getLogger("casefetch.worker")
@@ -183,36 +185,103 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
                 ) -> tuple[list[str], BaseException | None]:
     """Fetch the files of a download message; their outcomes, and why to come back, if so.
 
-    The files are fetched side by side, on threads the whole process shares (as many as it
-    runs tasks), so a batch is as quick as its files were as separate tasks.
+    One round trip claims every file of the message. The files are then fetched side by
+    side, on threads the whole process shares (as many as it runs tasks), so a batch is as
+    quick as its files were as separate tasks. As files finish, each group of them is
+    committed at once: one fsync per folder, one round trip to record them and release
+    their locks. A file is counted as stored only after its folder was synced.
     """
     from worker.bookkeeping import Busy
     from worker.pipeline import file_jobs
 
+    pipeline = runtime.pipeline
     jobs = file_jobs(message)
-    futures = [runtime.files.submit(_download_file, runtime.pipeline, job) for job in jobs]
-    outcomes = []
-    postponed: BaseException | None = None
-    for job, future in zip(jobs, futures, strict=True):
+    if not jobs:
+        return [], None
+    case, gen = jobs[0]["case"], jobs[0]["gen"]
+    try:
+        claims = pipeline.claim_batch(jobs)
+    except INFRA_ERRORS as exc:
+        log.warning("downloads of %s postponed: %s", case, exc)
+        return [], exc
+    batch = _Batch(pipeline, case, gen)
+    running: dict[Future[Entry], tuple[dict[str, Any], Claim]] = {}
+    for job, claim in zip(jobs, claims, strict=True):
+        if claim.lock is not None:
+            claim.lock.__enter__()  # renewed from now on; commit (or release) lets it go
+            running[runtime.files.submit(_fetch_file, pipeline, job, claim)] = (job, claim)
+        elif claim.status == "busy":
+            batch.postpone(Busy(f"file:{case}:{job['path']}"))  # come back for it
+        else:
+            batch.outcomes.append(claim.status)
+    waiting: set[Future[Entry]] = set(running)
+    while waiting:
+        finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        batch.commit([(*running[future], future) for future in finished])
+    batch.settle_if_redelivered()
+    return batch.outcomes, batch.postponed
+
+
+class _Batch:
+    """The outcomes of one download message, committed group by group."""
+
+    def __init__(self, pipeline: Pipeline, case: str, gen: str) -> None:
+        self.pipeline = pipeline
+        self.case = case
+        self.gen = gen
+        self.outcomes: list[str] = []
+        self.postponed: BaseException | None = None
+        self.committed = False
+
+    def postpone(self, exc: BaseException) -> None:
+        self.postponed = self.postponed or exc
+
+    def commit(self, finished: list[tuple[dict[str, Any], Claim, Future[Entry]]]) -> None:
+        from worker.bookkeeping import Busy
+        from worker.pipeline import failed_entry, release
+
+        group = []
+        for job, claim, future in finished:
+            try:
+                group.append((job, claim, future.result()))
+            except INFRA_ERRORS as exc:
+                log.warning("download %s/%s postponed: %s", self.case, job.get("path"), exc)
+                self.postponed = exc
+                if claim.lock is not None:
+                    release(claim.lock)
+            except Exception as exc:
+                # A bug must not leave the case pending for ever: record the file as failed.
+                log.error("download %s/%s failed unexpectedly", self.case, job.get("path"),
+                          exc_info=exc)
+                group.append((job, claim, failed_entry(
+                    job, f"internal error: {type(exc).__name__}: {exc}")))
+        if not group:
+            return
         try:
-            outcomes.append(future.result())
-        except Busy as exc:
-            postponed = postponed or exc  # another worker holds it: come back for it
-        except INFRA_ERRORS as exc:
-            log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
-            postponed = exc
-        except Exception as exc:
-            # A bug must not leave the case pending for ever: record the file as failed.
-            log.error("download %s/%s failed unexpectedly", job.get("case"), job.get("path"),
-                      exc_info=exc)
-            outcomes.append(runtime.pipeline.fail(
-                job, f"internal error: {type(exc).__name__}: {exc}"))
-    return outcomes, postponed
+            self.pipeline.commit(self.case, self.gen, group)
+        except (Busy, *INFRA_ERRORS) as exc:
+            log.warning("downloads of %s postponed: %s", self.case, exc)
+            self.postponed = exc
+            return
+        self.committed = True
+        self.outcomes += [str(entry["status"]) for _, _, entry in group]
+
+    def settle_if_redelivered(self) -> None:
+        """Every file was fetched already (a redelivered message): make sure the case is
+        settled."""
+        from worker.bookkeeping import Busy
+
+        if "done" not in self.outcomes or self.committed or self.postponed is not None:
+            return
+        try:
+            self.pipeline.settle_if_done(self.case, self.gen)
+        except (Busy, *INFRA_ERRORS) as exc:
+            self.postponed = exc
 
 
-def _download_file(pipeline: Pipeline, job: dict[str, Any]) -> str:
+def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Entry:
     with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
-        return pipeline.download(job)
+        return pipeline.fetch_claimed(job, claim)
 
 
 def run_sweep(app: CasefetchCelery) -> list[str]:

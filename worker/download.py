@@ -61,11 +61,14 @@ class Fetcher:
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
               key_for: Callable[[FileType], str],
-              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
+              before_commit: Callable[[FetchResult], None] | None = None,
+              sync_folder: bool = True) -> FetchResult:
         """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
 
         ``before_commit`` sees the verified result just before the file takes its final name
         (the pipeline notes it, so a crash right after the rename costs no second download).
+        With ``sync_folder`` off the caller syncs the folder (``Storage.sync_folders``)
+        before it counts the file as stored.
         Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
         """
         attempts = 0
@@ -74,7 +77,7 @@ class Fetcher:
             try:
                 key, file_type, sha256, size = self._attempt(
                     url, kind, storage, key_for,
-                    _bind_attempts(before_commit, attempts))
+                    _bind_attempts(before_commit, attempts), sync_folder)
                 return FetchResult(key, file_type, sha256, size, attempts)
             except RetryableDownloadError as exc:
                 if attempts >= self.settings.max_attempts:
@@ -121,11 +124,12 @@ class Fetcher:
     def _attempt(self, url: str, kind: FileKind, storage: Storage,
                  key_for: Callable[[FileType], str],
                  before_commit: Callable[[str, FileType, str, int], None] | None = None,
-                 ) -> tuple[str, FileType, str, int]:
+                 sync_folder: bool = True) -> tuple[str, FileType, str, int]:
         response = self._open(url)
         try:
             self._check_status(response, url)
-            stored = self._stream(response, url, kind, storage, key_for, before_commit)
+            stored = self._stream(response, url, kind, storage, key_for, before_commit,
+                                  sync_folder)
         except Urllib3Error as exc:
             response.close()
             raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
@@ -152,7 +156,7 @@ class Fetcher:
     def _stream(self, response: urllib3.BaseHTTPResponse, url: str, kind: FileKind,
                 storage: Storage, key_for: Callable[[FileType], str],
                 before_commit: Callable[[str, FileType, str, int], None] | None = None,
-                ) -> tuple[str, FileType, str, int]:
+                sync_folder: bool = True) -> tuple[str, FileType, str, int]:
         chunks = response.stream(CHUNK_BYTES, decode_content=True)
         head = b""
         for chunk in chunks:
@@ -170,7 +174,7 @@ class Fetcher:
         digest = hashlib.sha256()
         size = 0
         tail = b""
-        with storage.open_writer(key) as writer:
+        with storage.open_writer(key, sync_folder) as writer:
             for chunk in _prepend(head, chunks):
                 size += len(chunk)
                 if size > self.settings.max_bytes:

@@ -130,11 +130,13 @@ class ObservedFetcher:
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
               key_for: Callable[[FileType], str],
-              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
+              before_commit: Callable[[FetchResult], None] | None = None,
+              sync_folder: bool = True) -> FetchResult:
         started = time.perf_counter()
         try:
             result: FetchResult = self.inner.fetch(url, kind, storage, key_for,
-                                                   before_commit=before_commit)
+                                                   before_commit=before_commit,
+                                                   sync_folder=sync_folder)
         except DownloadError as exc:
             attempts = int(getattr(exc, "attempts", 1))
             self._count("failed", kind, started, attempts)
@@ -192,8 +194,12 @@ class ObservedStorage(Storage):
                 status=status, files=len(files), stored=stored,
                 warnings=len(manifest.get("warnings") or [])))
 
-    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
-        return self.inner.open_writer(key)
+    def open_writer(self, key: str, sync_folder: bool = True
+                    ) -> contextlib.AbstractContextManager[Writer]:
+        return self.inner.open_writer(key, sync_folder)
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        self.inner.sync_folders(keys)
 
     def read_bytes(self, key: str) -> bytes:
         return self.inner.read_bytes(key)

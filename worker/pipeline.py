@@ -6,18 +6,22 @@ webhook finds the work done, or in hand under a lock, and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from casefetch.protocol import Delivery, delivery_body
 from worker import archive
-from worker.bookkeeping import Bookkeeping, Busy
+from worker.bookkeeping import Bookkeeping, Busy, Claim
 from worker.download import Fetcher, FetchResult
 from worker.errors import DownloadError, NotFound
+from worker.locks import HeldLock
 from worker.manifest import (
     CaseStatus,
     Entry,
@@ -143,26 +147,59 @@ class Pipeline:
             return "stale"
         if claim.lock is None:
             # Already fetched (a redelivered or duplicate job): make sure the case is settled.
-            if not self.books.remaining(case):
-                self.settle(case, gen)
+            self.settle_if_done(case, gen)
             return "done"
         with claim.lock:
-            entry = self._adopt(case, job, claim.intent) or self._fetch(case, job)
-            remaining = self.books.record(case, gen, index, entry, lock=claim.lock)
+            entry = self.fetch_claimed(job, claim)
+            self.commit(case, gen, [(job, claim, entry)])
+        return str(entry["status"])
+
+    def claim_batch(self, jobs: list[dict[str, Any]]) -> list[Claim]:
+        """Claim the files of one download message (one case, one generation) at once."""
+        if not jobs:
+            return []
+        return self.books.claim_many(jobs[0]["case"], jobs[0]["gen"],
+                                     [(int(job["index"]), job["path"]) for job in jobs])
+
+    def fetch_claimed(self, job: dict[str, Any], claim: Claim) -> Entry:
+        """The entry of a file we hold the lock of: adopted from a dead worker, or fetched.
+
+        A file stored here is in place but not yet durable: :meth:`commit` syncs its folder
+        before it records it, together with the other files that finished meanwhile.
+        """
+        return (self._adopt(job["case"], job, claim.intent)
+                or self._fetch(job["case"], job, sync_folder=False))
+
+    def commit(self, case: str, gen: str,
+               done: Sequence[tuple[dict[str, Any], Claim | None, Entry]]) -> int | None:
+        """Record finished files of one case: their folders synced, then every entry recorded
+        and every lock released in one round trip; the case settled if they were its last.
+        Returns how many files remain (None: ``gen`` is stale)."""
+        try:
+            self.storage.sync_folders(
+                archive.case_key(case, entry["path"]) for _, _, entry in done
+                if entry["status"] == FileStatus.STORED.value)
+            remaining = self.books.record_many(
+                case, gen, [(int(job["index"]), entry, claim.lock if claim else None)
+                            for job, claim, entry in done])
+        finally:
+            for _, claim, _ in done:
+                if claim is not None and claim.lock is not None:
+                    release(claim.lock)
         if remaining == 0:
             self.settle(case, gen)
-        return str(entry["status"])
+        return remaining
+
+    def settle_if_done(self, case: str, gen: str) -> None:
+        if not self.books.remaining(case):
+            self.settle(case, gen)
 
     def fail(self, job: dict[str, Any], error: str) -> str:
         """Record a file as failed for good (the download itself broke) and settle if last."""
-        case, gen, index = job["case"], job["gen"], int(job["index"])
-        entry: Entry = {"path": job["path"], "kind": job["kind"],
-                        "status": FileStatus.FAILED.value, "error": error[:500], "attempts": 1}
-        if self.books.record(case, gen, index, entry) == 0:
-            self.settle(case, gen)
+        self.commit(job["case"], job["gen"], [(job, None, failed_entry(job, error))])
         return "failed"
 
-    def _fetch(self, case: str, job: dict[str, Any]) -> Entry:
+    def _fetch(self, case: str, job: dict[str, Any], sync_folder: bool = True) -> Entry:
         kind = FileKind(job["kind"])
         path = job["path"]
 
@@ -177,7 +214,7 @@ class Pipeline:
         entry: Entry = {"path": path, "kind": kind.value}
         try:
             result = self.fetcher.fetch(job["sourceUrl"], kind, self.storage, key_for,
-                                        before_commit=note_intent)
+                                        before_commit=note_intent, sync_folder=sync_folder)
         except DownloadError as exc:
             attempts = getattr(exc, "attempts", 1)
             log.warning("download failed for %s %s after %d attempt(s): %s",
@@ -281,6 +318,17 @@ def file_jobs(message: dict[str, Any]) -> list[dict[str, Any]]:
         return [message]
     common = {k: v for k, v in message.items() if k != "files"}
     return [{**common, **entry} for entry in message["files"]]
+
+
+def failed_entry(job: dict[str, Any], error: str) -> Entry:
+    return {"path": job["path"], "kind": job["kind"], "status": FileStatus.FAILED.value,
+            "error": error[:500], "attempts": 1}
+
+
+def release(lock: HeldLock) -> None:
+    """Let go of a file lock; if Redis cannot be told, the lock expires by itself."""
+    with contextlib.suppress(RedisError, OSError):
+        lock.__exit__(None, None, None)
 
 
 def _stored_entry(case: str, path: str, kind: FileKind, result: FetchResult) -> Entry:

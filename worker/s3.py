@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -89,7 +89,8 @@ class S3Storage(Storage):
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[Writer]:
+    def open_writer(self, key: str, sync_folder: bool = True) -> Iterator[Writer]:
+        # An object S3 has acknowledged is durable: there is no folder to sync.
         upload = _Upload(self, key)
         try:
             yield upload
@@ -97,6 +98,9 @@ class S3Storage(Storage):
         except BaseException:
             upload.abort()
             raise
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        """Nothing to do: S3 has every object it acknowledged."""
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.translate("write", key):

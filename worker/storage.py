@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -38,8 +38,17 @@ def check_key(key: str) -> str:
 
 class Storage(ABC):
     @abstractmethod
-    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
-        """Stream an object; it appears under ``key`` only if the block exits cleanly."""
+    def open_writer(self, key: str, sync_folder: bool = True
+                    ) -> contextlib.AbstractContextManager[Writer]:
+        """Stream an object; it appears under ``key`` only if the block exits cleanly.
+
+        It is durable when the block has exited, or, with ``sync_folder`` off, once
+        :meth:`sync_folders` has run for it (a writer of many files syncs each folder once).
+        """
+
+    @abstractmethod
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        """Make the objects under ``keys``, written with ``sync_folder`` off, durable."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -94,7 +103,7 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[Writer]:
+    def open_writer(self, key: str, sync_folder: bool = True) -> Iterator[Writer]:
         final = self.path(key)
         self.tmp.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
@@ -105,11 +114,17 @@ class LocalStorage(Storage):
                 os.fsync(handle.fileno())
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_name, final)
-            _fsync_dir(final.parent)
+            if sync_folder:
+                _fsync_dir(final.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        # A rename is durable once its folder is fsynced: one fsync per folder covers them all.
+        for folder in {self.path(key).parent for key in keys}:
+            _fsync_dir(folder)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_writer(key) as writer:
