@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -105,21 +105,36 @@ class LocalStorage(Storage):
     @contextlib.contextmanager
     def open_writer(self, key: str, sync_folder: bool = True) -> Iterator[Writer]:
         final = self.path(key)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        fd, tmp_name = self._temp_file()
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, final)
+            try:
+                os.replace(tmp_name, final)
+            except FileNotFoundError:
+                # Folders are made when first needed, not checked before every file.
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp_name, final)
             if sync_folder:
                 _fsync_dir(final.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
+
+    def _temp_file(self) -> tuple[int, str]:
+        """A new file of our own (mode 0600, like mkstemp's) in the temporary folder."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        while True:
+            name = os.path.join(self.tmp, f"{secrets.token_hex(8)}.part")
+            try:
+                return os.open(name, flags, 0o600), name
+            except FileNotFoundError:
+                self.tmp.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                continue
 
     def sync_folders(self, keys: Iterable[str]) -> None:
         # A rename is durable once its folder is fsynced: one fsync per folder covers them all.
