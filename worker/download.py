@@ -49,11 +49,13 @@ class FetchResult:
 
 class Fetcher:
     def __init__(self, settings: DownloadSettings, pool: urllib3.PoolManager | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, threads: int = 16) -> None:
         self.settings = settings
         self.guard = UrlGuard(settings)
+        # A connection per thread and host is kept for the next file: with fewer, urllib3
+        # discards connections ("Connection pool is full") and opens new ones under load.
         self.pool = pool or GuardedPoolManager(
-            address_check(settings), num_pools=32, maxsize=16, retries=False,
+            address_check(settings), num_pools=32, maxsize=max(16, threads), retries=False,
             timeout=urllib3.Timeout(connect=settings.timeout_seconds,
                                     read=settings.timeout_seconds),
         )
