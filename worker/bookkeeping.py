@@ -75,7 +75,12 @@ class Bookkeeping:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
 
     def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
-        self.redis.hset(case_key(case, "intents"), str(index), json.dumps(entry))
+        self.intend_many(case, {index: entry})
+
+    def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
+        """Note verified files about to be renamed into place, in one round trip."""
+        self.redis.hset(case_key(case, "intents"),
+                        mapping={str(index): json.dumps(entry) for index, entry in entries.items()})
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(case_key(case, "results"))

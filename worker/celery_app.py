@@ -42,8 +42,7 @@ from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from worker.bookkeeping import Claim
-    from worker.manifest import Entry
-    from worker.pipeline import Pipeline
+    from worker.pipeline import Finished, Pipeline
 
 log = logging.getLogger("casefetch.worker")
 _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
@@ -205,7 +204,7 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
         log.warning("downloads of %s postponed: %s", case, exc)
         return [], exc
     batch = _Batch(pipeline, case, gen)
-    running: dict[Future[Entry], tuple[dict[str, Any], Claim]] = {}
+    running: dict[Future[Finished], tuple[dict[str, Any], Claim]] = {}
     for job, claim in zip(jobs, claims, strict=True):
         if claim.lock is not None:
             claim.lock.__enter__()  # renewed from now on; commit (or release) lets it go
@@ -214,7 +213,7 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
             batch.postpone(Busy(f"file:{case}:{job['path']}"))  # come back for it
         else:
             batch.outcomes.append(claim.status)
-    waiting: set[Future[Entry]] = set(running)
+    waiting: set[Future[Finished]] = set(running)
     while waiting:
         finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
         batch.commit([(*running[future], future) for future in finished])
@@ -236,14 +235,14 @@ class _Batch:
     def postpone(self, exc: BaseException) -> None:
         self.postponed = self.postponed or exc
 
-    def commit(self, finished: list[tuple[dict[str, Any], Claim, Future[Entry]]]) -> None:
+    def commit(self, finished: list[tuple[dict[str, Any], Claim, Future[Finished]]]) -> None:
         from worker.bookkeeping import Busy
-        from worker.pipeline import failed_entry, release
+        from worker.pipeline import Finished, failed_entry, release
 
         group = []
         for job, claim, future in finished:
             try:
-                group.append((job, claim, future.result()))
+                group.append(future.result())
             except INFRA_ERRORS as exc:
                 log.warning("download %s/%s postponed: %s", self.case, job.get("path"), exc)
                 self.postponed = exc
@@ -253,7 +252,7 @@ class _Batch:
                 # A bug must not leave the case pending for ever: record the file as failed.
                 log.error("download %s/%s failed unexpectedly", self.case, job.get("path"),
                           exc_info=exc)
-                group.append((job, claim, failed_entry(
+                group.append(Finished(job, claim, failed_entry(
                     job, f"internal error: {type(exc).__name__}: {exc}")))
         if not group:
             return
@@ -264,7 +263,7 @@ class _Batch:
             self.postponed = exc
             return
         self.committed = True
-        self.outcomes += [str(entry["status"]) for _, _, entry in group]
+        self.outcomes += [str(f.entry["status"]) for f in group]
 
     def settle_if_redelivered(self) -> None:
         """Every file was fetched already (a redelivered message): make sure the case is
@@ -279,7 +278,7 @@ class _Batch:
             self.postponed = exc
 
 
-def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Entry:
+def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Finished:
     with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
         return pipeline.fetch_claimed(job, claim)
 

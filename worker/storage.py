@@ -27,6 +27,22 @@ class Writer(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
+class Staged(Writer, Protocol):
+    """An object written (durably, for a local disk) but not yet under its key.
+
+    :meth:`Storage.stage` hands one out; once its block has exited cleanly, ``commit`` puts
+    it in place and ``discard`` drops it. Whoever stages an object commits or discards it.
+    """
+
+    key: str
+
+    def commit(self, sync_folder: bool = True) -> None:
+        """Put the object under its key. With ``sync_folder`` off it is in place but durable
+        only once :meth:`Storage.sync_folders` has run for it."""
+
+    def discard(self) -> None: ...
+
+
 def check_key(key: str) -> str:
     """Refuse any key that could name something outside the archive root."""
     path = PurePosixPath(key)
@@ -37,18 +53,27 @@ def check_key(key: str) -> str:
 
 
 class Storage(ABC):
-    @abstractmethod
-    def open_writer(self, key: str, sync_folder: bool = True
-                    ) -> contextlib.AbstractContextManager[Writer]:
-        """Stream an object; it appears under ``key`` only if the block exits cleanly.
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[Writer]:
+        """Stream an object; it appears under ``key``, durably, only if the block exits
+        cleanly."""
+        with self.stage(key) as staged:
+            yield staged
+        try:
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
 
-        It is durable when the block has exited, or, with ``sync_folder`` off, once
-        :meth:`sync_folders` has run for it (a writer of many files syncs each folder once).
-        """
+    @abstractmethod
+    def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
+        """Stream an object to put under ``key`` later (see :class:`Staged`); discarded if
+        the block raises. A writer of many files commits them together and syncs each
+        folder once."""
 
     @abstractmethod
     def sync_folders(self, keys: Iterable[str]) -> None:
-        """Make the objects under ``keys``, written with ``sync_folder`` off, durable."""
+        """Make the objects under ``keys``, committed with ``sync_folder`` off, durable."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -103,25 +128,17 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def open_writer(self, key: str, sync_folder: bool = True) -> Iterator[Writer]:
+    def stage(self, key: str) -> Iterator[Staged]:
         final = self.path(key)
         fd, tmp_name = self._temp_file()
+        staged = _LocalStaged(key, final, tmp_name, os.fdopen(fd, "wb"))
         try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.replace(tmp_name, final)
-            except FileNotFoundError:
-                # Folders are made when first needed, not checked before every file.
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp_name, final)
-            if sync_folder:
-                _fsync_dir(final.parent)
+            with staged.handle:
+                yield staged
+                staged.handle.flush()
+                os.fsync(staged.handle.fileno())
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+            staged.discard()
             raise
 
     def _temp_file(self) -> tuple[int, str]:
@@ -201,6 +218,33 @@ class LocalStorage(Storage):
                     part.unlink()
                     removed += 1
         return removed
+
+
+class _LocalStaged:
+    """A temporary file, fsynced, waiting to be renamed to its final name."""
+
+    def __init__(self, key: str, final: Path, tmp_name: str, handle: BinaryIO) -> None:
+        self.key = key
+        self.final = final
+        self.tmp_name = tmp_name
+        self.handle = handle
+
+    def write(self, data: bytes, /) -> int:
+        return self.handle.write(data)
+
+    def commit(self, sync_folder: bool = True) -> None:
+        try:
+            os.replace(self.tmp_name, self.final)
+        except FileNotFoundError:
+            # Folders are made when first needed, not checked before every file.
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_name, self.final)
+        if sync_folder:
+            _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_name)
 
 
 def _fsync_dir(path: Path) -> None:
