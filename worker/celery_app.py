@@ -16,9 +16,11 @@ Connections are opened lazily, in the process that uses them (no import-time con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +77,34 @@ class Runtime:
         )
         self.files = ThreadPoolExecutor(max_workers=app.download_threads,
                                         thread_name_prefix="casefetch-file")
+        self._kept = threading.local()
 
     def send_download(self, job: dict[str, Any]) -> None:
+        kept: list[dict[str, Any]] | None = getattr(self._kept, "messages", None)
+        if kept is not None and not kept:
+            kept.append(job)  # the ingest task fetches it itself (see keep_first_download)
+            return
+        self.publish_download(job)
+
+    def publish_download(self, job: dict[str, Any]) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
         # files is planned without a thousand trips through Celery's publisher.
         self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job],
                                                       origin=_ORIGIN))
+
+    @contextlib.contextmanager
+    def keep_first_download(self) -> Iterator[list[dict[str, Any]]]:
+        """Within the block, this thread's first download message is kept, not queued.
+
+        An ingest task fetches its case's first batch of files (all of them, for a case of
+        up to BATCH_FILES) itself: a Celery task, a queue round trip and a message less per
+        case. The other batches still go to the queue, for every worker to share.
+        """
+        self._kept.messages = []
+        try:
+            yield self._kept.messages
+        finally:
+            self._kept.messages = None
 
 
 class CasefetchCelery(Celery):
@@ -147,9 +171,11 @@ def _register_tasks(app: CasefetchCelery) -> None:
     def ingest(self: Task, delivery: Delivery) -> str:
         from worker.bookkeeping import Busy
 
-        pipeline = app.runtime.pipeline
+        runtime = app.runtime
+        pipeline = runtime.pipeline
         try:
-            return pipeline.ingest(delivery)
+            with runtime.keep_first_download() as kept:
+                outcome = pipeline.ingest(delivery)
         except Busy as exc:
             raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
         except INFRA_ERRORS as exc:
@@ -162,6 +188,9 @@ def _register_tasks(app: CasefetchCelery) -> None:
                                 {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
             pipeline.books.delivered(delivery["deliveryId"])
             return "quarantined"
+        for message in kept:
+            _fetch_kept(self, runtime, message)
+        return outcome
 
     @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
     def download(self: Task, message: dict[str, Any]) -> str:
@@ -178,6 +207,23 @@ def _register_tasks(app: CasefetchCelery) -> None:
     @app.task(name=SWEEP_TASK)
     def sweep() -> list[str]:
         return run_sweep(app)
+
+
+def _fetch_kept(task: Task, runtime: Runtime, message: dict[str, Any]) -> None:
+    """Fetch the batch an ingest kept; what must wait goes to the download queue, whose
+    task retries it as usual (the delivery itself is archived: it must not be retried)."""
+    try:
+        _outcomes, postponed = fetch_batch(runtime, message)
+    except Exception:
+        log.exception("downloads of %s failed unexpectedly; queued", message.get("case"))
+        postponed = RuntimeError("queued")
+    if postponed is None:
+        return
+    try:
+        runtime.publish_download(message)
+    except INFRA_ERRORS as exc:
+        # Ingest again later: it finds the case planned and queues what it still needs.
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
 
 
 def fetch_batch(runtime: Runtime, message: dict[str, Any]
