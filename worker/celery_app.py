@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
@@ -52,6 +52,10 @@ _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
 #: Failures of the infrastructure (Redis, the archive): retried until they pass.
 INFRA_ERRORS = (RedisError, StorageError, OSError)
 BUSY_RETRY_SECONDS = 5
+#: How long a fetched file of a batch may wait (verified, staged) for the others, so that
+#: they are put in place and recorded together. A file whose download is slower (a large
+#: one, or one retried after a backoff) does not hold the others back longer than this.
+COMMIT_EVERY_SECONDS = 0.5
 
 
 class Runtime:
@@ -232,9 +236,10 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
 
     One round trip claims every file of the message. The files are then fetched side by
     side, on threads the whole process shares (as many as it runs tasks), so a batch is as
-    quick as its files were as separate tasks. As files finish, each group of them is
-    committed at once: one fsync per folder, one round trip to record them and release
-    their locks. A file is counted as stored only after its folder was synced.
+    quick as its files were as separate tasks. The files that finished are committed
+    together, when the last one is done or every COMMIT_EVERY_SECONDS: one round trip for
+    their intents, one fsync per folder, one round trip to record them and release their
+    locks. A file is counted as stored only after its folder was synced.
     """
     from worker.bookkeeping import Busy
     from worker.pipeline import file_jobs
@@ -261,8 +266,9 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
             batch.outcomes.append(claim.status)
     waiting: set[Future[Finished]] = set(running)
     while waiting:
-        finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-        batch.commit([(*running[future], future) for future in finished])
+        finished, waiting = wait(waiting, timeout=COMMIT_EVERY_SECONDS)
+        if finished:
+            batch.commit([(*running[future], future) for future in finished])
     batch.settle_if_redelivered()
     return batch.outcomes, batch.postponed
 
