@@ -55,4 +55,7 @@ def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
     assert runtime.redis.llen(DOWNLOAD_QUEUE) == 2
     runtime.send_download(messages[0])  # outside an ingest (the sweep): always queued
     assert runtime.redis.llen(DOWNLOAD_QUEUE) == 3
+    with runtime.keep_first_download(keep=False) as kept:  # a worker not downloading
+        runtime.send_download(messages[0])
+    assert kept == [] and runtime.redis.llen(DOWNLOAD_QUEUE) == 4
     runtime.files.shutdown()

@@ -97,16 +97,18 @@ class Runtime:
                                                       origin=_ORIGIN))
 
     @contextlib.contextmanager
-    def keep_first_download(self) -> Iterator[list[dict[str, Any]]]:
-        """Within the block, this thread's first download message is kept, not queued.
+    def keep_first_download(self, keep: bool = True) -> Iterator[list[dict[str, Any]]]:
+        """Within the block, this thread's first download message is kept, not queued
+        (unless ``keep`` is off).
 
         An ingest task fetches its case's first batch of files (all of them, for a case of
         up to BATCH_FILES) itself: a Celery task, a queue round trip and a message less per
         case. The other batches still go to the queue, for every worker to share.
         """
-        self._kept.messages = []
+        kept: list[dict[str, Any]] = []
+        self._kept.messages = kept if keep else None
         try:
-            yield self._kept.messages
+            yield kept
         finally:
             self._kept.messages = None
 
@@ -118,6 +120,10 @@ class CasefetchCelery(Celery):
         self._runtime: Runtime | None = None
         #: Files fetched at once: the worker's concurrency (set when the worker starts).
         self.download_threads = 8
+        #: Whether this worker consumes the download queue (set when the worker starts): only
+        #: then does its ingest fetch a case's first batch itself. A worker kept for ingest
+        #: (``--queues casefetch.ingest``, cheap and quick) hands every batch on.
+        self.fetches_downloads = False
         self._runtime_lock = threading.Lock()
 
     @property
@@ -164,8 +170,11 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
 
     @signals.worker_init.connect(weak=False)
     def sized(sender: Any = None, **kwargs: Any) -> None:
-        if getattr(sender, "app", None) is app and getattr(sender, "concurrency", None):
+        if getattr(sender, "app", None) is not app:
+            return
+        if getattr(sender, "concurrency", None):
             app.download_threads = int(sender.concurrency)
+        app.fetches_downloads = DOWNLOAD_QUEUE in app.amqp.queues.consume_from
 
     return app
 
@@ -178,7 +187,7 @@ def _register_tasks(app: CasefetchCelery) -> None:
         runtime = app.runtime
         pipeline = runtime.pipeline
         try:
-            with runtime.keep_first_download() as kept:
+            with runtime.keep_first_download(app.fetches_downloads) as kept:
                 outcome = pipeline.ingest(delivery)
         except Busy as exc:
             raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
