@@ -230,11 +230,6 @@ class Pipeline:
         if not self.books.remaining(case):
             self.settle(case, gen)
 
-    def fail(self, job: dict[str, Any], error: str) -> str:
-        """Record a file as failed for good (the download itself broke) and settle if last."""
-        self.commit(job["case"], job["gen"], [Finished(job, None, failed_entry(job, error))])
-        return "failed"
-
     def _fetch(self, case: str, job: dict[str, Any], claim: Claim | None) -> Finished:
         kind = FileKind(job["kind"])
         path = job["path"]
