@@ -171,6 +171,12 @@ from runs alternated side by side, before = `5ced221`, after = this branch):
   of both processes, medians of six rounds each): 2.67 CPU-seconds before, 2.00 after (4.9
   and 3.6 ms a file); Redis's own CPU 0.16 and 0.09 s; the 50 cases archived in 1.9 and
   1.4 s.
+- Threads: with 4 threads per worker instead of 8 (curl at `--parallel-max 8` to match),
+  the two workers used 1.7 CPU-seconds instead of 2.2 for the same files (less GIL
+  contention), and `--only fetch` gave 0.64x and 0.49x in two runs: too noisy to call, and
+  real downloads from remote hosts are latency-bound and want the threads, so the default
+  stays 8. On a host where the workers are CPU-bound, more processes with fewer threads
+  each is the better shape.
 - Not reached: 0.7x. curl moves the 246 MiB in 0.6 to 0.9 s of wall time on the two cores it
   shares with the file server; the bare Python loop above needs 1.05 CPU-seconds on its own,
   so 0.7x leaves the workers almost nothing for Celery, Redis, validation and manifests.
