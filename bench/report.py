@@ -212,6 +212,72 @@ is left of the server's extra is what the bare handler does not do: the HMAC ove
 about 35 µs), the transaction and its 8.4 KiB (against 5.4 KiB) written to Redis, the ids
 and the log line. Not done: a smaller message (the body is stored twice, in the queue and
 in the inbox, and base64 makes it a third larger); uvloop (it would have to run under (a) too).
+
+**Worker, second pass** (benchmark 2, 2026-11-29 23:15 to 00:05 UTC; py-spy `--gil` on both
+workers, yappi CPU profiles of the download path in one process, CPU seconds per process from
+psutil; the machine was shared with another helper's benchmarks, so every figure below is
+from runs alternated side by side, before = `5ced221`, after = this branch):
+
+- What a file costs at the least, in Python: the same 550 files fetched by a bare loop
+  (urllib3, sha256, write, fsync; 8 threads, one process) cost 1.25 ms of user and 0.6 ms of
+  system CPU each, about 1.05 CPU-seconds for the benchmark's 246 MiB. The two workers spent
+  about 2.7 (5 ms a file): 1.7 CPU-seconds of overhead, the thing to cut.
+- Where it went, per file: three Redis round trips (claim script, intent HSET, record
+  script; redis-py costs 90 to 210 µs of CPU per command here), a folder fsync, the temporary
+  file (mkstemp, two mkdir calls); per case: two Celery tasks (ingest, then the download
+  batch; Celery and kombu about 2 ms each), the ingest itself (3.8 ms: marshmallow a third,
+  two locks, four fsyncs) and the settle. Log lines are not the problem: 25 to 30 µs each
+  (py-spy `--gil` on the loaded machine over-attributed them). The urllib3 pool did not
+  discard connections in this branch (maxsize 16 for 8 threads: 8 connections for 1,100
+  requests); its size now follows the worker's concurrency, so a larger `--concurrency`
+  does not start discarding them.
+- Changed:
+  - one script claims all the files of a download message (stale, done, busy or claimed,
+    with the dead worker's intent) in one round trip;
+  - a fetched file is *staged*: verified, fsynced, not yet under its name; the files of a
+    batch that finished are put in place together, when the last is done or every 0.5 s:
+    one HSET notes their intents, then the renames (a `storing` line before each), one
+    fsync per folder, then one script records them all and releases their locks. Crash
+    semantics per file are unchanged: the intent is in Redis before the rename, the folder
+    is fsynced before the record, a file renamed into place is adopted by the next worker;
+    a file verified but not yet renamed when a worker dies is fetched again;
+  - the ingest task of a worker that also consumes the download queue fetches the case's
+    first batch itself (all the files of a case of up to 16): one Celery task per case
+    instead of two; ingest-only workers (the compose file's `worker-ingest`) queue it;
+  - manifests written with orjson (the same bytes), temporary files created with
+    `os.open(O_EXCL)`, folders made only when a rename finds them missing.
+- Side by side, `python -m bench --only fetch`, four runs each, alternated (ours / curl,
+  medians of three rounds):
+
+  | run | before | ratio | after | ratio |
+  |---|---|---|---|---|
+  | 1 | 104 / 316 MiB/s | 0.33x | 162 / 325 MiB/s | 0.50x |
+  | 2 | 124 / 287 MiB/s | 0.43x | 145 / 284 MiB/s | 0.51x |
+  | 3 | 131 / 337 MiB/s | 0.39x | 137 / 270 MiB/s | 0.51x |
+  | 4 | 105 / 291 MiB/s | 0.36x | 150 / 271 MiB/s | 0.55x |
+  | median | 115 MiB/s | 0.38x | 148 MiB/s | 0.51x |
+
+  Two more runs of the branch on its own: 0.62x (163 / 263) and 0.52x (171 / 330). The
+  8 x 32 MiB information row: 0.73x to 0.98x before, 0.67x to 0.96x after (per-byte cost,
+  unchanged). CPU of the two workers for the 550 files, side by side (user and system time
+  of both processes, medians of six rounds each): 2.67 CPU-seconds before, 2.00 after (4.9
+  and 3.6 ms a file); Redis's own CPU 0.16 and 0.09 s; the 50 cases archived in 1.9 and
+  1.4 s.
+- Threads: with 4 threads per worker instead of 8 (curl at `--parallel-max 8` to match),
+  the two workers used 1.7 CPU-seconds instead of 2.2 for the same files (less GIL
+  contention), and `--only fetch` gave 0.64x and 0.49x in two runs: too noisy to call, and
+  real downloads from remote hosts are latency-bound and want the threads, so the default
+  stays 8. On a host where the workers are CPU-bound, more processes with fewer threads
+  each is the better shape.
+- Not reached: 0.7x. curl moves the 246 MiB in 0.6 to 0.9 s of wall time on the two cores it
+  shares with the file server; the bare Python loop above needs 1.05 CPU-seconds on its own,
+  so 0.7x leaves the workers almost nothing for Celery, Redis, validation and manifests.
+  What remains above that loop, about 0.4 CPU-seconds per worker: the ingest (validation,
+  locks, case.json and manifest with their fsyncs), Celery's consume/ack, the settle, and the
+  per-file Python around the bytes (staging, commit, metrics, thread hand-offs; GIL
+  contention between 16 threads per process). Ways forward, not done: a C client for the
+  byte path (pycurl) keeping the verification and the staged commit; cheaper validation
+  (marshmallow is a third of an ingest); one lock instead of two per ingest.
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from worker import archive
 from worker.errors import StorageError
 from worker.manifest import case_status
+from worker.pipeline import _dumps
 from worker.storage import LocalStorage, check_key
 
 
@@ -61,3 +63,18 @@ def test_case_status() -> None:
     assert case_status({"files": [stored, {"status": "pending"}], "warnings": []}).value == \
         "pending"
     assert case_status({"files": [stored], "warnings": [{"item": 1}]}).value == "incomplete"
+
+
+@pytest.mark.parametrize("value", [
+    {"cfRef": "CF-é✓\u2028", "files": [{"a": None, "b": True, "c": 1234567, "d": [], "e": {},
+                                       "f": "tab\t\"q\" \x7f \x01 😀"}], "warnings": []},
+    {"x": 1.5, "y": [1, [2, {}]], "z": ""},
+    {"lone": "\ud800"},
+    {"big": 2**70},
+])
+def test_manifests_are_written_as_json_would_write_them(value: dict[str, object]) -> None:
+    try:
+        expected = json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
+    except UnicodeEncodeError:
+        expected = json.dumps(value, indent=2).encode("ascii")
+    assert _dumps(value) == expected

@@ -1,8 +1,14 @@
-"""How a case's files are cut into download messages, and read back (pure functions)."""
+"""How a case's files are cut into download messages, read back, and handed on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from casefetch.constants import DOWNLOAD_QUEUE
+from casefetch.redis_server import RedisServer
+from worker.celery_app import create_celery_app
 from worker.pipeline import BATCH_FILES, batches, file_jobs
+from worker.settings import WorkerSettings
 
 
 def test_batches_are_few_and_even() -> None:
@@ -34,3 +40,22 @@ def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
     single = {"case": "cases/B", "gen": "g", "index": 1, "path": "items/001-Y",
               "kind": "item_image", "sourceUrl": "http://h/y", "cfRef": "B"}
     assert file_jobs(single) == [single]
+
+
+def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/9"
+    runtime = create_celery_app(WorkerSettings(redis_url=url, archive_dir=tmp_path)).runtime
+    runtime.redis.flushdb()
+    messages = [{"case": "cases/K", "gen": "g", "files": [{"index": i}]} for i in range(3)]
+    with runtime.keep_first_download() as kept:
+        for message in messages:
+            runtime.send_download(message)
+    assert kept == messages[:1]
+    assert runtime.redis.llen(DOWNLOAD_QUEUE) == 2
+    runtime.send_download(messages[0])  # outside an ingest (the sweep): always queued
+    assert runtime.redis.llen(DOWNLOAD_QUEUE) == 3
+    with runtime.keep_first_download(keep=False) as kept:  # a worker not downloading
+        runtime.send_download(messages[0])
+    assert kept == [] and runtime.redis.llen(DOWNLOAD_QUEUE) == 4
+    runtime.files.shutdown()

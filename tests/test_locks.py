@@ -102,3 +102,37 @@ def test_a_stale_record_still_releases_the_lock(client: redis.Redis) -> None:
         assert books.record(case, "gen-1", 0, {"status": "stored"}, lock=claim.lock) is None
     assert not client.exists(lock_key("file", case, "case.pdf"))
     assert client.hlen(case_key(case, "results")) == 0
+
+
+def test_a_batch_is_claimed_and_recorded_in_one_step_each(client: redis.Redis) -> None:
+    books = Bookkeeping(client, lock_seconds=5)
+    case = "cases/CL-3"
+    books.start(case, "gen-1", [0, 1, 2, 3])
+    books.record(case, "gen-1", 0, {"status": "stored"})  # done earlier
+    other = books.claim(case, "gen-1", 1, "items/001-B")  # another worker holds it
+    books.intend(case, 2, {"path": "items/002-C.png", "sha256": "ef"})  # a dead worker's
+    files = [(0, "case.pdf"), (1, "items/001-B"), (2, "items/002-C"), (3, "items/003-D")]
+
+    assert [c.status for c in books.claim_many(case, "gen-0", files)] == ["stale"] * 4
+    claims = books.claim_many(case, "gen-1", files)
+    assert [c.status for c in claims] == ["done", "busy", "claimed", "claimed"]
+    assert claims[0].lock is None and claims[1].lock is None
+    assert claims[2].intent == {"path": "items/002-C.png", "sha256": "ef"}
+    assert claims[3].intent is None
+    fourth = claims[3].lock
+    assert fourth is not None
+    assert client.get(lock_key("file", case, "items/003-D")) == fourth.token.encode()
+
+    held = [c.lock for c in claims[2:] if c.lock is not None]
+    remaining = books.record_many(case, "gen-1", [(2, {"status": "stored"}, held[0]),
+                                                  (3, {"status": "failed"}, held[1])])
+    assert remaining == 1  # file 1, still with the other worker
+    assert all(lock.released for lock in held)
+    assert not client.exists(lock_key("file", case, "items/002-C"))
+    assert not client.exists(lock_key("file", case, "items/003-D"))
+    assert client.exists(lock_key("file", case, "items/001-B"))
+    assert set(books.results(case)) == {0, 2, 3}
+    assert other.lock is not None
+    with other.lock:
+        assert books.record_many(case, "gen-2", [(1, {"status": "stored"}, other.lock)]) is None
+    assert not client.exists(lock_key("file", case, "items/001-B"))  # stale, yet released

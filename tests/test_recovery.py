@@ -4,18 +4,21 @@ Redis and a real local archive, picks up where the dead worker stopped and nothi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
-from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY
+from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
 from casefetch.protocol import make_delivery
 from casefetch.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
 from worker.bookkeeping import Bookkeeping
+from worker.celery_app import fetch_batch
 from worker.download import Fetcher
 from worker.pipeline import Pipeline, file_jobs, resume
 from worker.settings import DownloadSettings
@@ -106,7 +109,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
 
     # The worker dies right after the rename: its result never reaches the bookkeeping.
     with monkeypatch.context() as patch:
-        patch.setattr(pipe.books, "record", die)
+        patch.setattr(pipe.books, "record_many", die)
         with pytest.raises(Crash):
             pipe.download(job)
     assert pipe.storage.exists("cases/REC-3/case.pdf")
@@ -198,3 +201,64 @@ def test_work_postponed_by_an_outage_comes_back_within_half_a_minute() -> None:
 
     assert [_backoff(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     assert _backoff(500) == 30  # retries count the "file busy" ones too
+
+def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_that(
+        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe, sent = pipeline
+    cf = "REC-B"
+    images = [samples.item(f"I{i}", file_server.add(f"rec/{cf}/{i}", samples.png()))
+              for i in range(5)]
+    body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
+                                     images))
+    pipe.ingest(dict(make_delivery(body, {})))  # type: ignore[arg-type]
+    [message] = sent
+    events: list[str] = []
+    sync, record = pipe.storage.sync_folders, pipe.books.record_many
+
+    def spy_sync(keys: Any) -> None:
+        keys = list(keys)
+        events.append(f"sync {len(keys)}")
+        sync(keys)
+
+    def spy_record(*args: Any, **kwargs: Any) -> Any:
+        events.append("record")
+        return record(*args, **kwargs)
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Crash
+
+    runtime = SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(4))
+    # The worker dies once a first group of files is renamed into place, before any is
+    # recorded (the files still under way end staged: verified, not under their names).
+    with monkeypatch.context() as patch:
+        patch.setattr(pipe.books, "record_many", die)
+        with pytest.raises(Crash):
+            fetch_batch(runtime, message)  # type: ignore[arg-type]
+    runtime.files.shutdown()
+    assert pipe.books.results(f"cases/{cf}") == {}
+    names = ["pdf", *map(str, range(5))]
+    keys = ["case.pdf", *(f"items/{i:03d}-I{i - 1}.png" for i in range(1, 6))]
+    placed = [pipe.storage.exists(f"cases/{cf}/{key}") for key in keys]
+    assert any(placed)
+    # The dead worker's locks expire (their time to live is the visibility timeout).
+    for name in ["case.pdf", *(f"items/{i:03d}-I{i - 1}" for i in range(1, 6))]:
+        pipe.books.redis.delete(lock_key("file", f"cases/{cf}", name))
+    runtime.files = ThreadPoolExecutor(4)
+    with monkeypatch.context() as patch:
+        patch.setattr(pipe.storage, "sync_folders", spy_sync)
+        patch.setattr(pipe.books, "record_many", spy_record)
+        outcomes, postponed = fetch_batch(runtime, message)  # type: ignore[arg-type]
+    runtime.files.shutdown()
+    assert postponed is None and outcomes.count("stored") == 6
+    # Every commit synced the folders of its files before it recorded them.
+    assert events and all(events[i].startswith("sync") and events[i + 1] == "record"
+                          for i in range(0, len(events), 2))
+    served = [file_server.served[f"/rec/{cf}/{name}"] for name in names]
+    stored = sum(1 for e in pipe._read_manifest(f"cases/{cf}")["files"]  # type: ignore[index]
+                 if e["status"] == "stored")
+    assert stored == 6
+    # What was in place is adopted; what the crash left staged (never under its name) is
+    # fetched again.
+    assert [n for n, was in zip(served, placed, strict=True) if was] == [1] * sum(placed)
+    assert all(n <= 2 for n in served)

@@ -38,7 +38,8 @@ from worker.locks import Busy, HeldLock, Locks, new_token
 @dataclass
 class Claim:
     """What :meth:`Bookkeeping.claim` found: ``stale`` (another generation is current),
-    ``done`` (the file has its result) or ``claimed`` (``lock`` is ours, and ``intent`` is
+    ``done`` (the file has its result), ``busy`` (another worker holds it, from
+    :meth:`Bookkeeping.claim_many` only) or ``claimed`` (``lock`` is ours, and ``intent`` is
     what a dead worker noted before renaming the file into place, if it did)."""
 
     status: str
@@ -74,7 +75,12 @@ class Bookkeeping:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
 
     def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
-        self.redis.hset(case_key(case, "intents"), str(index), json.dumps(entry))
+        self.intend_many(case, {index: entry})
+
+    def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
+        """Note verified files about to be renamed into place, in one round trip."""
+        self.redis.hset(case_key(case, "intents"),
+                        mapping={str(index): json.dumps(entry) for index, entry in entries.items()})
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(case_key(case, "results"))
@@ -83,30 +89,58 @@ class Bookkeeping:
     def claim(self, case: str, gen: str, index: int, path: str) -> Claim:
         """Take the lock on one file of generation ``gen``, unless it is stale or done.
 
-        One round trip for what took five: generation and result checks, the lock, the
-        intent. Raises Busy when another worker holds the file.
+        Raises Busy when another worker holds the file.
         """
-        token = new_token()
-        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "intents"),
-                lock_key("file", case, path)]
-        found, intent = self._claim(keys=keys, args=[gen, index, token, self.locks.ttl_ms])
-        status = found.decode() if isinstance(found, bytes) else str(found)
-        if status == "busy":
+        found = self.claim_many(case, gen, [(index, path)])[0]
+        if found.status == "busy":
             raise Busy(f"file:{case}:{path}")
-        if status != "claimed":
-            return Claim(status)
-        return Claim(status, HeldLock(self.locks, keys[3], token),
-                     json.loads(intent) if intent else None)
+        return found
 
-    # Checked and taken atomically: no generation can start, and no other worker record the
-    # file, between the checks and the lock.
+    def claim_many(self, case: str, gen: str, files: list[tuple[int, str]]) -> list[Claim]:
+        """Claim several files of one case, ``(index, path)`` each, in one round trip.
+
+        Each claim is ``stale``, ``done``, ``busy`` (another worker holds the file) or
+        ``claimed``, as :meth:`claim` would find it; one script checks the generation, the
+        results and the locks of them all, so nothing can start or record in between.
+        """
+        if not files:
+            return []
+        tokens = [new_token() for _ in files]
+        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "intents"),
+                *(lock_key("file", case, path) for _, path in files)]
+        args: list[Any] = [gen, self.locks.ttl_ms]
+        for (index, _), token in zip(files, tokens, strict=True):
+            args += [index, token]
+        found = self._claim(keys=keys, args=args)
+        claims = []
+        for i, token in enumerate(tokens):
+            status = _text(found[2 * i])
+            if status != "claimed":
+                claims.append(Claim(status))
+                continue
+            intent = found[2 * i + 1]
+            claims.append(Claim(status, HeldLock(self.locks, keys[3 + i], token),
+                                json.loads(intent) if intent else None))
+        return claims
+
+    # Checked and taken atomically: no generation can start, and no other worker record a
+    # file, between the checks and the locks. Two values per file: status, intent.
     _CLAIM = """
-    if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', ''} end
-    if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'done', ''} end
-    if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then
-      return {'busy', ''}
+    local stale = redis.call('GET', KEYS[1]) ~= ARGV[1]
+    local out = {}
+    for i = 4, #KEYS do
+      local index, token = ARGV[2 * i - 5], ARGV[2 * i - 4]
+      if stale then
+        out[#out + 1] = 'stale'; out[#out + 1] = ''
+      elseif redis.call('HEXISTS', KEYS[2], index) == 1 then
+        out[#out + 1] = 'done'; out[#out + 1] = ''
+      elseif not redis.call('SET', KEYS[i], token, 'NX', 'PX', ARGV[2]) then
+        out[#out + 1] = 'busy'; out[#out + 1] = ''
+      else
+        out[#out + 1] = 'claimed'; out[#out + 1] = redis.call('HGET', KEYS[3], index) or ''
+      end
     end
-    return {'claimed', redis.call('HGET', KEYS[3], ARGV[2]) or ''}
+    return out
     """
 
     def record(self, case: str, gen: str, index: int, entry: dict[str, Any],
@@ -115,25 +149,42 @@ class Bookkeeping:
 
         ``lock`` (the file's, from :meth:`claim`) is released in the same round trip.
         """
+        return self.record_many(case, gen, [(index, entry, lock)])
+
+    def record_many(self, case: str, gen: str,
+                    done: list[tuple[int, dict[str, Any], HeldLock | None]]) -> int | None:
+        """Store several finished entries of one case in one round trip, releasing their
+        locks; return how many files remain, or None if ``gen`` is stale."""
         keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "pending"),
-                ACTIVE_CASES_KEY, lock.key if lock else lock_key("none")]
-        remaining = self._record(keys=keys, args=[gen, index, json.dumps(entry), case,
-                                                  time.time(), lock.token if lock else ""])
-        if lock is not None:
-            lock.released = True
+                ACTIVE_CASES_KEY]
+        args: list[Any] = [gen, case, time.time()]
+        for index, entry, lock in done:
+            keys.append(lock.key if lock else lock_key("none"))
+            args += [index, json.dumps(entry), lock.token if lock else ""]
+        remaining = self._record(keys=keys, args=args)
+        for _, _, lock in done:
+            if lock is not None:
+                lock.released = True
         return None if remaining is None or int(remaining) < 0 else int(remaining)
 
     # Atomic, so a stale result can never land after a newer generation started.
+    # ARGV: gen, case, now, then index, entry, lock token for each file (KEYS[5...]: locks).
     _RECORD = """
     local remaining = -1
-    if redis.call('GET', KEYS[1]) == ARGV[1] then
-      redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-      redis.call('SREM', KEYS[3], ARGV[2])
-      redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-      remaining = redis.call('SCARD', KEYS[3])
+    local current = redis.call('GET', KEYS[1]) == ARGV[1]
+    for i = 5, #KEYS do
+      local index, entry, token = ARGV[3 * i - 11], ARGV[3 * i - 10], ARGV[3 * i - 9]
+      if current then
+        redis.call('HSET', KEYS[2], index, entry)
+        redis.call('SREM', KEYS[3], index)
+      end
+      if token ~= '' and redis.call('GET', KEYS[i]) == token then
+        redis.call('DEL', KEYS[i])
+      end
     end
-    if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then
-      redis.call('DEL', KEYS[5])
+    if current then
+      redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+      remaining = redis.call('SCARD', KEYS[3])
     end
     return remaining
     """
@@ -191,6 +242,10 @@ class Bookkeeping:
             raise Busy(":".join(name)) from exc
         with held:
             yield
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["Bookkeeping", "Busy", "Claim"]

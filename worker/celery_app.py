@@ -16,10 +16,12 @@ Connections are opened lazily, in the process that uses them (no import-time con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
@@ -41,7 +43,8 @@ from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from worker.pipeline import Pipeline
+    from worker.bookkeeping import Claim
+    from worker.pipeline import Finished, Pipeline
 
 log = logging.getLogger("casefetch.worker")
 _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
@@ -49,6 +52,10 @@ _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
 #: Failures of the infrastructure (Redis, the archive): retried until they pass.
 INFRA_ERRORS = (RedisError, StorageError, OSError)
 BUSY_RETRY_SECONDS = 5
+#: How long a fetched file of a batch may wait (verified, staged) for the others, so that
+#: they are put in place and recorded together. A file whose download is slower (a large
+#: one, or one retried after a backoff) does not hold the others back longer than this.
+COMMIT_EVERY_SECONDS = 0.5
 
 
 class Runtime:
@@ -69,17 +76,41 @@ class Runtime:
             # A file lock outlives its holder by at most the visibility timeout, so work
             # redelivered after a crash waits no longer than the message did.
             books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
-            fetcher=Fetcher(settings.download),
+            fetcher=Fetcher(settings.download, threads=app.download_threads),
             send_download=self.send_download,
         )
         self.files = ThreadPoolExecutor(max_workers=app.download_threads,
                                         thread_name_prefix="casefetch-file")
+        self._kept = threading.local()
 
     def send_download(self, job: dict[str, Any]) -> None:
+        kept: list[dict[str, Any]] | None = getattr(self._kept, "messages", None)
+        if kept is not None and not kept:
+            kept.append(job)  # the ingest task fetches it itself (see keep_first_download)
+            return
+        self.publish_download(job)
+
+    def publish_download(self, job: dict[str, Any]) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
         # files is planned without a thousand trips through Celery's publisher.
         self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job],
                                                       origin=_ORIGIN))
+
+    @contextlib.contextmanager
+    def keep_first_download(self, keep: bool = True) -> Iterator[list[dict[str, Any]]]:
+        """Within the block, this thread's first download message is kept, not queued
+        (unless ``keep`` is off).
+
+        An ingest task fetches its case's first batch of files (all of them, for a case of
+        up to BATCH_FILES) itself: a Celery task, a queue round trip and a message less per
+        case. The other batches still go to the queue, for every worker to share.
+        """
+        kept: list[dict[str, Any]] = []
+        self._kept.messages = kept if keep else None
+        try:
+            yield kept
+        finally:
+            self._kept.messages = None
 
 
 class CasefetchCelery(Celery):
@@ -89,6 +120,10 @@ class CasefetchCelery(Celery):
         self._runtime: Runtime | None = None
         #: Files fetched at once: the worker's concurrency (set when the worker starts).
         self.download_threads = 8
+        #: Whether this worker consumes the download queue (set when the worker starts): only
+        #: then does its ingest fetch a case's first batch itself. A worker kept for ingest
+        #: (``--queues casefetch.ingest``, cheap and quick) hands every batch on.
+        self.fetches_downloads = False
         self._runtime_lock = threading.Lock()
 
     @property
@@ -135,8 +170,11 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
 
     @signals.worker_init.connect(weak=False)
     def sized(sender: Any = None, **kwargs: Any) -> None:
-        if getattr(sender, "app", None) is app and getattr(sender, "concurrency", None):
+        if getattr(sender, "app", None) is not app:
+            return
+        if getattr(sender, "concurrency", None):
             app.download_threads = int(sender.concurrency)
+        app.fetches_downloads = DOWNLOAD_QUEUE in app.amqp.queues.consume_from
 
     return app
 
@@ -146,9 +184,11 @@ def _register_tasks(app: CasefetchCelery) -> None:
     def ingest(self: Task, delivery: Delivery) -> str:
         from worker.bookkeeping import Busy
 
-        pipeline = app.runtime.pipeline
+        runtime = app.runtime
+        pipeline = runtime.pipeline
         try:
-            return pipeline.ingest(delivery)
+            with runtime.keep_first_download(app.fetches_downloads) as kept:
+                outcome = pipeline.ingest(delivery)
         except Busy as exc:
             raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
         except INFRA_ERRORS as exc:
@@ -161,6 +201,9 @@ def _register_tasks(app: CasefetchCelery) -> None:
                                 {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
             pipeline.books.delivered(delivery["deliveryId"])
             return "quarantined"
+        for message in kept:
+            _fetch_kept(self, runtime, message)
+        return outcome
 
     @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
     def download(self: Task, message: dict[str, Any]) -> str:
@@ -179,40 +222,126 @@ def _register_tasks(app: CasefetchCelery) -> None:
         return run_sweep(app)
 
 
+def _fetch_kept(task: Task, runtime: Runtime, message: dict[str, Any]) -> None:
+    """Fetch the batch an ingest kept; what must wait goes to the download queue, whose
+    task retries it as usual (the delivery itself is archived: it must not be retried)."""
+    try:
+        _outcomes, postponed = fetch_batch(runtime, message)
+    except Exception:
+        log.exception("downloads of %s failed unexpectedly; queued", message.get("case"))
+        postponed = RuntimeError("queued")
+    if postponed is None:
+        return
+    try:
+        runtime.publish_download(message)
+    except INFRA_ERRORS as exc:
+        # Ingest again later: it finds the case planned and queues what it still needs.
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
+
+
 def fetch_batch(runtime: Runtime, message: dict[str, Any]
                 ) -> tuple[list[str], BaseException | None]:
     """Fetch the files of a download message; their outcomes, and why to come back, if so.
 
-    The files are fetched side by side, on threads the whole process shares (as many as it
-    runs tasks), so a batch is as quick as its files were as separate tasks.
+    One round trip claims every file of the message. The files are then fetched side by
+    side, on threads the whole process shares (as many as it runs tasks), so a batch is as
+    quick as its files were as separate tasks. The files that finished are committed
+    together, when the last one is done or every COMMIT_EVERY_SECONDS: one round trip for
+    their intents, one fsync per folder, one round trip to record them and release their
+    locks. A file is counted as stored only after its folder was synced.
     """
     from worker.bookkeeping import Busy
     from worker.pipeline import file_jobs
 
+    pipeline = runtime.pipeline
     jobs = file_jobs(message)
-    futures = [runtime.files.submit(_download_file, runtime.pipeline, job) for job in jobs]
-    outcomes = []
-    postponed: BaseException | None = None
-    for job, future in zip(jobs, futures, strict=True):
+    if not jobs:
+        return [], None
+    case, gen = jobs[0]["case"], jobs[0]["gen"]
+    try:
+        claims = pipeline.claim_batch(jobs)
+    except INFRA_ERRORS as exc:
+        log.warning("downloads of %s postponed: %s", case, exc)
+        return [], exc
+    batch = _Batch(pipeline, case, gen)
+    running: dict[Future[Finished], tuple[dict[str, Any], Claim]] = {}
+    for job, claim in zip(jobs, claims, strict=True):
+        if claim.lock is not None:
+            claim.lock.__enter__()  # renewed from now on; commit (or release) lets it go
+            running[runtime.files.submit(_fetch_file, pipeline, job, claim)] = (job, claim)
+        elif claim.status == "busy":
+            batch.postpone(Busy(f"file:{case}:{job['path']}"))  # come back for it
+        else:
+            batch.outcomes.append(claim.status)
+    waiting: set[Future[Finished]] = set(running)
+    while waiting:
+        finished, waiting = wait(waiting, timeout=COMMIT_EVERY_SECONDS)
+        if finished:
+            batch.commit([(*running[future], future) for future in finished])
+    batch.settle_if_redelivered()
+    return batch.outcomes, batch.postponed
+
+
+class _Batch:
+    """The outcomes of one download message, committed group by group."""
+
+    def __init__(self, pipeline: Pipeline, case: str, gen: str) -> None:
+        self.pipeline = pipeline
+        self.case = case
+        self.gen = gen
+        self.outcomes: list[str] = []
+        self.postponed: BaseException | None = None
+        self.committed = False
+
+    def postpone(self, exc: BaseException) -> None:
+        self.postponed = self.postponed or exc
+
+    def commit(self, finished: list[tuple[dict[str, Any], Claim, Future[Finished]]]) -> None:
+        from worker.bookkeeping import Busy
+        from worker.pipeline import Finished, failed_entry, release
+
+        group = []
+        for job, claim, future in finished:
+            try:
+                group.append(future.result())
+            except INFRA_ERRORS as exc:
+                log.warning("download %s/%s postponed: %s", self.case, job.get("path"), exc)
+                self.postponed = exc
+                if claim.lock is not None:
+                    release(claim.lock)
+            except Exception as exc:
+                # A bug must not leave the case pending for ever: record the file as failed.
+                log.error("download %s/%s failed unexpectedly", self.case, job.get("path"),
+                          exc_info=exc)
+                group.append(Finished(job, claim, failed_entry(
+                    job, f"internal error: {type(exc).__name__}: {exc}")))
+        if not group:
+            return
         try:
-            outcomes.append(future.result())
-        except Busy as exc:
-            postponed = postponed or exc  # another worker holds it: come back for it
-        except INFRA_ERRORS as exc:
-            log.warning("download %s/%s postponed: %s", job.get("case"), job.get("path"), exc)
-            postponed = exc
-        except Exception as exc:
-            # A bug must not leave the case pending for ever: record the file as failed.
-            log.error("download %s/%s failed unexpectedly", job.get("case"), job.get("path"),
-                      exc_info=exc)
-            outcomes.append(runtime.pipeline.fail(
-                job, f"internal error: {type(exc).__name__}: {exc}"))
-    return outcomes, postponed
+            self.pipeline.commit(self.case, self.gen, group)
+        except (Busy, *INFRA_ERRORS) as exc:
+            log.warning("downloads of %s postponed: %s", self.case, exc)
+            self.postponed = exc
+            return
+        self.committed = True
+        self.outcomes += [str(f.entry["status"]) for f in group]
+
+    def settle_if_redelivered(self) -> None:
+        """Every file was fetched already (a redelivered message): make sure the case is
+        settled."""
+        from worker.bookkeeping import Busy
+
+        if "done" not in self.outcomes or self.committed or self.postponed is not None:
+            return
+        try:
+            self.pipeline.settle_if_done(self.case, self.gen)
+        except (Busy, *INFRA_ERRORS) as exc:
+            self.postponed = exc
 
 
-def _download_file(pipeline: Pipeline, job: dict[str, Any]) -> str:
+def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Finished:
     with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
-        return pipeline.download(job)
+        return pipeline.fetch_claimed(job, claim)
 
 
 def run_sweep(app: CasefetchCelery) -> list[str]:

@@ -29,7 +29,7 @@ from worker.sniff import (
     looks_complete,
     sniff,
 )
-from worker.storage import Storage
+from worker.storage import Staged, Storage
 
 #: Larger reads cost more CPU in urllib3 (and memory) for no throughput gain on a LAN.
 CHUNK_BYTES = 256 * 1024
@@ -49,11 +49,13 @@ class FetchResult:
 
 class Fetcher:
     def __init__(self, settings: DownloadSettings, pool: urllib3.PoolManager | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, threads: int = 16) -> None:
         self.settings = settings
         self.guard = UrlGuard(settings)
+        # A connection per thread and host is kept for the next file: with fewer, urllib3
+        # discards connections ("Connection pool is full") and opens new ones under load.
         self.pool = pool or GuardedPoolManager(
-            address_check(settings), num_pools=32, maxsize=16, retries=False,
+            address_check(settings), num_pools=32, maxsize=max(16, threads), retries=False,
             timeout=urllib3.Timeout(connect=settings.timeout_seconds,
                                     read=settings.timeout_seconds),
         )
@@ -68,14 +70,27 @@ class Fetcher:
         (the pipeline notes it, so a crash right after the rename costs no second download).
         Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
         """
+        result, staged = self.fetch_staged(url, kind, storage, key_for)
+        try:
+            if before_commit is not None:
+                before_commit(result)
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+        return result
+
+    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
+                     key_for: Callable[[FileType], str]) -> tuple[FetchResult, Staged]:
+        """:meth:`fetch`, up to the file verified and written, but not yet under its name:
+        the caller commits it (or discards it). Files committed together cost one round trip
+        for their intents, and one fsync per folder."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                key, file_type, sha256, size = self._attempt(
-                    url, kind, storage, key_for,
-                    _bind_attempts(before_commit, attempts))
-                return FetchResult(key, file_type, sha256, size, attempts)
+                key, file_type, sha256, size, staged = self._attempt(url, kind, storage, key_for)
+                return FetchResult(key, file_type, sha256, size, attempts), staged
             except RetryableDownloadError as exc:
                 if attempts >= self.settings.max_attempts:
                     exc.attempts = attempts  # type: ignore[attr-defined]
@@ -119,13 +134,12 @@ class Fetcher:
         raise PermanentDownloadError("too many redirects", url)
 
     def _attempt(self, url: str, kind: FileKind, storage: Storage,
-                 key_for: Callable[[FileType], str],
-                 before_commit: Callable[[str, FileType, str, int], None] | None = None,
-                 ) -> tuple[str, FileType, str, int]:
+                 key_for: Callable[[FileType], str]
+                 ) -> tuple[str, FileType, str, int, Staged]:
         response = self._open(url)
         try:
             self._check_status(response, url)
-            stored = self._stream(response, url, kind, storage, key_for, before_commit)
+            stored = self._stream(response, url, kind, storage, key_for)
         except Urllib3Error as exc:
             response.close()
             raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
@@ -150,9 +164,8 @@ class Fetcher:
                 url)
 
     def _stream(self, response: urllib3.BaseHTTPResponse, url: str, kind: FileKind,
-                storage: Storage, key_for: Callable[[FileType], str],
-                before_commit: Callable[[str, FileType, str, int], None] | None = None,
-                ) -> tuple[str, FileType, str, int]:
+                storage: Storage, key_for: Callable[[FileType], str]
+                ) -> tuple[str, FileType, str, int, Staged]:
         chunks = response.stream(CHUNK_BYTES, decode_content=True)
         head = b""
         for chunk in chunks:
@@ -170,31 +183,18 @@ class Fetcher:
         digest = hashlib.sha256()
         size = 0
         tail = b""
-        with storage.open_writer(key) as writer:
+        with storage.stage(key) as staged:
             for chunk in _prepend(head, chunks):
                 size += len(chunk)
                 if size > self.settings.max_bytes:
                     raise PermanentDownloadError(
                         f"file is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})", url)
                 digest.update(chunk)
-                writer.write(chunk)
+                staged.write(chunk)
                 tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
             if not looks_complete(file_type, tail):
                 raise RetryableDownloadError("body cut short: the file does not end", url)
-            if before_commit is not None:
-                before_commit(key, file_type, digest.hexdigest(), size)
-        return key, file_type, digest.hexdigest(), size
-
-
-def _bind_attempts(hook: Callable[[FetchResult], None] | None, attempts: int
-                   ) -> Callable[[str, FileType, str, int], None] | None:
-    if hook is None:
-        return None
-
-    def call(key: str, file_type: FileType, sha256: str, size: int) -> None:
-        hook(FetchResult(key, file_type, sha256, size, attempts))
-
-    return call
+        return key, file_type, digest.hexdigest(), size, staged
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -33,7 +33,7 @@ from worker import archive
 from worker.download import FetchResult
 from worker.errors import DownloadError, StorageError
 from worker.sniff import FileKind, FileType
-from worker.storage import Storage, Writer
+from worker.storage import Staged, Storage
 
 log = logging.getLogger("casefetch.worker")
 
@@ -136,19 +136,36 @@ class ObservedFetcher:
             result: FetchResult = self.inner.fetch(url, kind, storage, key_for,
                                                    before_commit=before_commit)
         except DownloadError as exc:
-            attempts = int(getattr(exc, "attempts", 1))
-            self._count("failed", kind, started, attempts)
-            log.warning("file failed", extra=logs.fields(
-                kind=kind.value, status="failed", attempts=attempts, error=exc.message,
-                seconds=round(time.perf_counter() - started, 3)))
+            self._failed(kind, started, exc)
             raise
+        self._stored(kind, started, result)
+        return result
+
+    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
+                     key_for: Callable[[FileType], str]) -> tuple[FetchResult, Staged]:
+        started = time.perf_counter()
+        try:
+            result, staged = self.inner.fetch_staged(url, kind, storage, key_for)
+        except DownloadError as exc:
+            self._failed(kind, started, exc)
+            raise
+        # The file's line is written when it takes its name.
+        return result, _ObservedStaged(staged, lambda: self._stored(kind, started, result))
+
+    def _failed(self, kind: FileKind, started: float, exc: DownloadError) -> None:
+        attempts = int(getattr(exc, "attempts", 1))
+        self._count("failed", kind, started, attempts)
+        log.warning("file failed", extra=logs.fields(
+            kind=kind.value, status="failed", attempts=attempts, error=exc.message,
+            seconds=round(time.perf_counter() - started, 3)))
+
+    def _stored(self, kind: FileKind, started: float, result: FetchResult) -> None:
         self._count("stored", kind, started, result.attempts)
         self.metrics.bytes.inc(result.size)
         log.info("file stored", extra=logs.fields(
             kind=kind.value, status="stored", key=result.key, bytes=result.size,
             sha256=result.sha256, attempts=result.attempts,
             seconds=round(time.perf_counter() - started, 3)))
-        return result
 
     def _count(self, outcome: str, kind: FileKind, started: float, attempts: int) -> None:
         self.metrics.files.labels(outcome=outcome, kind=kind.value).inc()
@@ -156,6 +173,25 @@ class ObservedFetcher:
             time.perf_counter() - started)
         if attempts > 1:
             self.metrics.download_retries.inc(attempts - 1)
+
+
+class _ObservedStaged:
+    """A staged file that reports itself stored when it is committed."""
+
+    def __init__(self, inner: Staged, on_commit: Callable[[], None]) -> None:
+        self.inner = inner
+        self.key = inner.key
+        self.on_commit = on_commit
+
+    def write(self, data: bytes, /) -> object:
+        return self.inner.write(data)
+
+    def commit(self, sync_folder: bool = True) -> None:
+        self.inner.commit(sync_folder)
+        self.on_commit()
+
+    def discard(self) -> None:
+        self.inner.discard()
 
 
 class ObservedStorage(Storage):
@@ -192,8 +228,11 @@ class ObservedStorage(Storage):
                 status=status, files=len(files), stored=stored,
                 warnings=len(manifest.get("warnings") or [])))
 
-    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
-        return self.inner.open_writer(key)
+    def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
+        return self.inner.stage(key)
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        self.inner.sync_folders(keys)
 
     def read_bytes(self, key: str) -> bytes:
         return self.inner.read_bytes(key)

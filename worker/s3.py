@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,7 +25,7 @@ from casefetch import config
 from casefetch.errors import ConfigError
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.settings import WorkerSettings
-from worker.storage import Storage, Writer, check_key
+from worker.storage import Staged, Storage, check_key
 
 #: boto3's S3 client; its type is generated at run time, so it is Any to mypy.
 S3Client = Any
@@ -89,14 +89,18 @@ class S3Storage(Storage):
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[Writer]:
+    def stage(self, key: str) -> Iterator[Staged]:
+        # Staged: the parts sent so far, and what is left in memory (under one part). The
+        # object appears when the upload is completed (commit), whole, or never (discard).
         upload = _Upload(self, key)
         try:
             yield upload
-            upload.finish()
         except BaseException:
             upload.abort()
             raise
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        """Nothing to do: an object S3 acknowledged is durable, there is no folder."""
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.translate("write", key):
@@ -247,6 +251,16 @@ class _Upload:
                                            UploadId=self.upload_id, PartNumber=number,
                                            Body=self._take())
         self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def commit(self, sync_folder: bool = True) -> None:
+        try:
+            self.finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def discard(self) -> None:
+        self.abort()
 
     def finish(self) -> None:
         s3 = self.storage

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -27,6 +27,22 @@ class Writer(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
+class Staged(Writer, Protocol):
+    """An object written (durably, for a local disk) but not yet under its key.
+
+    :meth:`Storage.stage` hands one out; once its block has exited cleanly, ``commit`` puts
+    it in place and ``discard`` drops it. Whoever stages an object commits or discards it.
+    """
+
+    key: str
+
+    def commit(self, sync_folder: bool = True) -> None:
+        """Put the object under its key. With ``sync_folder`` off it is in place but durable
+        only once :meth:`Storage.sync_folders` has run for it."""
+
+    def discard(self) -> None: ...
+
+
 def check_key(key: str) -> str:
     """Refuse any key that could name something outside the archive root."""
     path = PurePosixPath(key)
@@ -37,9 +53,27 @@ def check_key(key: str) -> str:
 
 
 class Storage(ABC):
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[Writer]:
+        """Stream an object; it appears under ``key``, durably, only if the block exits
+        cleanly."""
+        with self.stage(key) as staged:
+            yield staged
+        try:
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+
     @abstractmethod
-    def open_writer(self, key: str) -> contextlib.AbstractContextManager[Writer]:
-        """Stream an object; it appears under ``key`` only if the block exits cleanly."""
+    def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
+        """Stream an object to put under ``key`` later (see :class:`Staged`); discarded if
+        the block raises. A writer of many files commits them together and syncs each
+        folder once."""
+
+    @abstractmethod
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        """Make the objects under ``keys``, committed with ``sync_folder`` off, durable."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -94,22 +128,35 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[Writer]:
+    def stage(self, key: str) -> Iterator[Staged]:
         final = self.path(key)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        fd, tmp_name = self._temp_file()
+        staged = _LocalStaged(key, final, tmp_name, os.fdopen(fd, "wb"))
         try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, final)
-            _fsync_dir(final.parent)
+            with staged.handle:
+                yield staged
+                staged.handle.flush()
+                os.fsync(staged.handle.fileno())
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+            staged.discard()
             raise
+
+    def _temp_file(self) -> tuple[int, str]:
+        """A new file of our own (mode 0600, like mkstemp's) in the temporary folder."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        while True:
+            name = os.path.join(self.tmp, f"{secrets.token_hex(8)}.part")
+            try:
+                return os.open(name, flags, 0o600), name
+            except FileNotFoundError:
+                self.tmp.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                continue
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        # A rename is durable once its folder is fsynced: one fsync per folder covers them all.
+        for folder in {self.path(key).parent for key in keys}:
+            _fsync_dir(folder)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_writer(key) as writer:
@@ -171,6 +218,33 @@ class LocalStorage(Storage):
                     part.unlink()
                     removed += 1
         return removed
+
+
+class _LocalStaged:
+    """A temporary file, fsynced, waiting to be renamed to its final name."""
+
+    def __init__(self, key: str, final: Path, tmp_name: str, handle: BinaryIO) -> None:
+        self.key = key
+        self.final = final
+        self.tmp_name = tmp_name
+        self.handle = handle
+
+    def write(self, data: bytes, /) -> int:
+        return self.handle.write(data)
+
+    def commit(self, sync_folder: bool = True) -> None:
+        try:
+            os.replace(self.tmp_name, self.final)
+        except FileNotFoundError:
+            # Folders are made when first needed, not checked before every file.
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_name, self.final)
+        if sync_folder:
+            _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_name)
 
 
 def _fsync_dir(path: Path) -> None:
