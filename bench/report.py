@@ -33,7 +33,9 @@ benchmarks.
    `RPUSH` (`bench/servers.py bare`) and (b) aiohttp verifying the HMAC, parsing the JSON and
    calling Celery's `send_task` in a thread pool (`bench/servers.py celery`). After a 1 s
    warm-up each, five rounds of 5 s run the three in turn, the order rotating every round;
-   the table gives the medians of the rounds. Every answer must be a 2xx. The details also
+   the table gives the medians of the rounds. The queues and casefetch's inbox are emptied
+   before every round (no worker drains them here), so each variant starts from the same
+   Redis. Every answer must be a 2xx. The details also
    give the server's CPU time per request, which other load on the machine disturbs less
    than requests per second.
 2. **Fetch throughput.** 50 cases, each one 2 MiB PDF and ten 300 KiB JPEGs (251 MiB), served
@@ -213,10 +215,12 @@ about 35 µs), the transaction and its 8.4 KiB (against 5.4 KiB) written to Redi
 and the log line. Not done: a smaller message (the body is stored twice, in the queue and
 in the inbox, and base64 makes it a third larger); uvloop (it would have to run under (a) too).
 
-**Worker, second pass** (benchmark 2, 2026-11-29 23:15 to 00:05 UTC; py-spy `--gil` on both
-workers, yappi CPU profiles of the download path in one process, CPU seconds per process from
-psutil; the machine was shared with another helper's benchmarks, so every figure below is
-from runs alternated side by side, before = `5ced221`, after = this branch):
+### Second pass on the worker (issue 6, benchmark 2; 2026-11-29, 23:15-00:05 UTC)
+
+Profiled with py-spy `--gil` on both workers, yappi CPU profiles of the download path in one
+process, CPU seconds per process from psutil. The machine was shared with another
+benchmarking session, so every figure below is from runs alternated side by side, before =
+`5ced221`, after = the pass:
 
 - What a file costs at the least, in Python: the same 550 files fetched by a bare loop
   (urllib3, sha256, write, fsync; 8 threads, one process) cost 1.25 ms of user and 0.6 ms of
@@ -278,6 +282,20 @@ from runs alternated side by side, before = `5ced221`, after = this branch):
   contention between 16 threads per process). Ways forward, not done: a C client for the
   byte path (pycurl) keeping the verification and the staged commit; cheaper validation
   (marshmallow is a third of an ingest); one lock instead of two per ingest.
+
+### Both passes merged (2026-11-30, 00:15-00:45 UTC, nothing else running)
+
+- Receiver, two full runs and five `--only receiver` runs of the merged code: req/s
+  0.79x, 0.64x (full runs), 0.61x, 0.71x, 0.89x, 0.73x, 0.72x of (a): median 0.72x, the
+  target met once in seven; p99 1.19x, 1.27x, 1.51x, 1.37x, 1.07x, 1.32x, 1.19x: median
+  1.27x, met six times in seven. CPU per request of the server process: 261 µs against
+  (a)'s 212 µs (1.23x); (a)'s own req/s moved from 3,772 to 5,362 between runs on an idle
+  machine, which is the noise these ratios carry.
+- The bench left casefetch's inbox growing across rounds (8.4 KiB a request, about 700 MiB
+  by the last round, with the AOF rewrites that brings); it is now emptied with the queues
+  before each round.
+- Fetch, the two full runs: 0.46x and 0.50x of curl (159 and 166 MiB/s); the 8 x 32 MiB
+  row 0.95x and 1.13x.
 """
 
 
