@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+
+from casefetch.protocol import utc_iso
 
 #: Fields added to every line logged in this context (a task, a request).
 _context: ContextVar[dict[str, Any] | None] = ContextVar("casefetch_log_context", default=None)
@@ -56,11 +57,25 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return found
 
 
+def _milliseconds(timestamp: float) -> int:
+    # The fraction rounded to the microsecond first, as datetime.fromtimestamp does.
+    seconds = int(timestamp)
+    return (seconds * 1_000_000 + round((timestamp - seconds) * 1_000_000)) // 1000
+
+
+def _encode(line: dict[str, Any]) -> bytes:
+    try:
+        # orjson: the receiver writes one of these per accepted webhook.
+        return orjson.dumps(line, default=str)
+    except TypeError:
+        # Text orjson refuses (a lone surrogate in a cfRef, say) is escaped instead.
+        return json.dumps(line, default=str).encode()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": utc_iso(_milliseconds(record.created)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -69,12 +84,7 @@ class JsonFormatter(logging.Formatter):
             line.setdefault(key, value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        try:
-            # orjson: the receiver writes one of these per accepted webhook.
-            return orjson.dumps(line, default=str).decode()
-        except TypeError:
-            # Text orjson refuses (a lone surrogate in a cfRef, say) is escaped instead.
-            return json.dumps(line, default=str)
+        return _encode(line).decode()
 
 
 class BatchedLines:
@@ -98,8 +108,6 @@ class BatchedLines:
         #: Where the buffered lines go: the handler there was when the first was buffered.
         self._handler: logging.StreamHandler[TextIO] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._second_text = ""
 
     def _target(self) -> logging.StreamHandler[TextIO] | None:
         logger: logging.Logger | None = self.logger
@@ -129,7 +137,7 @@ class BatchedLines:
         if handler is not self._handler:
             self.flush()
             self._handler = handler
-        line: dict[str, Any] = {"ts": self._timestamp(), "level": "info",
+        line: dict[str, Any] = {"ts": utc_iso(time.time_ns() // 1_000_000), "level": "info",
                                 "logger": self.logger.name, "msg": msg}
         context = _context.get()
         if context:
@@ -139,24 +147,13 @@ class BatchedLines:
         for key, value in values.items():
             if value is not None:
                 line.setdefault(key, value)
-        try:
-            data = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:  # text orjson refuses (a lone surrogate), escaped instead
-            data = (json.dumps(line, default=str) + "\n").encode()
+        data = _encode(line) + b"\n"
         self._lines.append(data)
         self._size += len(data)
         if self._size >= self.max_buffered:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self.flush)
-
-    def _timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
 
     def flush(self) -> None:
         if self._timer is not None:
