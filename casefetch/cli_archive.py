@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from casefetch.errors import CasefetchError
+from casefetch.polling import poll
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -270,15 +270,15 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
     click.echo(f"{cf_ref}: re-queued {len(paths)} file(s): {', '.join(paths)}")
     if not wait:
         return
-    deadline = time.monotonic() + timeout
+
+    def settled() -> str | None:
+        status = str(find_case(pipeline.storage, cf_ref)[1].get("status"))
+        return None if status == "pending" else status
+
     with expected_failures():
-        while True:
-            status = str(find_case(pipeline.storage, cf_ref)[1].get("status"))
-            if status != "pending":
-                break
-            if time.monotonic() > deadline:
-                fail(f"{cf_ref}: still pending after {timeout:.0f}s", 1)
-            time.sleep(0.5)
+        status = poll(settled, timeout, interval=0.5)
+    if status is None:
+        fail(f"{cf_ref}: still pending after {timeout:.0f}s", 1)
     click.echo(f"{cf_ref}: {status}")
     if status != "complete":
         sys.exit(1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from casefetch.errors import CasefetchError
+from casefetch.polling import poll
 
 
 def free_port() -> int:
@@ -57,14 +57,16 @@ class RedisServer:
              "--logfile", str(self.directory / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while not answers("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise CasefetchError(
-                    f"redis-server did not start on port {self.port}; see "
-                    f"{self.directory / 'redis.log'}")
-            time.sleep(0.05)
+        process = self.process
+
+        def up_or_dead() -> bool:
+            return process.poll() is not None or answers("127.0.0.1", self.port)
+
+        if not poll(up_or_dead, timeout) or process.poll() is not None:
+            self.stop()
+            raise CasefetchError(
+                f"redis-server did not start on port {self.port}; see "
+                f"{self.directory / 'redis.log'}")
         return self
 
     def kill(self) -> None:

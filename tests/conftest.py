@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from casefetch.polling import poll
 from casefetch.redis_server import RedisServer
 from tests.fileserver import FileServer
 
@@ -27,14 +28,10 @@ BASIC_USER, BASIC_PASSWORD = "platform", "p4ss:word"
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
              message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    value = poll(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    return value
 
 
 @pytest.fixture(scope="session")
