@@ -18,11 +18,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from casefetch import config
+from casefetch.background_server import BackgroundServer
 from casefetch.errors import CasefetchError
 from casefetch.sender import auth_headers
 
@@ -193,49 +194,28 @@ def body(payload: dict[str, Any]) -> bytes:
 
 # -- the file server ------------------------------------------------------------------------
 
-class FileServer:
+class FileServer(BackgroundServer):
     """Serves ``/files/<cfRef>/<name>`` for any cfRef, in a background thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                found = _lookup(urlsplit(self.path).path)
-                if found is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data, content_type = found
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            super().__init__(host, port, name="demo-files")
         except OSError as exc:
             raise DemoError(f"cannot serve files on {host}:{port}: {exc.strerror}") from exc
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="demo-files",
-                                       daemon=True)
 
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def start(self) -> FileServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        found = _lookup(urlsplit(request.path).path)
+        if found is None:
+            request.send_response(404)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        data, content_type = found
+        request.send_response(200)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
 
 
 def _lookup(path: str) -> tuple[bytes, str] | None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from casefetch.background_server import BackgroundServer
 
 
 @dataclass
@@ -44,8 +45,9 @@ class Route:
     chunk_delay: float = 0.0
 
 
-class FileServer:
+class FileServer(BackgroundServer):
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
@@ -53,32 +55,6 @@ class FileServer:
         self.max_in_flight = 0
         self.in_flight_paths: Counter[str] = Counter()
         self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Small responses must not wait ~40 ms for a delayed ACK (Nagle's algorithm).
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.handle(self)
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                # Clients hanging up mid-transfer is what several tests do on purpose.
-                if not isinstance(sys.exc_info()[1], ConnectionError):
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -86,14 +62,6 @@ class FileServer:
     def add(self, path: str, data: bytes, **kwargs: Any) -> str:
         self.routes["/" + path.lstrip("/")] = Route(data, **kwargs)
         return self.url(path)
-
-    def start(self) -> FileServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+
+from casefetch.background_server import BackgroundServer
 
 
 @dataclass
@@ -21,33 +22,13 @@ class Reply:
     body: bytes | Callable[[], Iterable[bytes]] = b""
 
 
-class RecordingServer:
+class RecordingServer(BackgroundServer):
     def __init__(self) -> None:
+        super().__init__()
         self.replies: dict[str, Reply] = {}
         self.requests: dict[str, list[dict[str, str]]] = {}
         self.sent: dict[str, int] = {}
         self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in separate writes: without this, Nagle's algorithm and
-            # the client's delayed ACK cost 40 ms per response.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}/{path.lstrip('/')}"
@@ -59,14 +40,6 @@ class RecordingServer:
     def received(self, path: str) -> list[dict[str, str]]:
         with self.lock:
             return list(self.requests.get("/" + path.lstrip("/"), []))
-
-    def start(self) -> RecordingServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
