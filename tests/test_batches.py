@@ -44,7 +44,7 @@ def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
 
 def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
         redis_server: RedisServer, tmp_path: Path) -> None:
-    url = redis_server.url.rsplit("/", 1)[0] + "/9"
+    url = redis_server.db_url(9)
     runtime = create_celery_app(WorkerSettings(redis_url=url, archive_dir=tmp_path)).runtime
     runtime.redis.flushdb()
     messages = [{"case": "cases/K", "gen": "g", "files": [{"index": i}]} for i in range(3)]

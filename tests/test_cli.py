@@ -104,7 +104,7 @@ def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileSe
 
     assert isinstance(redis_server, RedisServer)
     port = free_port()
-    own_db = redis_server.url.rsplit("/", 1)[0] + "/5"  # apart from the session's worker
+    own_db = redis_server.db_url(5)  # apart from the session's worker
     env = {**worker_env(own_db, tmp_path / "archive"),
            **{k: v for k, v in receiver_env(own_db).items() if k.startswith("WEBHOOK")}}
     process = subprocess.Popen([sys.executable, "-m", "casefetch", "run", "--port", str(port)],
@@ -162,7 +162,7 @@ def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
     from casefetch.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
-    own_db = redis_server.url.rsplit("/", 1)[0] + "/6"
+    own_db = redis_server.db_url(6)
     process = WorkerProcess(worker_env(own_db, tmp_path / "archive"), tmp_path / "w.log").start()
     assert process.process is not None
     process.process.send_signal(signal.SIGTERM)

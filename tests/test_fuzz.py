@@ -152,7 +152,7 @@ class Fuzzer:
 async def test_fuzzed_requests_never_get_a_5xx(aiohttp_client: ClientFactory,
                                                redis_server: RedisServer,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    queue_url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    queue_url = redis_server.db_url(7)
     queue = redis.Redis.from_url(queue_url)
     queue.delete(INGEST_QUEUE)
     client = await aiohttp_client(create_app(rh.settings(queue_url, max_body_bytes=MAX_BODY)))

@@ -18,7 +18,7 @@ from worker.locks import Locks
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/8")
+    connection = redis.Redis.from_url(redis_server.db_url(8))
     connection.flushdb()
     yield connection
     connection.close()

@@ -28,7 +28,7 @@ PAYLOAD = samples.body(samples.case("CF-R1", "https://files.example.com/c.pdf?si
 @pytest.fixture
 def queue_url(redis_server: RedisServer) -> str:
     """A database of its own: the session's worker must not consume what these tests check."""
-    return redis_server.url.rsplit("/", 1)[0] + "/3"
+    return redis_server.db_url(3)
 
 
 @pytest.fixture

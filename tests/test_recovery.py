@@ -27,7 +27,7 @@ from worker.storage import LocalStorage
 
 @pytest.fixture
 def own_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    client = redis.Redis.from_url(redis_server.db_url(7))
     client.flushdb()
     yield client
     client.close()
@@ -173,7 +173,7 @@ def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
     from worker.celery_app import create_celery_app, run_sweep
     from worker.settings import WorkerSettings
 
-    settings = WorkerSettings(redis_url=redis_server.url.rsplit("/", 1)[0] + "/8",
+    settings = WorkerSettings(redis_url=redis_server.db_url(8),
                               archive_dir=tmp_path / "archive", stuck_after_seconds=0,
                               visibility_timeout_seconds=0)
     app = create_celery_app(settings)

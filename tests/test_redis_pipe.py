@@ -14,12 +14,8 @@ from casefetch.redis_server import RedisServer, free_port
 from receiver.redis_pipe import RedisPipe
 
 
-def db_url(server: RedisServer, db: int) -> str:
-    return server.url.rsplit("/", 1)[0] + f"/{db}"
-
-
 async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisServer) -> None:
-    url = db_url(redis_server, 5)
+    url = redis_server.db_url(5)
     client = redis.Redis.from_url(url)
     client.delete("pipe-test")
     pipe = RedisPipe.from_url(url)
@@ -40,7 +36,7 @@ async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisSer
 
 async def test_error_replies_are_raised_and_the_connection_goes_on(
         redis_server: RedisServer) -> None:
-    url = db_url(redis_server, 5)
+    url = redis_server.db_url(5)
     client = redis.Redis.from_url(url)
     client.set("pipe-string", "x")
     pipe = RedisPipe.from_url(url)
@@ -131,7 +127,7 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
 
 
 async def test_a_late_reply_times_out_its_command_only(redis_server: RedisServer) -> None:
-    pipe = RedisPipe.from_url(db_url(redis_server, 5))
+    pipe = RedisPipe.from_url(redis_server.db_url(5))
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -148,7 +144,7 @@ async def test_a_late_reply_times_out_its_command_only(redis_server: RedisServer
 
 
 async def test_a_transaction_is_answered_by_its_exec(redis_server: RedisServer) -> None:
-    url = db_url(redis_server, 5)
+    url = redis_server.db_url(5)
     client = redis.Redis.from_url(url)
     client.delete("pipe-tx", "pipe-tx-hash")
     client.set("pipe-tx-string", "x")
@@ -180,7 +176,7 @@ async def test_a_transaction_is_answered_by_its_exec(redis_server: RedisServer) 
 async def test_the_transaction_writes_what_the_script_writes(redis_server: RedisServer) -> None:
     from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, enqueue_commands
 
-    url = db_url(redis_server, 6)
+    url = redis_server.db_url(6)
     client = redis.Redis.from_url(url)
     pipe = RedisPipe.from_url(url)
     try:

@@ -88,10 +88,6 @@ def s3_worker_env(redis_url: str, tmp: Path, endpoint: str, bucket: str) -> dict
                       S3_PREFIX=PREFIX, S3_ENDPOINT_URL=endpoint, **CREDENTIALS)
 
 
-def redis_db(server: RedisServer, db: int) -> str:
-    return server.url.rsplit("/", 1)[0] + f"/{db}"
-
-
 @pytest.fixture(scope="module")
 def s3_stack(redis_server: RedisServer, s3_endpoint: str, s3_client: Any,
              tmp_path_factory: pytest.TempPathFactory
@@ -99,7 +95,7 @@ def s3_stack(redis_server: RedisServer, s3_endpoint: str, s3_client: Any,
     """Receiver and S3 worker on Redis database 1, archiving to one bucket."""
     bucket = "casefetch-e2e"
     s3_client.create_bucket(Bucket=bucket)
-    url = redis_db(redis_server, 1)
+    url = redis_server.db_url(1)
     logs = tmp_path_factory.mktemp("s3-logs")
     worker = WorkerProcess(s3_worker_env(url, logs / "unused", s3_endpoint, bucket),
                            logs / "worker.log").start()
@@ -257,7 +253,7 @@ def test_case_waits_for_a_missing_bucket_then_completes(
         redis_server: RedisServer, s3_endpoint: str, s3_client: Any,
         file_server: FileServer, unique: Callable[[str], str], tmp_path: Path) -> None:
     bucket = unique("late-bucket").lower()
-    url = redis_db(redis_server, 2)
+    url = redis_server.db_url(2)
     worker = WorkerProcess(s3_worker_env(url, tmp_path / "unused", s3_endpoint, bucket),
                            tmp_path / "worker.log").start()
     client = redis.Redis.from_url(url)

@@ -16,7 +16,7 @@ from worker.bookkeeping import Bookkeeping
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/6")
+    connection = redis.Redis.from_url(redis_server.db_url(6))
     yield connection
     connection.close()
 

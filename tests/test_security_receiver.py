@@ -60,7 +60,7 @@ def b64(raw: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def queue_url(redis_server: RedisServer) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + "/5"
+    return redis_server.db_url(5)
 
 
 @pytest.fixture(scope="module")
