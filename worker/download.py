@@ -62,18 +62,14 @@ class Fetcher:
         self.sleep = sleep
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
-              key_for: Callable[[FileType], str],
-              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
+              key_for: Callable[[FileType], str]) -> FetchResult:
         """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
 
-        ``before_commit`` sees the verified result just before the file takes its final name
-        (the pipeline notes it, so a crash right after the rename costs no second download).
         Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
+        The pipeline uses :meth:`fetch_staged`, to note its intent before the rename.
         """
         result, staged = self.fetch_staged(url, kind, storage, key_for)
         try:
-            if before_commit is not None:
-                before_commit(result)
             staged.commit()
         except BaseException:
             staged.discard()

@@ -128,19 +128,6 @@ class ObservedFetcher:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def fetch(self, url: str, kind: FileKind, storage: Storage,
-              key_for: Callable[[FileType], str],
-              before_commit: Callable[[FetchResult], None] | None = None) -> FetchResult:
-        started = time.perf_counter()
-        try:
-            result: FetchResult = self.inner.fetch(url, kind, storage, key_for,
-                                                   before_commit=before_commit)
-        except DownloadError as exc:
-            self._failed(kind, started, exc)
-            raise
-        self._stored(kind, started, result)
-        return result
-
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
                      key_for: Callable[[FileType], str]) -> tuple[FetchResult, Staged]:
         started = time.perf_counter()
