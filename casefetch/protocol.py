@@ -1,10 +1,14 @@
 """The message the receiver writes and the worker consumes.
 
 The receiver does not go through Celery to enqueue: Celery's publisher is synchronous and
-costs more than the rest of the request. Instead it writes, with one Redis command, exactly
-the message a stock Celery worker reads from kombu's Redis transport (task protocol 2, JSON
-serialiser, base64 body). ``tests/test_pipeline.py`` proves a real worker consumes what
-the real receiver wrote.
+costs more than the rest of the request. Instead it writes, in one MULTI/EXEC, exactly the
+message a stock Celery worker reads from kombu's Redis transport (task protocol 2, JSON
+serialiser, base64 body) and the delivery itself into the inbox
+(:data:`casefetch.constants.INBOX_KEY`), where it stays until a worker has archived or
+quarantined it. The message carries only the delivery's reference (:func:`delivery_ref`):
+the payload is written to Redis once, not twice (and not base64-encoded), which is what
+Redis and the receiver spent most on. ``tests/test_pipeline.py`` proves a real worker
+consumes what the real receiver wrote.
 
 A *delivery* is one accepted webhook request::
 
@@ -12,7 +16,8 @@ A *delivery* is one accepted webhook request::
      "bodyBase64": str | None, "headers": {name: value}}
 
 ``body`` is the raw request body as text; ``bodyBase64`` replaces it when the bytes are not
-UTF-8 (quarantine replays may carry such bodies).
+UTF-8 (quarantine replays may carry such bodies). The ingest task also takes a whole
+delivery as its argument (the tests, and messages queued before the inbox held payloads).
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ from typing import Any, TypedDict
 
 import orjson
 
-from casefetch.constants import CREDENTIAL_HEADERS, INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE
+from casefetch.constants import (
+    CREDENTIAL_HEADERS,
+    INBOX_INDEX_KEY,
+    INBOX_KEY,
+    INGEST_QUEUE,
+    INGEST_TASK,
+)
 
 _ORIGIN = f"casefetch-receiver@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -44,25 +55,67 @@ class Delivery(TypedDict, total=False):
     headers: dict[str, str]
 
 
-#: Queue a delivery's message and keep it in the inbox, atomically, in one round trip.
-#: ARGV: the message, the deliveryId, the time it was accepted.
+#: Queue a delivery's message and keep the delivery in the inbox, atomically, in one round
+#: trip. ARGV: the message, the deliveryId, the time it was accepted, the inbox entry.
 ENQUEUE_SCRIPT = """
 redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return 1
 """
 ENQUEUE_KEYS = [INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY]
 
 
-def enqueue_commands(message: bytes, delivery_id: str, now: float
+def enqueue_commands(message: bytes, entry: bytes, delivery_id: str, now: float
                      ) -> tuple[tuple[bytes, ...], ...]:
     """What :data:`ENQUEUE_SCRIPT` does, as commands to run in one MULTI/EXEC: Redis spends
-    less on a transaction than on a script (no copy of the message into Lua and back)."""
+    less on a transaction than on a script (no copy of the payload into Lua and back)."""
     queue, inbox, index = (key.encode() for key in ENQUEUE_KEYS)
     member = delivery_id.encode()
-    return ((b"LPUSH", queue, message), (b"HSET", inbox, member, message),
+    return ((b"LPUSH", queue, message), (b"HSET", inbox, member, entry),
             (b"ZADD", index, b"%f" % now, member))
+
+
+def ingest_message(delivery: Mapping[str, Any], origin: str | None = None) -> bytes:
+    """The ingest task's message for a delivery kept in the inbox: its reference only."""
+    return task_message(INGEST_TASK, INGEST_QUEUE, [delivery_ref(delivery)],
+                        task_id=str(delivery["deliveryId"]), origin=origin or _ORIGIN)
+
+
+def delivery_ref(delivery: Mapping[str, Any]) -> dict[str, str]:
+    """What the ingest message carries: the worker reads the rest from the inbox."""
+    return {"deliveryId": str(delivery["deliveryId"]),
+            "receivedAt": str(delivery.get("receivedAt") or "")}
+
+
+def is_ref(delivery: Mapping[str, Any]) -> bool:
+    """Whether an ingest task's argument is a reference (not a whole delivery)."""
+    return "headers" not in delivery and "body" not in delivery and "bodyBase64" not in delivery
+
+
+def inbox_entry(delivery: Delivery) -> bytes:
+    """A delivery as the inbox keeps it."""
+    return _dumps(delivery)
+
+
+def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
+    """The delivery an inbox entry holds.
+
+    Receivers before the inbox held payloads kept the whole task message there: its delivery
+    is read out of it. An entry that cannot be read at all is kept as the body of a delivery
+    (bodyBase64), which the worker quarantines: nothing accepted is dropped.
+    """
+    try:
+        value = json.loads(entry)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+        return delivery_from_message(entry)
+    if isinstance(value, dict) and value.get("deliveryId") == delivery_id:
+        delivery: Delivery = value  # type: ignore[assignment]
+        return delivery
+    return {"deliveryId": delivery_id, "receivedAt": "", "headers": {},
+            "bodyBase64": base64.b64encode(entry).decode("ascii")}
 
 
 def _uuid_text(value: int) -> str:
@@ -140,6 +193,16 @@ def delivery_body(delivery: Mapping[str, Any]) -> bytes:
     if delivery.get("bodyBase64") is not None:
         return base64.b64decode(str(delivery["bodyBase64"]))
     return b""
+
+
+def peek_cf_ref(delivery: Delivery) -> str | None:
+    """The cfRef a delivery announces, if it can be read (for logs only)."""
+    try:
+        payload = json.loads(delivery_body(delivery))
+    except (ValueError, RecursionError):
+        return None
+    value = payload.get("cfRef") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def delivery_from_message(message: bytes) -> Delivery:

@@ -1,8 +1,8 @@
 """The enqueue path: one Redis round trip, acknowledged before the receiver answers 2xx.
 
-It queues the message and keeps a copy in the inbox (:data:`casefetch.constants.INBOX_KEY`)
-in one atomic step: a MULTI/EXEC transaction through the pipe, the same commands as a script
-through redis-py.
+It queues the message (the delivery's reference) and keeps the delivery in the inbox
+(:data:`casefetch.constants.INBOX_KEY`) in one atomic step: a MULTI/EXEC transaction through
+the pipe, the same commands as a script through redis-py.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK
 from casefetch.protocol import (
     ENQUEUE_KEYS,
     ENQUEUE_SCRIPT,
     Delivery,
     enqueue_commands,
-    task_message,
+    inbox_entry,
+    ingest_message,
 )
 from receiver.redis_pipe import RedisPipe
 
@@ -58,17 +58,17 @@ class Enqueuer:
         return cls(client, timeout_seconds, pipe)
 
     async def enqueue(self, delivery: Delivery) -> None:
-        message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
-                               task_id=delivery["deliveryId"])
+        message, entry = ingest_message(delivery), inbox_entry(delivery)
+        delivery_id = delivery["deliveryId"]
         try:
             if self.pipe is not None:  # the pipe times out itself, for less than a Timeout
                 await self.pipe.transaction(
-                    *enqueue_commands(message, delivery["deliveryId"], time.time()),
+                    *enqueue_commands(message, entry, delivery_id, time.time()),
                     timeout=self.timeout_seconds)
             else:
                 async with asyncio.timeout(self.timeout_seconds):
                     await self._enqueue(keys=ENQUEUE_KEYS,
-                                        args=[message, delivery["deliveryId"], time.time()])
+                                        args=[message, delivery_id, time.time(), entry])
         except (RedisError, OSError, TimeoutError) as exc:
             raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -46,13 +46,20 @@ async def client(aiohttp_client: ClientFactory, queue_url: str,
 
 
 def queued(redis_client: redis.Redis) -> list[dict[str, Any]]:
-    """The deliveries waiting in the ingest queue, decoded from their Celery messages."""
+    """The deliveries waiting in the ingest queue: each Celery message names one, which the
+    inbox keeps until a worker has archived or quarantined it."""
     deliveries = []
     for raw in redis_client.lrange(INGEST_QUEUE, 0, -1):
         message = json.loads(raw)
         assert message["headers"]["task"] == INGEST_TASK
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        deliveries.append(args[0])
+        [ref], _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert set(ref) == {"deliveryId", "receivedAt"}  # the payload is not written twice
+        assert message["headers"]["id"] == ref["deliveryId"]
+        kept = redis_client.hget(INBOX_KEY, ref["deliveryId"])
+        assert kept is not None, "queued without its inbox entry"
+        delivery = json.loads(kept)
+        assert delivery["receivedAt"] == ref["receivedAt"]
+        deliveries.append(delivery)
     return deliveries
 
 
@@ -69,9 +76,6 @@ async def test_each_scheme_is_accepted_and_enqueued(client: TestClient[Any, Any]
     assert answer["status"] == "accepted"
     [delivery] = queued(redis_client)
     assert delivery["deliveryId"] == answer["deliveryId"]
-    # The inbox keeps the same message until a worker has archived or quarantined it.
-    kept = redis_client.hget(INBOX_KEY, answer["deliveryId"])
-    assert kept == redis_client.lindex(INGEST_QUEUE, 0)
     assert redis_client.zscore(INBOX_INDEX_KEY, answer["deliveryId"]) is not None
     assert delivery["body"].encode() == PAYLOAD  # the exact bytes, non-ASCII included
     assert "Authorization" not in delivery["headers"]

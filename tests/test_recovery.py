@@ -168,8 +168,7 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
 
 def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
         redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from casefetch.constants import ACTIVE_CASES_KEY, INGEST_QUEUE, INGEST_TASK
-    from casefetch.protocol import task_message
+    from casefetch.constants import ACTIVE_CASES_KEY, INGEST_QUEUE
     from worker.celery_app import create_celery_app, run_sweep
     from worker.settings import WorkerSettings
 
@@ -186,8 +185,7 @@ def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
     client.zadd(ACTIVE_CASES_KEY, {"cases/BROKEN": 0})
     # ... and an accepted delivery whose message was lost.
     delivery = make_delivery(samples.body(samples.case("LOST-1", "http://x.test/a.pdf")), {})
-    app.runtime.pipeline.books.enqueue(delivery["deliveryId"], task_message(
-        INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"]))
+    app.runtime.pipeline.books.enqueue(delivery)
     client.delete(INGEST_QUEUE)
 
     run_sweep(app)
@@ -262,3 +260,57 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
     # fetched again.
     assert [n for n, was in zip(served, placed, strict=True) if was] == [1] * sum(placed)
     assert all(n <= 2 for n in served)
+
+
+def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
+    from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+    from casefetch.protocol import delivery_from_inbox, inbox_entry, task_message
+
+    delivery = make_delivery("{\"cfRef\": \"é\"}".encode(), {"X-Trace": "1"})
+    assert delivery_from_inbox(delivery["deliveryId"], inbox_entry(delivery)) == delivery
+    # What receivers kept before the inbox held payloads: the whole task message.
+    whole = task_message(INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"])
+    assert delivery_from_inbox(delivery["deliveryId"], whole) == delivery
+    # Bytes nobody can read are kept as the body, for the quarantine, not dropped.
+    kept = delivery_from_inbox("d-9", b"\xff{broken")
+    assert kept["deliveryId"] == "d-9" and kept.get("body") is None
+    assert kept.get("bodyBase64") == "/3ticm9rZW4="
+
+
+def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from casefetch.constants import INGEST_QUEUE, INGEST_TASK
+    from worker import archive
+    from worker.celery_app import create_celery_app
+    from worker.settings import WorkerSettings
+
+    app = create_celery_app(WorkerSettings(redis_url=redis_server.db_url(9),
+                                           archive_dir=tmp_path / "archive"))
+    client = app.runtime.redis
+    client.flushdb()
+    try:
+        unarchivable = make_delivery(b'{"cfRef": "NO-PDF"}', {})
+        app.runtime.pipeline.books.enqueue(unarchivable)
+        [message] = client.lrange(INGEST_QUEUE, 0, -1)
+        [ref], _, _ = json.loads(base64.b64decode(json.loads(message)["body"]))
+        assert ref == {"deliveryId": unarchivable["deliveryId"],
+                       "receivedAt": unarchivable["receivedAt"]}
+        ingest = app.tasks[INGEST_TASK]
+        assert ingest.apply(args=[ref]).get() == "quarantined"
+        storage = app.runtime.pipeline.storage
+        record = storage.read_bytes(archive.quarantine_key(unarchivable["deliveryId"]))
+        assert json.loads(record)["body"] == unarchivable["body"]
+        assert client.hlen(INBOX_KEY) == 0 and client.zcard(INBOX_INDEX_KEY) == 0
+        # The same message again (a redelivery after its ack was lost): nothing to do.
+        assert ingest.apply(args=[ref]).get() == "duplicate"
+        # An entry nobody can read is quarantined as it is, not dropped.
+        client.hset(INBOX_KEY, "d-broken", b"\xff{broken")
+        assert ingest.apply(args=[{"deliveryId": "d-broken", "receivedAt": ""}]).get() \
+            == "quarantined"
+        broken = json.loads(storage.read_bytes(archive.quarantine_key("d-broken")))
+        assert base64.b64decode(broken["bodyBase64"]) == b"\xff{broken"
+    finally:
+        client.flushdb()

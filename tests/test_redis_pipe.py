@@ -181,10 +181,11 @@ async def test_the_transaction_writes_what_the_script_writes(redis_server: Redis
     pipe = RedisPipe.from_url(url)
     try:
         client.flushdb()
-        client.register_script(ENQUEUE_SCRIPT)(keys=ENQUEUE_KEYS, args=[b"m\xff", "d-1", 12.5])
+        client.register_script(ENQUEUE_SCRIPT)(keys=ENQUEUE_KEYS, args=[b"m\xff", "d-1", 12.5,
+                                                                      b"e\xfe"])
         by_script = {key: client.dump(key) for key in ENQUEUE_KEYS}
         client.flushdb()
-        await pipe.transaction(*enqueue_commands(b"m\xff", "d-1", 12.5))
+        await pipe.transaction(*enqueue_commands(b"m\xff", b"e\xfe", "d-1", 12.5))
         assert {key: client.dump(key) for key in ENQUEUE_KEYS} == by_script
     finally:
         await pipe.close()

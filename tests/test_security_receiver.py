@@ -23,7 +23,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from casefetch.constants import INGEST_QUEUE
+from casefetch.constants import INBOX_KEY, INGEST_QUEUE
 from casefetch.protocol import make_delivery, safe_headers
 from casefetch.redis_server import RedisServer
 from receiver import create_app
@@ -78,7 +78,7 @@ def hostile_receiver(queue_url: str,
 @pytest.fixture
 def queue(queue_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(queue_url)
-    client.delete(INGEST_QUEUE)
+    client.delete(INGEST_QUEUE, INBOX_KEY)
     yield client
     client.close()
 
@@ -321,8 +321,11 @@ async def test_no_credential_in_logs_metrics_or_queue(aiohttp_client: ClientFact
     assert statuses == [401, 401, 401, 401, 202, 202, 202]
     metrics = await (await client.get("/metrics")).text()
     queued = [m.decode() for m in queue.lrange(INGEST_QUEUE, 0, -1)]
-    deliveries = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in queued]
+    assert len(queued) == 3
+    deliveries = [json.loads(kept) for kept in queue.hvals(INBOX_KEY)]
+    assert len(deliveries) == 3
     stored = json.dumps([{k: v for k, v in d.items() if k != "body"} for d in deliveries])
+    stored += "".join(json.dumps(json.loads(m)) for m in queued)
     for secret in [*SECRETS, HMAC_KEY + ":"]:
         assert secret not in caplog.text
         assert secret not in metrics

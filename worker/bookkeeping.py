@@ -8,6 +8,9 @@ Per case (keys from :func:`casefetch.constants.case_key`):
 - ``intents``: hash index → a verified file about to be renamed into place (JSON), so a
   worker that dies between the rename and ``record`` costs no second download.
 
+The inbox (``casefetch:inbox``) keeps every accepted delivery until it is archived or
+quarantined, its index (``casefetch:inbox:index``) the time it was queued.
+
 ``casefetch:active`` scores every case with work outstanding by the time of its last
 progress, so the sweep finds stuck ones without scanning the archive. Locks keep two workers
 from planning one case, or writing one file, at once.
@@ -31,7 +34,15 @@ from casefetch.constants import (
     case_key,
     lock_key,
 )
-from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT
+from casefetch.protocol import (
+    ENQUEUE_KEYS,
+    ENQUEUE_SCRIPT,
+    Delivery,
+    delivery_from_inbox,
+    inbox_entry,
+    ingest_message,
+    is_ref,
+)
 from worker.locks import Busy, HeldLock, Locks, new_token
 
 
@@ -210,22 +221,36 @@ class Bookkeeping:
 
     def undelivered(self, older_than_seconds: float, limit: int = 1000
                     ) -> list[tuple[str, bytes]]:
-        """Accepted deliveries not finished for a while, with their queued message."""
+        """Accepted deliveries not finished for a while, with their inbox entry."""
         ceiling = time.time() - older_than_seconds
         ids = [i.decode() for i in self.redis.zrangebyscore(INBOX_INDEX_KEY, 0, ceiling, 0, limit)
                if isinstance(i, bytes)]
         found = []
         for delivery_id in ids:
-            message = self.redis.hget(INBOX_KEY, delivery_id)
-            if isinstance(message, bytes):
-                found.append((delivery_id, message))
+            entry = self.redis.hget(INBOX_KEY, delivery_id)
+            if isinstance(entry, bytes):
+                found.append((delivery_id, entry))
             else:
                 self.redis.zrem(INBOX_INDEX_KEY, delivery_id)
         return found
 
-    def enqueue(self, delivery_id: str, message: bytes) -> None:
-        """Queue a delivery's message (and keep it in the inbox), as the receiver does."""
-        self._enqueue(keys=ENQUEUE_KEYS, args=[message, delivery_id, time.time()])
+    def enqueue(self, delivery: Delivery, origin: str | None = None) -> None:
+        """Queue a delivery (its message, and the delivery in the inbox), as the receiver
+        does."""
+        self._enqueue(keys=ENQUEUE_KEYS, args=[ingest_message(delivery, origin),
+                                               delivery["deliveryId"], time.time(),
+                                               inbox_entry(delivery)])
+
+    def received(self, delivery: Delivery) -> Delivery | None:
+        """The whole delivery an ingest task's argument stands for: itself, or when it is a
+        reference, what the inbox keeps (None: no longer there, already archived)."""
+        if not is_ref(delivery):
+            return delivery
+        delivery_id = delivery["deliveryId"]
+        entry = self.redis.hget(INBOX_KEY, delivery_id)
+        if not isinstance(entry, bytes):
+            return None
+        return delivery_from_inbox(delivery_id, entry)
 
     def touch(self, case: str) -> None:
         self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)

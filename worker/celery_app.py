@@ -38,7 +38,7 @@ from casefetch.constants import (
     MAINTENANCE_QUEUE,
     SWEEP_TASK,
 )
-from casefetch.protocol import Delivery, delivery_from_message, task_message
+from casefetch.protocol import Delivery, delivery_from_inbox, peek_cf_ref, task_message
 from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
@@ -180,13 +180,20 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
 
 
 def _register_tasks(app: CasefetchCelery) -> None:
-    @app.task(name=INGEST_TASK, bind=True, max_retries=None)
+    @app.task(name=INGEST_TASK, bind=True, max_retries=None, shared=False)
     def ingest(self: Task, delivery: Delivery) -> str:
         from worker.bookkeeping import Busy
 
         runtime = app.runtime
         pipeline = runtime.pipeline
         try:
+            received = pipeline.books.received(delivery)
+            if received is None:
+                log.info("delivery %s is no longer in the inbox: already archived",
+                         delivery.get("deliveryId"))
+                return "duplicate"
+            delivery = received
+            logs.bind(cfRef=peek_cf_ref(delivery))
             with runtime.keep_first_download(app.fetches_downloads) as kept:
                 outcome = pipeline.ingest(delivery)
         except Busy as exc:
@@ -205,7 +212,7 @@ def _register_tasks(app: CasefetchCelery) -> None:
             _fetch_kept(self, runtime, message)
         return outcome
 
-    @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None)
+    @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None, shared=False)
     def download(self: Task, message: dict[str, Any]) -> str:
         from worker.bookkeeping import Busy
 
@@ -217,7 +224,7 @@ def _register_tasks(app: CasefetchCelery) -> None:
             raise self.retry(exc=postponed, countdown=_backoff(self.request.retries))
         return ",".join(outcomes)
 
-    @app.task(name=SWEEP_TASK)
+    @app.task(name=SWEEP_TASK, shared=False)
     def sweep() -> list[str]:
         return run_sweep(app)
 
@@ -386,12 +393,10 @@ def requeue_lost_deliveries(app: CasefetchCelery) -> int:
     settings = app.settings
     older_than = max(settings.stuck_after_seconds, 2.0 * settings.visibility_timeout_seconds)
     requeued = 0
-    for delivery_id, message in books.undelivered(older_than):
+    for delivery_id, entry in books.undelivered(older_than):
         # A fresh message (new delivery tag) for the same delivery, through the same script
         # as the receiver, so the inbox entry's clock restarts with it.
-        books.enqueue(delivery_id, task_message(
-            INGEST_TASK, INGEST_QUEUE, [delivery_from_message(message)], task_id=delivery_id,
-            origin=_ORIGIN))
+        books.enqueue(delivery_from_inbox(delivery_id, entry), origin=_ORIGIN)
         requeued += 1
     if requeued:
         log.warning("sweep queued %d accepted delivery(ies) again: their messages were lost",

@@ -28,7 +28,6 @@ from redis.exceptions import RedisError
 
 from casefetch import logs
 from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, INGEST_TASK
-from casefetch.protocol import Delivery, delivery_body
 from worker import archive
 from worker.download import FetchResult
 from worker.errors import DownloadError, StorageError
@@ -243,23 +242,14 @@ class ObservedStorage(Storage):
         return self.inner.describe()
 
 
-def peek_cf_ref(delivery: Delivery) -> str | None:
-    """The cfRef a delivery announces, if it can be read (for logs only)."""
-    try:
-        payload = json.loads(delivery_body(delivery))
-    except (ValueError, RecursionError):
-        return None
-    value = payload.get("cfRef") if isinstance(payload, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def _on_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
     name = getattr(task, "name", None)
     first = args[0] if args else None
     if not isinstance(first, dict):
         return
     if name == INGEST_TASK:
-        logs.bind(deliveryId=first.get("deliveryId"), cfRef=peek_cf_ref(first))  # type: ignore[arg-type]
+        # The task binds the cfRef once it has the delivery (its message has the id only).
+        logs.bind(deliveryId=first.get("deliveryId"))
     elif name == DOWNLOAD_TASK:
         logs.bind(deliveryId=first.get("gen"), cfRef=first.get("cfRef"), path=first.get("path"))
 

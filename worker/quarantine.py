@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK
 from casefetch.protocol import (
     delivery_body,
     make_delivery,
     safe_headers,
-    task_message,
 )
 from worker import archive
 from worker.bookkeeping import Bookkeeping
@@ -80,8 +78,7 @@ def replay(storage: Storage, redis_client: Any, delivery_id: str) -> str:
     headers = safe_headers((str(k), str(v)) for k, v in (record.get("headers") or {}).items())
     headers[REPLAY_HEADER] = str(record.get("deliveryId") or delivery_id)
     delivery = make_delivery(delivery_body(record), headers)
-    message = task_message(INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"])
-    Bookkeeping(redis_client).enqueue(delivery["deliveryId"], message)
+    Bookkeeping(redis_client).enqueue(delivery)
     storage.delete(archive.quarantine_key(delivery_id))
     return delivery["deliveryId"]
 
