@@ -296,6 +296,21 @@ benchmarking session, so every figure below is from runs alternated side by side
   before each round.
 - Fetch, the two full runs: 0.46x and 0.50x of curl (159 and 166 MiB/s); the 8 x 32 MiB
   row 0.95x and 1.13x.
+
+### Third pass: the payload written to Redis once (2026-11-30, 01:00-01:40 UTC)
+
+- What was left: the server's CPU per request was already within 1.1-1.2x of (a)'s
+  (160 against 141 µs in four alternated runs), yet its req/s stayed at 0.81-0.83x: Redis
+  spent 37 µs a request for casefetch against 16 µs for (a) (`INFO cpu` around each run),
+  and Redis shares the second core with wrk. The transaction wrote the 8.4 KiB message
+  twice (queue and inbox), the body base64-encoded inside it: 17 KiB a request to Redis
+  and its AOF against (a)'s 5.4 KiB.
+- Changed: the inbox keeps the delivery itself (5.6 KiB, JSON, no base64) and the queued
+  Celery message carries only `{deliveryId, receivedAt}` (about 1 KiB); the ingest task
+  reads the delivery from the inbox. Still one MULTI/EXEC, acknowledged before the 202.
+- Result, six alternated 3 s rounds: 0.95x of (a)'s req/s (was 0.83x), Redis 23 µs a
+  request against (a)'s 18 µs, p99 11 ms against 10.5 ms. Two `--only receiver` runs:
+  req/s 0.96x and 0.99x, p99 0.94x and 1.03x.
 """
 
 
