@@ -255,6 +255,22 @@ def counted(route: str, handler: Handler) -> Handler:
     return handle
 
 
+async def handle_unmatched(request: web.Request) -> web.StreamResponse:
+    """What no route serves: 405 with ``Allow`` for a known path, else 404, as aiohttp
+    answers them, counted under the route ``unmatched``."""
+    allowed = {route.method for resource in request.app.router.resources()
+               if resource.canonical == request.path and resource.canonical != _ANY_PATH
+               for route in resource}
+    request.app[METRICS].count_request("unmatched", 405 if allowed else 404)
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+#: The catch-all route, added last: aiohttp tries it only once no other route matched.
+_ANY_PATH = "/{path:.*}"
+
+
 class ServerOptions(TypedDict):
     keepalive_timeout: float
     lingering_time: float
@@ -293,4 +309,5 @@ def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None) -> 
     for route, handler in (("/healthz", handle_healthz), ("/readyz", handle_readyz),
                            ("/metrics", handle_metrics)):
         app.router.add_get(route, counted(route, handler))
+    app.router.add_route("*", _ANY_PATH, handle_unmatched)
     return app

@@ -178,3 +178,16 @@ async def test_redis_down_answers_503_promptly(aiohttp_client: ClientFactory,
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())).status == 202
     server.stop()
+
+
+async def test_unknown_paths_and_methods_are_answered_and_counted(
+        client: TestClient[Any, Any]) -> None:
+    missing = await client.get("/nowhere/at/all")
+    assert missing.status == 404
+    wrong_method = await client.get("/webhooks")
+    assert wrong_method.status == 405 and wrong_method.headers["Allow"] == "POST"
+    not_a_post = await client.post("/healthz", data=b"{}")
+    assert not_a_post.status == 405 and set(not_a_post.headers["Allow"].split(",")) >= {"GET"}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'casefetch_receiver_requests_total{route="unmatched",status="404"} 1.0' in metrics
+    assert 'casefetch_receiver_requests_total{route="unmatched",status="405"} 2.0' in metrics
