@@ -139,14 +139,13 @@ class BatchedLines:
             self._handler = handler
         line: dict[str, Any] = {"ts": utc_iso(time.time_ns() // 1_000_000), "level": "info",
                                 "logger": self.logger.name, "msg": msg}
+        # As record_fields merges them: the bound context, then the call's own fields.
+        own = {k: v for k, v in values.items() if v is not None}
         context = _context.get()
-        if context:
-            for key, value in context.items():
-                if value is not None:
-                    line.setdefault(key, value)
-        for key, value in values.items():
-            if value is not None:
-                line.setdefault(key, value)
+        merged = ({**{k: v for k, v in context.items() if v is not None}, **own} if context
+                  else own)
+        for key, value in merged.items():
+            line.setdefault(key, value)
         data = _encode(line) + b"\n"
         self._lines.append(data)
         self._size += len(data)

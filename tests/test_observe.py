@@ -189,11 +189,16 @@ async def test_batched_lines_are_the_lines_logging_would_write() -> None:
         assert stream.getvalue() == ""  # buffered, for one write
         lines.close()
         logger.info("delivery accepted", extra=logs.fields(deliveryId="d-3", cfRef="CF-3"))
-        batched_1, batched_2, logged = (json.loads(line)
-                                        for line in stream.getvalue().splitlines())
+        with logs.bound(deliveryId="bound", cfRef="CF-0"):
+            logger.info("delivery accepted", extra=logs.fields(deliveryId="d-1", cfRef="CF-é",
+                                                               bytes=3, none=None))
+        batched_1, batched_2, logged, logged_bound = (
+            json.loads(line) for line in stream.getvalue().splitlines())
+        # The call's own fields win over the bound ones, as in every other line.
         assert batched_1 == {"ts": batched_1["ts"], "level": "info",
                              "logger": "casefetch.test.batched", "msg": "delivery accepted",
-                             "deliveryId": "bound", "cfRef": "CF-0", "bytes": 3}
+                             "deliveryId": "d-1", "cfRef": "CF-é", "bytes": 3}
+        assert logged_bound == {**batched_1, "ts": logged_bound["ts"]}
         assert batched_2["cfRef"] == "CF-\udce9"
         assert batched_1.keys() - {"bytes"} == logged.keys()
         assert len(batched_1["ts"]) == len(logged["ts"]) and batched_1["ts"] <= logged["ts"]
