@@ -32,6 +32,7 @@ from casefetch.protocol import Delivery, delivery_body
 from worker import archive
 from worker.download import FetchResult
 from worker.errors import DownloadError, StorageError
+from worker.manifest import parse_json
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
 
@@ -200,7 +201,7 @@ class ObservedStorage(Storage):
 
     def _saw_manifest(self, data: bytes) -> None:
         try:
-            manifest = json.loads(data)
+            manifest = parse_json(data)
         except ValueError:
             return
         status = manifest.get("status") if isinstance(manifest, dict) else None
