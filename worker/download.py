@@ -168,11 +168,14 @@ class Fetcher:
                 ) -> tuple[str, FileType, str, int, Staged]:
         chunks = self._body(response, url)
         first: bytes | memoryview = b""
+        short = b""  # first reads under SNIFF_BYTES, copied: the next read reuses the buffer
         for chunk in chunks:
-            if len(first) + len(chunk) >= SNIFF_BYTES:
-                first = first + chunk if first else chunk
+            if len(short) + len(chunk) >= SNIFF_BYTES:
+                first = short + chunk if short else chunk
                 break
-            first += chunk  # a copy: the next read reuses the buffer
+            short += chunk
+        else:
+            first = short
         if not first:
             raise RetryableDownloadError("empty body", url)
         file_type = sniff(bytes(first[:SNIFF_BYTES]))

@@ -171,7 +171,7 @@ class _ObservedStaged:
         self.key = inner.key
         self.on_commit = on_commit
 
-    def write(self, data: bytes, /) -> object:
+    def write(self, data: bytes | memoryview, /) -> object:
         return self.inner.write(data)
 
     def commit(self, sync_folder: bool = True) -> None:
