@@ -19,7 +19,6 @@ from planning one case, or writing one file, at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from casefetch.protocol import (
     is_ref,
 )
 from worker.locks import Busy, HeldLock, Locks, new_token
+from worker.manifest import dump_json, parse_json
 
 
 @dataclass
@@ -91,11 +91,11 @@ class Bookkeeping:
     def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
         self.redis.hset(case_key(case, "intents"),
-                        mapping={str(index): json.dumps(entry) for index, entry in entries.items()})
+                        mapping={str(index): dump_json(entry) for index, entry in entries.items()})
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(case_key(case, "results"))
-        return {int(k): json.loads(v) for k, v in raw.items()}
+        return {int(k): parse_json(v) for k, v in raw.items()}
 
     def claim(self, case: str, gen: str, index: int, path: str) -> Claim:
         """Take the lock on one file of generation ``gen``, unless it is stale or done.
@@ -131,7 +131,7 @@ class Bookkeeping:
                 continue
             intent = found[2 * i + 1]
             claims.append(Claim(status, HeldLock(self.locks, keys[3 + i], token),
-                                json.loads(intent) if intent else None))
+                                parse_json(intent) if intent else None))
         return claims
 
     # Checked and taken atomically: no generation can start, and no other worker record a
@@ -171,7 +171,7 @@ class Bookkeeping:
         args: list[Any] = [gen, case, time.time()]
         for index, entry, lock in done:
             keys.append(lock.key if lock else lock_key("none"))
-            args += [index, json.dumps(entry), lock.token if lock else ""]
+            args += [index, dump_json(entry), lock.token if lock else ""]
         remaining = self._record(keys=keys, args=args)
         for _, _, lock in done:
             if lock is not None:

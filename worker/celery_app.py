@@ -169,12 +169,15 @@ def create_celery_app(settings: WorkerSettings | None = None) -> CasefetchCelery
     _register_tasks(app)
 
     @signals.worker_init.connect(weak=False)
-    def sized(sender: Any = None, **kwargs: Any) -> None:
+    def starting(sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
         if getattr(sender, "concurrency", None):
             app.download_threads = int(sender.concurrency)
         app.fetches_downloads = DOWNLOAD_QUEUE in app.amqp.queues.consume_from
+        from worker.schemas import warm_up
+
+        warm_up()
 
     return app
 

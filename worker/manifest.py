@@ -7,9 +7,12 @@ images by position). While work is under way entries are ``pending``; each then 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
+
+import orjson
 
 from worker import archive
 from worker.schemas import CaseCheck
@@ -29,6 +32,25 @@ class CaseStatus(str, Enum):
     PENDING = "pending"
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads``, for a fifth of the CPU: a manifest is read and parsed three times per
+    case, its entries once per file. orjson refuses what the standard library accepts (a
+    lone surrogate, an integer over 64 bits): that goes the standard library's way."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON, by orjson, or by the standard library (ASCII-escaped) for what orjson
+    refuses."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 def now_iso() -> str:

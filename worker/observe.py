@@ -31,6 +31,7 @@ from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, ING
 from worker import archive
 from worker.download import FetchResult
 from worker.errors import DownloadError, StorageError
+from worker.manifest import parse_json
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
 
@@ -169,7 +170,7 @@ class _ObservedStaged:
         self.key = inner.key
         self.on_commit = on_commit
 
-    def write(self, data: bytes, /) -> object:
+    def write(self, data: bytes | memoryview, /) -> object:
         return self.inner.write(data)
 
     def commit(self, sync_folder: bool = True) -> None:
@@ -199,7 +200,7 @@ class ObservedStorage(Storage):
 
     def _saw_manifest(self, data: bytes) -> None:
         try:
-            manifest = json.loads(data)
+            manifest = parse_json(data)
         except ValueError:
             return
         status = manifest.get("status") if isinstance(manifest, dict) else None

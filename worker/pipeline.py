@@ -30,6 +30,7 @@ from worker.manifest import (
     FileStatus,
     Manifest,
     new_manifest,
+    parse_json,
     pending_indices,
     plan,
     reuse,
@@ -323,7 +324,7 @@ class Pipeline:
 
     def _read_manifest(self, case: str) -> Manifest | None:
         raw = self._read(case, archive.MANIFEST)
-        return json.loads(raw) if raw is not None else None
+        return parse_json(raw) if raw is not None else None
 
     def _write_manifest(self, case: str, manifest: Manifest) -> None:
         self.storage.write_bytes(archive.case_key(case, archive.MANIFEST), _dumps(manifest))

@@ -227,7 +227,7 @@ class _Upload:
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         # Keep our own bytes: a caller may reuse a buffer it handed us.
         self.pending.append(data if isinstance(data, bytes) else bytes(data))
         self.pending_bytes += len(data)

@@ -24,7 +24,8 @@ HASH_CHUNK = 1024 * 1024
 
 
 class Writer(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | memoryview, /) -> object:
+        """Take ``data`` (a view into a buffer the caller reuses: copy what is kept)."""
 
 
 class Staged(Writer, Protocol):
@@ -229,7 +230,7 @@ class _LocalStaged:
         self.tmp_name = tmp_name
         self.handle = handle
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         return self.handle.write(data)
 
     def commit(self, sync_folder: bool = True) -> None:

@@ -1,0 +1,24 @@
+"""The manifest's JSON helpers: orjson's speed, the standard library's reach."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker.manifest import dump_json, parse_json
+
+
+@pytest.mark.parametrize("value", [
+    {"path": "case.pdf", "bytes": 123, "sha256": "ab" * 32, "error": None, "ok": True},
+    {"sourceUrl": "https://files/é?sig=a+b", "n": 1.5, "items": [1, "two", None]},
+    {"lone": "\ud800", "big": 2**70},  # what orjson refuses, both ways
+])
+def test_round_trips_like_the_standard_library(value: dict[str, object]) -> None:
+    assert parse_json(dump_json(value)) == value
+    assert parse_json(json.dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_invalid_json_still_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_json(b"{not json")
