@@ -96,34 +96,60 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     install_sweeper(app)
     from worker.observe import install
     install(app, settings.metrics_port)
-    requested = watch_shutdown_requests()
-    code = app.start(worker_argv(chosen, concurrency, loglevel))
-    if code and not requested.is_set():
-        restart_worker(code)
+    ending = watch_worker_end()
+    started = time.monotonic()
+    returned = app.start(worker_argv(chosen, concurrency, loglevel))
+    code = ending.code if ending.code is not None else returned
+    if code and not ending.requested.is_set():
+        restart_worker(code, ran_seconds=time.monotonic() - started)
     sys.exit(code or 0)
 
 
-def watch_shutdown_requests() -> threading.Event:
-    """Set when the worker stops because it was asked to (a signal), not because it broke."""
+#: A worker that ran this long before it broke is not failing in a loop.
+STEADY_SECONDS = 60.0
+
+
+class WorkerEnd:
+    """How the Celery worker stopped: ``requested`` is set when it was asked to (a signal), not
+    because it broke; ``code`` is the exit code it stopped with.
+
+    ``app.start`` cannot tell: with click 8.2 and later it returns None whatever the worker's
+    exit code, so a worker that gave up ("Unrecoverable error") exited 0 and never restarted.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.code: int | None = None
+
+
+def watch_worker_end() -> WorkerEnd:
     from celery import signals
 
-    requested = threading.Event()
+    ending = WorkerEnd()
 
-    def on_shutdown(**kwargs: Any) -> None:
-        requested.set()
+    def on_shutting_down(**kwargs: Any) -> None:
+        ending.requested.set()
 
-    signals.worker_shutting_down.connect(on_shutdown, weak=False)
-    return requested
+    def on_shutdown(sender: Any = None, **kwargs: Any) -> None:
+        code = getattr(sender, "exitcode", None)
+        if isinstance(code, int):
+            ending.code = code
+
+    signals.worker_shutting_down.connect(on_shutting_down, weak=False)
+    signals.worker_shutdown.connect(on_shutdown, weak=False)
+    return ending
 
 
-def restart_worker(code: int) -> NoReturn:
+def restart_worker(code: int, ran_seconds: float = 0.0) -> NoReturn:
     """Start this worker afresh, in the same process (same pid, no orphan).
 
     Celery gives up ("Unrecoverable error") on some races of kombu's Redis transport when the
-    connection drops; a worker must outlive a Redis outage, so it starts again. Repeated
-    failures back off, up to 30 s between tries.
+    connection drops; a worker must outlive a Redis outage, so it starts again. Failures in
+    a row back off, up to 30 s between tries; a worker that ran for a minute first starts
+    again after 1 s.
     """
-    restarts = int(os.environ.get("CASEFETCH_WORKER_RESTARTS", "0"))
+    restarts = (int(os.environ.get("CASEFETCH_WORKER_RESTARTS", "0"))
+                if ran_seconds < STEADY_SECONDS else 0)
     delay = min(30.0, 2.0 ** min(restarts, 5))
     logging.getLogger("casefetch.worker").error(
         "the Celery worker stopped on an error (exit %s); starting it again in %.0f s",

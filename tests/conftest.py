@@ -120,6 +120,13 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def state(self) -> str:
+        """``running``, or how the process ended (for a failing test's explanation)."""
+        if self.process is None:
+            return "not started"
+        code = self.process.poll()
+        return "running" if code is None else f"exited with {code}"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -157,6 +157,21 @@ def test_a_broken_worker_starts_again_in_the_same_process() -> None:
     assert "starting it again in 1 s" in result.stderr
 
 
+@pytest.mark.parametrize(("restarts", "ran_seconds", "delay"),
+                         [(4, 5.0, 16), (9, 5.0, 30), (9, 120.0, 1)])
+def test_failures_in_a_row_back_off_and_a_steady_run_starts_afresh(
+        restarts: int, ran_seconds: float, delay: int) -> None:
+    # time.sleep replaced: the delay is read from the log line, not waited for.
+    code = ("import sys, time; sys.argv = ['casefetch', '--version'];"
+            "time.sleep = lambda s: print('slept', s);"
+            f"from casefetch.cli import restart_worker; restart_worker(1, {ran_seconds})")
+    env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": str(restarts)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"starting it again in {delay} s" in result.stderr
+
+
 def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
                                                      tmp_path: Path) -> None:
     from casefetch.redis_server import RedisServer
@@ -168,3 +183,42 @@ def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(timeout=30) == 0
     assert "starting it again" not in process.log()
+
+
+#: Runs ``casefetch worker`` with Celery's consumer broken once: it raises what kombu raised
+#: after a Redis outage (an AttributeError while closing the lost connection), which Celery
+#: reports as "Unrecoverable error" before it stops. The restarted worker is not patched.
+_BROKEN_ONCE = """
+import sys
+from celery.worker.consumer.consumer import Consumer
+
+def start(self):
+    raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+Consumer.start = start
+from casefetch.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_worker_celery_gave_up_on_starts_again(redis_server: object, tmp_path: Path) -> None:
+    from casefetch.redis_server import RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    log_path = tmp_path / "w.log"
+    env = {**worker_env(redis_server.db_url(6), tmp_path / "archive"),
+           "CASEFETCH_WORKER_RESTARTS": "0"}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-c", _BROKEN_ONCE, "worker",
+                                    "--concurrency", "2"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_for(lambda: b" ready." in log_path.read_bytes() or process.poll() is not None,
+                 timeout=60, message="the worker to start again and be ready")
+        text = log_path.read_text()
+        assert process.poll() is None, f"the worker exited ({process.returncode}):\n{text[-2000:]}"
+        assert "Unrecoverable error" in text
+        assert "starting it again in 1 s" in text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -115,7 +115,7 @@ def settle_or_explain(settled: Callable[[], bool], tally: Tally, stack: dict[str
             queues["inbox"] = client.hlen(INBOX_KEY)
         except redis.RedisError as error:
             queues = {"redis": str(error)}
-        tails = "\n".join(f"--- {process.log_path.name} (running: {process.running()})\n"
+        tails = "\n".join(f"--- {process.log_path.name} ({process.state()})\n"
                           + "\n".join(process.log().splitlines()[-15:])
                           for process in stack["workers"])
         raise AssertionError(f"{exc}: {len(unsettled)} not complete, e.g. "
