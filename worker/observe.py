@@ -13,7 +13,6 @@ listed at most every ``QUARANTINE_REFRESH_SECONDS`` (listing S3 on every scrape 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
