@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,23 +44,38 @@ def manifest(archive: Path, cf_ref: str) -> dict[str, Any] | None:
 
 def wait_settled(archive: Path, cf_refs: list[str], timeout: float,
                  interval: float = 0.02) -> dict[str, dict[str, Any]]:
-    """Every case's manifest once it is no longer pending; BenchError after ``timeout``."""
+    """Every case's manifest once it is no longer pending; BenchError after ``timeout``.
+
+    This process shares the CPUs with the pipeline it times: a manifest is read and parsed
+    only when its file changed (a new inode, size or mtime: manifests are replaced by a
+    rename), not every case on every poll.
+    """
     deadline = time.monotonic() + timeout
-    waiting = set(cf_refs)
+    paths = {cf_ref: archive / case_dir(cf_ref) / "manifest.json" for cf_ref in cf_refs}
+    seen: dict[str, tuple[int, int, int]] = {}
     settled: dict[str, dict[str, Any]] = {}
-    while waiting:
-        for cf_ref in list(waiting):
+    while True:
+        for cf_ref, path in list(paths.items()):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue
+            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if seen.get(cf_ref) == signature:
+                continue
             found = manifest(archive, cf_ref)
-            if found is not None and found.get("status") != "pending":
+            if found is None:
+                continue  # replaced meanwhile: read again on the next poll
+            seen[cf_ref] = signature
+            if found.get("status") != "pending":
                 settled[cf_ref] = found
-                waiting.discard(cf_ref)
-        if not waiting:
-            break
+                del paths[cf_ref]
+        if not paths:
+            return settled
         if time.monotonic() > deadline:
-            raise BenchError(f"{len(waiting)} case(s) not settled after {timeout:.0f}s, "
-                             f"e.g. {sorted(waiting)[:3]}")
+            raise BenchError(f"{len(paths)} case(s) not settled after {timeout:.0f}s, "
+                             f"e.g. {sorted(paths)[:3]}")
         time.sleep(interval)
-    return settled
 
 
 def require_complete(settled: dict[str, dict[str, Any]]) -> int:

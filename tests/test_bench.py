@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import cli, fileserver, payloads, receiver, report
-from bench.harness import Result
+import pytest
+
+from bench import cli, fileserver, payloads, pipeline, receiver, report
+from bench.harness import BenchError, Result
+from worker.archive import case_dir
 from worker.sniff import PDF, looks_complete, sniff
 
 WRK_OUTPUT = """\
@@ -25,6 +28,25 @@ Running 5s test @ http://127.0.0.1:8080/webhooks
 Requests/sec:  10000.50
 Transfer/sec:      1.97MB
 """
+
+
+def _manifest(archive: Path, cf_ref: str, status: str) -> None:
+    path = archive / case_dir(cf_ref) / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name("manifest.json.new")
+    staged.write_text(json.dumps({"cfRef": cf_ref, "status": status, "files": []}))
+    staged.replace(path)  # as the worker writes it: a new file renamed over the old
+
+
+def test_wait_settled_reads_a_replaced_manifest_again(tmp_path: Path) -> None:
+    _manifest(tmp_path, "CF-1", "pending")
+    _manifest(tmp_path, "CF-2", "complete")
+    with pytest.raises(BenchError, match="1 case"):
+        pipeline.wait_settled(tmp_path, ["CF-1", "CF-2"], timeout=0.05, interval=0.01)
+    _manifest(tmp_path, "CF-1", "complete")
+    settled = pipeline.wait_settled(tmp_path, ["CF-1", "CF-2"], timeout=5, interval=0.01)
+    assert {cf: m["status"] for cf, m in settled.items()} == {"CF-1": "complete",
+                                                              "CF-2": "complete"}
 
 
 def test_wrk_output_is_read() -> None:
