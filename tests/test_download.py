@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import ssl
+from pathlib import Path
+
 import pytest
 
 from tests import samples
 from tests.fileserver import Fault, FileServer
+from tests.recording_server import RecordingServer, Reply
 from tests.samples import key_for
 from worker.download import Fetcher, _retry_after
 from worker.errors import DownloadError, PermanentDownloadError
@@ -108,3 +113,56 @@ def test_private_addresses_are_refused_by_default(file_server: FileServer,
         fetcher(allow_private_networks=False)[0].fetch(url, FileKind.ITEM_IMAGE, storage,
                                                        key_for("p"))
     assert file_server.hits["/dl/private"] == 0
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name``, signed by its own key (cert.pem, key.pem in ``folder``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem, key_pem = folder / "cert.pem", folder / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert_pem, key_pem
+
+
+def test_https_is_verified(tmp_path: Path, storage: LocalStorage,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = _self_signed(tmp_path, "localhost")
+    server = RecordingServer()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    server.start()
+    try:
+        png = samples.png()
+        url = server.add("tls/1", Reply(body=png), host="localhost").replace("http:", "https:")
+        hop = server.add("tls/hop", Reply(302, {"Location": "/tls/1"}),
+                         host="localhost").replace("http:", "https:")
+        fetch = fetcher(max_attempts=1)[0]
+        # Not trusted: refused, and said why.
+        with pytest.raises(DownloadError, match="certificate verify failed"):
+            fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("t0"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted from now on
+        assert fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("t1")).size == len(png)
+        assert fetch.fetch(hop, FileKind.ITEM_IMAGE, storage, key_for("t2")).size == len(png)
+        # The certificate names localhost: an address is not that name.
+        by_address = url.replace("localhost", "127.0.0.1")
+        with pytest.raises(DownloadError, match="certificate verify failed"):
+            fetch.fetch(by_address, FileKind.ITEM_IMAGE, storage, key_for("t3"))
+    finally:
+        server.stop()

@@ -276,6 +276,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _describe(exc: BaseException) -> str:
+    # urllib3's errors wrap the one that says what happened; an ssl error's reason is only
+    # its code (CERTIFICATE_VERIFY_FAILED), its text says why.
     reason = getattr(exc, "reason", None)
-    text = str(reason or exc)
+    text = str(reason if isinstance(reason, BaseException) else exc)
     return f"{type(exc).__name__}: {text}"[:300]
