@@ -311,6 +311,46 @@ benchmarking session, so every figure below is from runs alternated side by side
 - Result, six alternated 3 s rounds: 0.95x of (a)'s req/s (was 0.83x), Redis 23 µs a
   request against (a)'s 18 µs, p99 11 ms against 10.5 ms. Two `--only receiver` runs:
   req/s 0.96x and 0.99x, p99 0.94x and 1.03x.
+
+### Third and fourth passes on the worker (2026-11-30, 00:58-02:25 UTC)
+
+Two passes by two engineers one after the other, each figure from runs alternated side by
+side on the shared machine (other sessions ran tests outside the benchmark lock).
+
+- The profile (psutil CPU of every process, perf, py-spy `--gil`): a round of 550 files
+  costs about 1.9 CPU-seconds and keeps both cores about 90 % busy from the first webhook
+  to the last manifest, with no idle gap; the two workers share the cases evenly and end
+  within 50 ms of each other; the 0.5 s group commit never waits (a case's files finish
+  together). The workers take 1.4-1.7 CPU-s (Python 0.67-0.73, sha256 0.17-0.19, inode
+  allocation 0.07-0.28, fsync 0.08-0.11, thread hand-offs 0.07-0.09), the file server
+  0.17-0.21, Redis 0.06, the receiver 0.03-0.05, the bench's own process 0.04-0.07. curl
+  needs about 0.25 CPU-s for the same files (and does not hash them), plus 0.18 for the
+  fsyncs. Python time by area: HTTP request and header parsing 25 %, Celery/kombu's consumer
+  loop 11 %, ingest 12 %, settle 9 %, commit 9 %, the body loop 7-10 %.
+- Merged: the body of a plain (identity) response is read with http.client's `readinto`
+  into one 256 KiB buffer per thread (urllib3's `stream` allocated a fresh chunk per read
+  and copied it twice; encoded bodies still go through urllib3's decoders and their
+  limits): the 8 x 32 MiB row went from 0.59x to 1.05x in the same runs. Manifests and Redis
+  entries parsed and written with orjson (settle parsed the manifest twice with json).
+  marshmallow warmed up when a worker starts (its URL expression is built on first use,
+  unlocked: the eight threads meeting the first cases each built it, about 0.3 CPU-s per
+  worker in the first round). The bench's polling parses a manifest only when it changed
+  (its process: 0.05-0.07 CPU-s a round before, 0.04-0.05 after). Fetch ratio on main
+  before these: 0.41x, after: 0.58x and 0.59x.
+- Measured and not merged: requests sent through http.client on connections kept per
+  thread and origin instead of urllib3's pool manager cut user CPU per file from 977-1028
+  to 773-841 µs with 8 threads in one process, but five alternated full runs each gave
+  median 209 MiB/s (main) against 211 MiB/s (the change), within the noise; urllib3 stays.
+  Concurrency 4 instead of 8 threads: no consistent difference. pycurl for the byte path:
+  about 0.15 CPU-s less a round, a new dependency, and the address guard to redo. Keeping
+  every round's files until the end of the benchmark instead of deleting them between
+  rounds (ext4 without a journal skips recently freed inodes when it allocates one, which
+  the profile showed varying from 0.07 to 0.28 CPU-s a round): ours 191 and 193 MiB/s
+  against 237 and 230 with the deletions, so the bench deletes between rounds as before.
+- Not reached: 0.7x. curl moved between 293 and 468 MiB/s from run to run; at its typical
+  400 MiB/s, 0.7x needs 280 MiB/s, a quarter less wall time, about 0.5 CPU-s a round less,
+  and what is left is spread thin over the request path, Celery's consume/ack (about
+  0.15), ingest and settle (about 0.17), commit, logs and metrics per file.
 """
 
 
