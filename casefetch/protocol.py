@@ -110,7 +110,10 @@ def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
     except ValueError:
         value = None
     if isinstance(value, dict) and isinstance(value.get("properties"), dict):
-        return delivery_from_message(entry)
+        try:
+            return delivery_from_message(entry)
+        except (ValueError, TypeError, KeyError, IndexError):
+            value = None  # a message, but not one with a delivery inside: keep its bytes
     if isinstance(value, dict) and value.get("deliveryId") == delivery_id:
         delivery: Delivery = value  # type: ignore[assignment]
         return delivery

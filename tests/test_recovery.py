@@ -263,6 +263,8 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
 
 
 def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
+    import base64
+
     from casefetch.constants import INGEST_QUEUE, INGEST_TASK
     from casefetch.protocol import delivery_from_inbox, inbox_entry, task_message
 
@@ -275,6 +277,8 @@ def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
     kept = delivery_from_inbox("d-9", b"\xff{broken")
     assert kept["deliveryId"] == "d-9" and kept.get("body") is None
     assert kept.get("bodyBase64") == "/3ticm9rZW4="
+    odd = b'{"properties": {}, "body": "not base64 of a task"}'
+    assert base64.b64decode(delivery_from_inbox("d-8", odd)["bodyBase64"]) == odd
 
 
 def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
