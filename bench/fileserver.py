@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from casefetch.background_server import QuietHandler
 
 BLOCK = 1024 * 1024
 CACHE_LIMIT = 64 * 1024 * 1024
@@ -52,16 +53,7 @@ def stream(kind: str, size: int) -> Iterator[bytes | memoryview]:
     yield tail
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in two writes; with Nagle on, a body smaller than a segment
-    # waits for the client's delayed ACK of the headers (40 ms on Linux): a real file host
-    # does not do that to its clients.
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/ok":
