@@ -95,7 +95,7 @@ def is_ref(delivery: Mapping[str, Any]) -> bool:
 
 def inbox_entry(delivery: Delivery) -> bytes:
     """A delivery as the inbox keeps it."""
-    return _dumps(delivery)
+    return compact_json(delivery)
 
 
 def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
@@ -223,10 +223,10 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
     Push it with ``LPUSH <queue> <message>`` (kombu pops from the right: first in, first out).
     """
     task_id = task_id or str(uuid.uuid4())
-    body = base64.b64encode(_dumps([args, {}, _EMBED]))
+    body = base64.b64encode(compact_json([args, {}, _EMBED]))
     # The envelope is the same for every message but three values: it is serialised once, and
     # a message is its pieces joined around them (the 7 KiB of base64 are not scanned again).
-    values = {b"body": b'"' + body + b'"', b"id": _dumps(task_id),
+    values = {b"body": b'"' + body + b'"', b"id": compact_json(task_id),
               b"tag": b'"' + _random_uuid().encode() + b'"'}
     parts = _envelope_parts(task, queue, origin)
     return b"".join(values[part] if i % 2 else part for i, part in enumerate(parts))
@@ -274,14 +274,15 @@ _PLACEHOLDER = re.compile(rb'"\\u0000(body|id|tag)"')
 @functools.lru_cache(maxsize=16)
 def _envelope_parts(task: str, queue: str, origin: str) -> tuple[bytes, ...]:
     """The serialised envelope split around its variable values: literal, name, literal..."""
-    template = _dumps(_envelope(task, queue, "\0id", "\0body", "\0tag", origin))
+    template = compact_json(_envelope(task, queue, "\0id", "\0body", "\0tag", origin))
     return tuple(_PLACEHOLDER.split(template))
 
 
-def _dumps(value: Any) -> bytes:
-    """Compact JSON in UTF-8. orjson is 5 to 40 times faster than json here (a 5 KiB body
-    escaped, a 7 KiB base64 string scanned); json takes what orjson refuses: a header value
-    holding a lone surrogate (undecodable bytes), which it escapes as ``\\udcXX``."""
+def compact_json(value: Any) -> bytes:
+    """Compact JSON in UTF-8: the receiver's messages and inbox entries, the worker's Redis
+    entries. orjson is 5 to 40 times faster than json here (a 5 KiB body escaped, a 7 KiB
+    base64 string scanned); json takes what orjson refuses (a header value holding a lone
+    surrogate from undecodable bytes, an integer over 64 bits), ASCII-escaped."""
     try:
         return orjson.dumps(value)
     except TypeError:

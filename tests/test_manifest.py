@@ -1,4 +1,5 @@
-"""The manifest's JSON helpers: orjson's speed, the standard library's reach."""
+"""The JSON helpers the worker uses for manifests and Redis entries: orjson's speed, the
+standard library's reach."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from worker.manifest import dump_json, parse_json
+from casefetch.protocol import compact_json
+from worker.manifest import parse_json
 
 
 @pytest.mark.parametrize("value", [
@@ -15,7 +17,7 @@ from worker.manifest import dump_json, parse_json
     {"lone": "\ud800", "big": 2**70},  # what orjson refuses, both ways
 ])
 def test_round_trips_like_the_standard_library(value: dict[str, object]) -> None:
-    assert parse_json(dump_json(value)) == value
+    assert parse_json(compact_json(value)) == value
     assert parse_json(json.dumps(value)) == json.loads(json.dumps(value))
 
 

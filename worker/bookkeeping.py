@@ -37,13 +37,14 @@ from casefetch.protocol import (
     ENQUEUE_KEYS,
     ENQUEUE_SCRIPT,
     Delivery,
+    compact_json,
     delivery_from_inbox,
     inbox_entry,
     ingest_message,
     is_ref,
 )
 from worker.locks import Busy, HeldLock, Locks, new_token
-from worker.manifest import dump_json, parse_json
+from worker.manifest import parse_json
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Bookkeeping:
     def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
         self.redis.hset(case_key(case, "intents"),
-                        mapping={str(index): dump_json(entry) for index, entry in entries.items()})
+                        mapping={str(i): compact_json(entry) for i, entry in entries.items()})
 
     def results(self, case: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(case_key(case, "results"))
@@ -171,7 +172,7 @@ class Bookkeeping:
         args: list[Any] = [gen, case, time.time()]
         for index, entry, lock in done:
             keys.append(lock.key if lock else lock_key("none"))
-            args += [index, dump_json(entry), lock.token if lock else ""]
+            args += [index, compact_json(entry), lock.token if lock else ""]
         remaining = self._record(keys=keys, args=args)
         for _, _, lock in done:
             if lock is not None:

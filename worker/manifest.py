@@ -44,15 +44,6 @@ def parse_json(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
-def dump_json(value: Any) -> bytes:
-    """Compact JSON, by orjson, or by the standard library (ASCII-escaped) for what orjson
-    refuses."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value).encode()
-
-
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
