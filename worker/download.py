@@ -31,7 +31,7 @@ from worker.sniff import (
     looks_complete,
     sniff,
 )
-from worker.storage import Staged, Storage
+from worker.storage import Staged, Storage, commit_or_discard
 
 #: Bytes read at once, into one buffer per thread: larger gains no throughput on a LAN and
 #: fits the caches less well (the bytes go through the hash and the write while still in it).
@@ -73,11 +73,7 @@ class Fetcher:
         The pipeline uses :meth:`fetch_staged`, to note its intent before the rename.
         """
         result, staged = self.fetch_staged(url, kind, storage, key_for)
-        try:
-            staged.commit()
-        except BaseException:
-            staged.discard()
-            raise
+        commit_or_discard(staged)
         return result
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,

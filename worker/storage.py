@@ -44,6 +44,15 @@ class Staged(Writer, Protocol):
     def discard(self) -> None: ...
 
 
+def commit_or_discard(staged: Staged) -> None:
+    """Put a staged object in place (its folder synced); if that fails, drop it."""
+    try:
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+
+
 def check_key(key: str) -> str:
     """Refuse any key that could name something outside the archive root."""
     path = PurePosixPath(key)
@@ -60,11 +69,7 @@ class Storage(ABC):
         cleanly."""
         with self.stage(key) as staged:
             yield staged
-        try:
-            staged.commit()
-        except BaseException:
-            staged.discard()
-            raise
+        commit_or_discard(staged)
 
     @abstractmethod
     def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
