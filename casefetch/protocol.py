@@ -66,6 +66,11 @@ return 1
 ENQUEUE_KEYS = [INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY]
 
 
+def enqueue_args(message: bytes, entry: bytes, delivery_id: str, now: float) -> list[Any]:
+    """:data:`ENQUEUE_SCRIPT`'s ARGV, in its order."""
+    return [message, delivery_id, now, entry]
+
+
 def enqueue_commands(message: bytes, entry: bytes, delivery_id: str, now: float
                      ) -> tuple[tuple[bytes, ...], ...]:
     """What :data:`ENQUEUE_SCRIPT` does, as commands to run in one MULTI/EXEC: Redis spends

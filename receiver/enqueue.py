@@ -19,6 +19,7 @@ from casefetch.protocol import (
     ENQUEUE_KEYS,
     ENQUEUE_SCRIPT,
     Delivery,
+    enqueue_args,
     enqueue_commands,
     inbox_entry,
     ingest_message,
@@ -68,7 +69,8 @@ class Enqueuer:
             else:
                 async with asyncio.timeout(self.timeout_seconds):
                     await self._enqueue(keys=ENQUEUE_KEYS,
-                                        args=[message, delivery_id, time.time(), entry])
+                                        args=enqueue_args(message, entry, delivery_id,
+                                                          time.time()))
         except (RedisError, OSError, TimeoutError) as exc:
             raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
 

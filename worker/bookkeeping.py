@@ -39,6 +39,7 @@ from casefetch.protocol import (
     Delivery,
     compact_json,
     delivery_from_inbox,
+    enqueue_args,
     inbox_entry,
     ingest_message,
     is_ref,
@@ -238,9 +239,9 @@ class Bookkeeping:
     def enqueue(self, delivery: Delivery, origin: str | None = None) -> None:
         """Queue a delivery (its message, and the delivery in the inbox), as the receiver
         does."""
-        self._enqueue(keys=ENQUEUE_KEYS, args=[ingest_message(delivery, origin),
-                                               delivery["deliveryId"], time.time(),
-                                               inbox_entry(delivery)])
+        self._enqueue(keys=ENQUEUE_KEYS, args=enqueue_args(
+            ingest_message(delivery, origin), inbox_entry(delivery), delivery["deliveryId"],
+            time.time()))
 
     def received(self, delivery: Delivery) -> Delivery | None:
         """The whole delivery an ingest task's argument stands for: itself, or when it is a
