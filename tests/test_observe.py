@@ -91,9 +91,15 @@ def test_worker_metrics_move_with_traffic(receiver: ReceiverProcess, worker: Wor
     archive.quarantined(quarantined)
 
     def after() -> Samples | None:
+        # A delivery is counted when its ingest task ends, which can be after its case has
+        # settled (the task fetches the first files itself): wait for all three.
         found = scrape(url)
-        return found if value(found, "casefetch_worker_deliveries_total", outcome="quarantined") \
-            > value(before, "casefetch_worker_deliveries_total", outcome="quarantined") else None
+
+        def grew(outcome: str) -> float:
+            return (value(found, "casefetch_worker_deliveries_total", outcome=outcome)
+                    - value(before, "casefetch_worker_deliveries_total", outcome=outcome))
+
+        return found if grew("quarantined") >= 1 and grew("planned") >= 2 else None
 
     now = wait_for(after, message="the worker's counters to move")
 
