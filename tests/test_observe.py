@@ -136,14 +136,22 @@ def test_one_json_line_per_delivery_and_file_follows_a_case(
     delivery_id = answer["deliveryId"]
     archive.settled(cf)
 
-    received = [line for line in json_lines(receiver.log_path.read_text())
+    def receiver_lines() -> list[dict[str, Any]]:
+        return [line for line in json_lines(receiver.log_path.read_text())
                 if line.get("deliveryId") == delivery_id]
+
+    # The receiver writes its lines in batches, up to 50 ms after the answer: the case can
+    # settle before that.
+    received = wait_for(receiver_lines, message="the receiver's log line")
     assert [line["msg"] for line in received] == ["delivery accepted"]
     assert received[0]["cfRef"] == cf and received[0]["level"] == "info" and received[0]["ts"]
 
     def worker_lines() -> list[dict[str, Any]] | None:
+        # "delivery ingested" is logged when the ingest task ends, which can be after the
+        # case settled (the task fetches the first files itself).
         lines = [line for line in json_lines(worker.log()) if line.get("cfRef") == cf]
-        return lines if any(line["msg"] == "case settled" for line in lines) else None
+        messages = {line["msg"] for line in lines}
+        return lines if {"case settled", "delivery ingested"} <= messages else None
 
     lines = wait_for(worker_lines, message="the worker's log lines")
     assert all(line["deliveryId"] == delivery_id for line in lines)
