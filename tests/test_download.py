@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import mmap
+import os
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,45 @@ def test_streams_hashes_and_stores(file_server: FileServer, storage: LocalStorag
     result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("x/big"))
     assert result.key == "x/big.jpg" and result.size == len(data) and result.attempts == 1
     assert (storage.root / "x/big.jpg").read_bytes() == data
+
+
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache now (mincore on a mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with path.open("rb") as handle:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector.raw)
+        finally:
+            libc.munmap(address, size)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore, page cache: Linux")
+def test_a_downloaded_file_leaves_no_page_cache_behind(file_server: FileServer,
+                                                       storage: LocalStorage) -> None:
+    # A file the worker writes for itself (manifest, case.json) stays cached: it is read
+    # again. That it shows as resident is also what tells this test it can see the cache.
+    data = samples.jpeg(2 * 1024 * 1024)
+    storage.write_bytes("x/kept.jpg", data)
+    cached = resident_pages(storage.root / "x/kept.jpg")
+    if cached == 0:
+        pytest.skip("this file system keeps no page cache for a file just written")
+    url = file_server.add("dl/nocache", data)
+    fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("x/fetched"))
+    stored = storage.root / "x/fetched.jpg"
+    assert cached > len(data) // mmap.PAGESIZE // 2
+    assert resident_pages(stored) == 0
+    assert stored.read_bytes() == data  # on disk, whole
 
 
 def test_retry_after_is_honoured(file_server: FileServer, storage: LocalStorage) -> None:

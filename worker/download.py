@@ -183,7 +183,7 @@ class Fetcher:
         digest = hashlib.sha256()
         size = 0
         tail = b""
-        with storage.stage(key) as staged:
+        with storage.stage(key, cache=False) as staged:
             for chunk in _prepend(first, chunks):
                 size += len(chunk)
                 if size > self.settings.max_bytes:

@@ -214,8 +214,8 @@ class ObservedStorage(Storage):
                 status=status, files=len(files), stored=stored,
                 warnings=len(manifest.get("warnings") or [])))
 
-    def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
-        return self.inner.stage(key)
+    def stage(self, key: str, cache: bool = True) -> contextlib.AbstractContextManager[Staged]:
+        return self.inner.stage(key, cache)
 
     def sync_folders(self, keys: Iterable[str]) -> None:
         self.inner.sync_folders(keys)

@@ -89,9 +89,10 @@ class S3Storage(Storage):
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stage(self, key: str) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True) -> Iterator[Staged]:
         # Staged: the parts sent so far, and what is left in memory (under one part). The
         # object appears when the upload is completed (commit), whole, or never (discard).
+        # ``cache`` is for local disks: nothing here goes through a page cache.
         upload = _Upload(self, key)
         try:
             yield upload

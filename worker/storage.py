@@ -72,10 +72,17 @@ class Storage(ABC):
         commit_or_discard(staged)
 
     @abstractmethod
-    def stage(self, key: str) -> contextlib.AbstractContextManager[Staged]:
+    def stage(self, key: str, cache: bool = True) -> contextlib.AbstractContextManager[Staged]:
         """Stream an object to put under ``key`` later (see :class:`Staged`); discarded if
         the block raises. A writer of many files commits them together and syncs each
-        folder once."""
+        folder once.
+
+        ``cache=False`` is for objects nobody here reads again (downloaded files): a local
+        disk drops their pages from the page cache once they are durable, instead of
+        filling it at download speed. That cache would push out every other process's (and
+        count against a container's memory limit); dropping it also hands the next download
+        pages already in use, instead of fresh ones.
+        """
 
     @abstractmethod
     def sync_folders(self, keys: Iterable[str]) -> None:
@@ -134,7 +141,7 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def stage(self, key: str) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True) -> Iterator[Staged]:
         final = self.path(key)
         fd, tmp_name = self._temp_file()
         staged = _LocalStaged(key, final, tmp_name, os.fdopen(fd, "wb"))
@@ -142,7 +149,10 @@ class LocalStorage(Storage):
             with staged.handle:
                 yield staged
                 staged.handle.flush()
-                os.fsync(staged.handle.fileno())
+                os.fsync(fd)
+                if not cache:
+                    # Clean pages (fsync wrote them) are dropped at once; the bytes are on disk.
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except BaseException:
             staged.discard()
             raise
