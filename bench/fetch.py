@@ -5,12 +5,20 @@ timed from the first webhook sent to the last manifest complete; curl from its s
 its files are on disk *durably*: casefetch fsyncs every file and its folder before it counts
 it as stored, so curl's files are fsynced too (one by one, then the folder), and that time is
 curl's. Rounds alternate which one goes first; medians are compared.
+
+Both leave the machine as they found it for the next round, and in the same way:
+- nothing is deleted until the benchmarks end. Each round's files are moved aside instead: on
+  ext4 without a journal (this machine's disk) a new inode skips every inode freed in the last
+  minute or more (``recently_deleted`` in ext4's ialloc.c), one lookup each, so deleting
+  550 to 800 files made the next round's file creations quadratic, whoever ran it (a quarter of
+  the workers' CPU in perf);
+- no page cache is left behind: casefetch's workers drop a downloaded file's pages once it is
+  durable, and curl's are dropped after its timed run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -65,7 +73,16 @@ def run_curl(bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: in
         os.fsync(fd)
     finally:
         os.close(fd)
-    return time.perf_counter() - started, size
+    elapsed = time.perf_counter() - started
+    # Untimed: give back the page cache curl filled, as casefetch's workers do for every file
+    # they store, so the next round (ours or curl's) gets recycled pages too.
+    for entry in os.scandir(target):
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return elapsed, size
 
 
 def run_ours(receiver: str, archive: Path, cases: list[tuple[str, str, list[str]]]
@@ -85,6 +102,7 @@ def compare(bench: Bench, receiver: str, files: str, archive: Path, rounds: int,
     """Bytes per second of casefetch and of curl, one pair per round, alternating first."""
     ours: list[float] = []
     theirs: list[float] = []
+    spent = bench.path("spent")
     expected = cases * (pdf_bytes + images * image_bytes)
     for round_ in range(rounds):
         batch = case_urls(files, f"{prefix}-{round_}", cases, images, pdf_bytes, image_bytes)
@@ -92,12 +110,11 @@ def compare(bench: Bench, receiver: str, files: str, archive: Path, rounds: int,
             if is_ours:
                 seconds, size = run_ours(receiver, archive, batch)
                 ours.append(size / seconds)
-                shutil.rmtree(archive / "cases", ignore_errors=True)
+                os.replace(archive / "cases", spent / f"ours-{prefix}-{round_}")
             else:
-                target = bench.dir / f"curl-{prefix}-{round_}"
-                seconds, size = run_curl(bench, batch, parallel, target)
+                seconds, size = run_curl(bench, batch, parallel,
+                                         spent / f"curl-{prefix}-{round_}")
                 theirs.append(size / seconds)
-                shutil.rmtree(target, ignore_errors=True)
             if size != expected:
                 raise BenchError(f"fetched {size} bytes, expected {expected}")
     return ours, theirs
