@@ -23,7 +23,6 @@ from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.guard import (
     BlockedAddress,
-    GuardedPoolManager,
     IPAddress,
     UrlGuard,
     is_public,
@@ -59,8 +58,7 @@ def localhost_is_public(host: str, address: IPAddress) -> None:
 
 def fetch(url: str, storage: LocalStorage, check: Any = None, **overrides: Any) -> Any:
     download = settings(**overrides)
-    pool = None if check is None else GuardedPoolManager(check, retries=False)
-    return Fetcher(download, pool=pool, sleep=lambda _: None).fetch(
+    return Fetcher(download, check=check, sleep=lambda _: None).fetch(
         url, FileKind.ITEM_IMAGE, storage, key_for("x"))
 
 

@@ -76,7 +76,7 @@ class Runtime:
             # A file lock outlives its holder by at most the visibility timeout, so work
             # redelivered after a crash waits no longer than the message did.
             books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
-            fetcher=Fetcher(settings.download, threads=app.download_threads),
+            fetcher=Fetcher(settings.download),
             send_download=self.send_download,
         )
         self.files = ThreadPoolExecutor(max_workers=app.download_threads,

@@ -12,15 +12,14 @@ import http.client
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-
+from worker.connections import Connections, Response
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
-from worker.guard import GuardedPoolManager, UrlGuard, address_check
+from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
 from worker.sniff import (
     SNIFF_BYTES,
@@ -51,17 +50,14 @@ class FetchResult:
 
 
 class Fetcher:
-    def __init__(self, settings: DownloadSettings, pool: urllib3.PoolManager | None = None,
-                 sleep: Callable[[float], None] = time.sleep, threads: int = 16) -> None:
+    def __init__(self, settings: DownloadSettings, check: AddressCheck | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """``check`` decides which addresses may be connected to (by default what
+        DOWNLOAD_ALLOW_PRIVATE_NETWORKS says)."""
         self.settings = settings
         self.guard = UrlGuard(settings)
-        # A connection per thread and host is kept for the next file: with fewer, urllib3
-        # discards connections ("Connection pool is full") and opens new ones under load.
-        self.pool = pool or GuardedPoolManager(
-            address_check(settings), num_pools=32, maxsize=max(16, threads), retries=False,
-            timeout=urllib3.Timeout(connect=settings.timeout_seconds,
-                                    read=settings.timeout_seconds),
-        )
+        self.connections = Connections(check or address_check(settings),
+                                       settings.timeout_seconds)
         self.sleep = sleep
         self._buffers = threading.local()
 
@@ -104,7 +100,7 @@ class Fetcher:
             return min(cap, max(retry_after, jittered))
         return jittered
 
-    def _open(self, url: str) -> urllib3.BaseHTTPResponse:
+    def _open(self, url: str) -> Response:
         """GET ``url``, following redirects ourselves so every hop passes the guard.
 
         DOWNLOAD_HEADERS go only to the origin (scheme, host, port) of the URL received, or to
@@ -117,14 +113,13 @@ class Fetcher:
             if _origin(url) == original or host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
-                response = self.pool.request("GET", url, headers=headers, redirect=False,
-                                             preload_content=False, decode_content=True)
-            except Urllib3Error as exc:
+                response = self.connections.get(urlsplit(url), headers)
+            except (OSError, http.client.HTTPException) as exc:
                 raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
-            if response.status in REDIRECT_STATUS and response.headers.get("Location"):
-                url = urljoin(url, response.headers["Location"])
-                response.drain_conn()
-                response.release_conn()
+            location = response.header("Location")
+            if response.status in REDIRECT_STATUS and location:
+                url = urljoin(url, location)
+                response.drain()
                 continue
             return response
         raise PermanentDownloadError("too many redirects", url)
@@ -136,30 +131,27 @@ class Fetcher:
         try:
             self._check_status(response, url)
             stored = self._stream(response, url, kind, storage, key_for)
-        except Urllib3Error as exc:
-            response.close()
-            raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
         except BaseException:
             # Unread bytes may remain: this connection must not be reused.
             response.close()
             raise
-        response.release_conn()
+        response.release()
         return stored
 
-    def _check_status(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
+    def _check_status(self, response: Response, url: str) -> None:
         status = response.status
         if status in RETRYABLE_STATUS:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = _retry_after(response.header("Retry-After"))
             raise RetryableDownloadError(f"HTTP {status}", url, retry_after=retry_after)
         if status != 200:
             raise PermanentDownloadError(f"HTTP {status}", url)
-        length = response.headers.get("Content-Length")
+        length = response.header("Content-Length")
         if length and length.isdigit() and int(length) > self.settings.max_bytes:
             raise PermanentDownloadError(
                 f"file of {length} bytes is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})",
                 url)
 
-    def _stream(self, response: urllib3.BaseHTTPResponse, url: str, kind: FileKind,
+    def _stream(self, response: Response, url: str, kind: FileKind,
                 storage: Storage, key_for: Callable[[FileType], str]
                 ) -> tuple[str, FileType, str, int, Staged]:
         chunks = self._body(response, url)
@@ -196,21 +188,25 @@ class Fetcher:
                 raise RetryableDownloadError("body cut short: the file does not end", url)
         return key, file_type, digest.hexdigest(), size, staged
 
-    def _body(self, response: urllib3.BaseHTTPResponse, url: str
-              ) -> Iterator[bytes | memoryview]:
-        """The response's body, chunk by chunk; each chunk is valid until the next is asked
-        for (they are read into one buffer per thread).
+    def _body(self, response: Response, url: str) -> Iterator[bytes | memoryview]:
+        """The response's body, decoded, chunk by chunk; each chunk is valid until the next
+        is asked for (they are read into one buffer per thread, without a copy).
 
-        An identity body is read straight from the HTTP response into that buffer: urllib3's
-        ``stream`` allocates a new chunk per read and copies it twice, a page-faulted
-        allocation per quarter MiB, as much CPU as the hash. An encoded body (a server that
-        ignored ``Accept-Encoding: identity``) is decoded by urllib3, as before.
+        A server that ignored ``Accept-Encoding: identity`` may send gzip or deflate: the
+        body is inflated a bounded piece at a time, so a small bomb is stopped by
+        DOWNLOAD_MAX_BYTES as it grows, never held whole.
         """
-        raw = getattr(response, "_fp", None)
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in {"", "identity"} or not isinstance(raw, http.client.HTTPResponse):
-            yield from response.stream(CHUNK_BYTES, decode_content=True)
-            return
+        encoding = (response.header("Content-Encoding") or "identity").strip().lower()
+        chunks = self._raw_body(response, url)
+        if encoding in {"", "identity"}:
+            yield from chunks
+        elif encoding in {"gzip", "x-gzip", "deflate"}:
+            yield from _inflate(chunks, encoding, url)
+        else:
+            raise PermanentDownloadError(f"unsupported Content-Encoding {encoding!r}", url)
+
+    def _raw_body(self, response: Response, url: str) -> Iterator[memoryview]:
+        raw = response.raw
         buffer = self._buffer()
         expected = _content_length(response)
         received = 0
@@ -241,10 +237,40 @@ def _prepend(first: bytes | memoryview, rest: Iterator[bytes | memoryview]
     yield from rest
 
 
-def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
-    if response.headers.get("Transfer-Encoding"):
+def _inflate(chunks: Iterator[memoryview], encoding: str, url: str) -> Iterator[bytes]:
+    """A gzip or deflate body, inflated at most CHUNK_BYTES at a time. "deflate" is meant to
+    be zlib-wrapped; some servers send it raw, which its first two bytes tell."""
+    inflater = None
+    try:
+        for chunk in chunks:
+            data = bytes(chunk)
+            if inflater is None:
+                wrapped = encoding == "deflate" and _zlib_header(data)
+                inflater = zlib.decompressobj(
+                    zlib.MAX_WBITS | 16 if encoding != "deflate"
+                    else zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            while data and not inflater.eof:
+                out = inflater.decompress(data, CHUNK_BYTES)
+                data = inflater.unconsumed_tail
+                if out:
+                    yield out
+        if inflater is not None and not inflater.eof:
+            # All input is consumed, so what is left is small. A stream that does not end
+            # is a file that does not end either: the type's own end check refuses it.
+            yield inflater.flush()
+    except zlib.error as exc:
+        raise RetryableDownloadError(f"body could not be decoded ({encoding}): {exc}",
+                                     url) from exc
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+
+
+def _content_length(response: Response) -> int | None:
+    if response.header("Transfer-Encoding"):
         return None  # chunked: http.client checks each chunk's length itself
-    length = response.headers.get("Content-Length", "")
+    length = response.header("Content-Length") or ""
     return int(length) if length.isdigit() else None
 
 
@@ -272,8 +298,4 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _describe(exc: BaseException) -> str:
-    # urllib3's errors wrap the one that says what happened; an ssl error's reason is only
-    # its code (CERTIFICATE_VERIFY_FAILED), its text says why.
-    reason = getattr(exc, "reason", None)
-    text = str(reason if isinstance(reason, BaseException) else exc)
-    return f"{type(exc).__name__}: {text}"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]

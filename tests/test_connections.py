@@ -1,0 +1,118 @@
+"""The worker's kept-alive connections, against a bare HTTP/1.1 server that counts them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from casefetch.polling import poll
+from tests import samples
+from tests.samples import key_for
+from worker.download import Fetcher
+from worker.settings import DownloadSettings
+from worker.sniff import FileKind
+from worker.storage import LocalStorage
+
+PNG = samples.png()
+
+
+class CountingServer:
+    """Answers every GET with the same PNG over HTTP/1.1, keeping the connection open, or
+    closing it silently after each answer (``drop``), as a host's idle timeout would: no
+    ``Connection: close``, the client learns it only by using the connection again."""
+
+    def __init__(self, drop: bool = False) -> None:
+        self.drop = drop
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.answered = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> CountingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.png"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(PNG))
+        pending = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                conn.sendall(head + PNG)
+                self.answered += 1
+                if self.drop:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    self.dropped += 1
+                    return
+
+
+def fetcher(slept: list[float]) -> Fetcher:
+    return Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=3,
+                                    timeout_seconds=5.0), sleep=slept.append)
+
+
+@pytest.fixture
+def slept() -> list[float]:
+    return []
+
+
+def test_a_thread_fetches_file_after_file_over_one_connection(storage: LocalStorage,
+                                                             slept: list[float]) -> None:
+    fetch = fetcher(slept)
+    with CountingServer() as server:
+        for i in range(5):
+            fetch.fetch(server.url(f"f{i}"), FileKind.ITEM_IMAGE, storage, key_for(f"x/{i}"))
+        assert server.answered == 5
+        assert server.accepted == 1
+
+
+def test_threads_do_not_share_a_connection(storage: LocalStorage, slept: list[float]) -> None:
+    fetch = fetcher(slept)
+    with CountingServer() as server:
+        fetch.fetch(server.url("main"), FileKind.ITEM_IMAGE, storage, key_for("x/main"))
+        other = threading.Thread(target=fetch.fetch, args=(
+            server.url("other"), FileKind.ITEM_IMAGE, storage, key_for("x/other")))
+        other.start()
+        other.join()
+        fetch.fetch(server.url("again"), FileKind.ITEM_IMAGE, storage, key_for("x/again"))
+        assert server.answered == 3
+        assert server.accepted == 2
+    assert (storage.root / "x/other.png").read_bytes() == PNG
+
+
+def test_a_connection_the_host_closed_while_kept_is_replaced_at_once(
+        storage: LocalStorage, slept: list[float]) -> None:
+    fetch = fetcher(slept)
+    with CountingServer(drop=True) as server:
+        first = fetch.fetch(server.url("a"), FileKind.ITEM_IMAGE, storage, key_for("x/a"))
+        assert poll(lambda: server.dropped == 1, 5.0)  # the kept connection is dead now
+        second = fetch.fetch(server.url("b"), FileKind.ITEM_IMAGE, storage, key_for("x/b"))
+        assert server.accepted == 2
+    # Not a failed attempt: the request never reached the host, so no back-off either.
+    assert (first.attempts, second.attempts, slept) == (1, 1, [])
+    assert (storage.root / "x/b.png").read_bytes() == PNG
