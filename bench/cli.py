@@ -28,7 +28,7 @@ ALL = ("receiver", "fetch", "memory", "growth", "payload")
 class Config:
     receiver_rounds: int = 5
     receiver_seconds: float = 5.0
-    fetch_rounds: int = 3
+    fetch_rounds: int = 5
     fetch_cases: int = 50
     fetch_images: int = 10
     fetch_pdf: int = fetch.PDF_BYTES

@@ -43,9 +43,13 @@ benchmarks.
    webhooks go to the receiver, two `casefetch worker` processes (8 threads each) fetch;
    timed from the first webhook sent to the last manifest `complete`. curl: the same URLs
    with `curl --parallel --parallel-max 16` (2 x 8), then every file and the folder fsynced,
-   since casefetch fsyncs a file and its folder before it calls it stored. Rounds alternate
-   which goes first; medians. An information row repeats the comparison with 8 cases of one
-   32 MiB PDF each: few files, so what remains is the cost per byte.
+   since casefetch fsyncs a file and its folder before it calls it stored. Five rounds
+   alternate which goes first; medians. Between runs nothing is deleted (each run's files are
+   moved aside until the benchmarks end: on this ext4 without a journal, deleting hundreds of
+   files makes the next minute's file creations skip them one by one), and no page cache is
+   left behind (casefetch's workers drop a file's pages once it is durable; curl's are
+   dropped after its timed run). An information row repeats the comparison with 8 cases of
+   one 32 MiB PDF each: few files, so what remains is the cost per byte.
 3. **Memory.** One case whose PDF is 1 GiB (streamed by the file server, never held) plus
    three images, one worker process; its process tree's RSS sampled every 20 ms from before
    the webhook to the complete manifest. Then `ARCHIVE_DIR/.tmp` must be empty.
@@ -351,6 +355,49 @@ side on the shared machine (other sessions ran tests outside the benchmark lock)
   400 MiB/s, 0.7x needs 280 MiB/s, a quarter less wall time, about 0.5 CPU-s a round less,
   and what is left is spread thin over the request path, Celery's consume/ack (about
   0.15), ingest and settle (about 0.17), commit, logs and metrics per file.
+
+### Fifth pass on the worker (2026-11-30, 02:50-03:30 UTC)
+
+On a fresh machine, the code above gave 0.58x in a full `make bench` and 0.68x-0.80x in
+`--only fetch` runs (curl 208-441 MiB/s). perf on the two workers (`perf record -g -p`),
+psutil CPU of every process on the machine, and /proc/stat sampled every 20 ms:
+
+- **The bench's own deletions made the next round quadratic.** `recently_deleted` and the
+  buffer look-ups under it (`find_get_block_common`, `ext4_get_group_desc`,
+  `find_inode_bit`) were 20-26 % of the workers' CPU, all under `open(O_CREAT)` and `mkdir`.
+  ext4 without a journal (this disk) will not reuse an inode freed in the last 60 s (360 s
+  while its inode table block is dirty) and looks each one up when it allocates: the bench
+  deleted a round's 550-800 files just before the next round created as many in the same
+  block group. The workers' system time grew round after round (0.5 to 1.5 CPU-s) and
+  vanished after a 31 s pause between rounds (246-275 MiB/s against 150-210). A production
+  archive does not delete at that rate. The bench now moves each run's files aside and
+  deletes them when it ends.
+- **Fresh page cache is expensive here.** Once nothing was deleted, `copy_folio_from_iter_
+  atomic` (the write into the page cache) took 26 % of the workers' CPU: every file's pages
+  were new memory to this virtual machine, faulted in by the host on first touch (DAMON
+  reclaim keeps free memory cold). That is why the fourth pass found keeping files slower
+  than deleting them. The workers now drop a downloaded file's pages once it is fsynced
+  (`posix_fadvise(DONTNEED)`; they never read it again, and in a container that cache counts
+  against the memory limit), so the next file reuses them: the same workers went from 140-176
+  to 300-336 MiB/s, system time from 0.6-0.8 to about 0.2 CPU-s per worker and round. curl's
+  pages are dropped after its timed run, so both sides start every run the same way.
+- **Then the workers are CPU-bound on Python.** A round costs 1.65-1.7 CPU-s on two cores
+  for 0.84 s: the workers 1.27 (Python 45 %, kernel 40 % of which context switches and
+  wake-ups 16 %, sha256 11 %), the file server 0.17, Redis 0.06, the bench's process 0.06,
+  kworkers 0.07, the receiver 0.02. More download threads (12 instead of 8 per worker)
+  changed nothing. Under `--gil`, urllib3's request path was a quarter of the workers'
+  Python time; one thread fetching 300 KiB files spent 1,030 µs of CPU a file through the
+  Fetcher against 830 µs with http.client directly.
+- **Merged: the worker's own connections** (`worker/connections.py`): one kept-alive
+  http.client connection per thread and origin, the same address check at connect time,
+  TLS with a context per connection, gzip and deflate inflated a bounded piece at a time,
+  a kept connection the host closed replaced at once. Two complete pipelines (own Redis,
+  receiver and two workers each, one file server) in eight alternated rounds: worker CPU
+  1.12-1.52 against 1.02-1.43 CPU-s a round (median 1.26 against 1.14), throughput 297
+  against 320 MiB/s (median), every one of the eight pairs in favour of the change
+  (1.02x-1.17x).
+- Measured and not kept: an aiohttp file server for the bench (same CPU as the threaded
+  one); posting the 50 webhooks from 4 threads instead of 1 (within the noise).
 """
 
 
