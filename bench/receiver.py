@@ -111,6 +111,10 @@ def run(bench: Bench, rounds: int = 3, seconds: float = 5.0, connections: int = 
                 client.delete(*QUEUES)
                 runs[variant].append(wrk(urls[variant], str(script), seconds, connections,
                                          pids[variant]))
+        # wrk's last requests may still be in a server when it exits: stop the servers
+        # first, so none is queued after the clean-up for the next benchmark's workers.
+        for child, _ in servers.values():
+            bench.procs.stop(child)
         client.delete(*QUEUES)
     finally:
         client.close()
