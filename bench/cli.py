@@ -7,6 +7,7 @@ could not run, or with ``--strict`` when a target is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Whatever was written or deleted before (an earlier run's scratch directory) goes to
+    # disk now, not during a measurement. On ext4 without a journal this also shortens how
+    # long the inodes of deleted files are skipped by new files from 360 s to 60 s.
+    os.sync()
     started = time.perf_counter()
     try:
         with Bench(args.scratch, keep=args.keep) as bench:

@@ -126,6 +126,7 @@ class Bench:
             self.redis = None
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+            os.sync()  # the deletions reach the disk now, not during what runs next
 
     def start_redis(self) -> RedisServer:
         # AOF on, fsync once a second: the same Redis, the same durability, for every variant.
