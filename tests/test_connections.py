@@ -11,6 +11,7 @@ from casefetch.polling import poll
 from tests import samples
 from tests.samples import key_for
 from worker.download import Fetcher
+from worker.errors import RetryableDownloadError
 from worker.settings import DownloadSettings
 from worker.sniff import FileKind
 from worker.storage import LocalStorage
@@ -19,12 +20,15 @@ PNG = samples.png()
 
 
 class CountingServer:
-    """Answers every GET with the same PNG over HTTP/1.1, keeping the connection open, or
-    closing it silently after each answer (``drop``), as a host's idle timeout would: no
-    ``Connection: close``, the client learns it only by using the connection again."""
+    """Answers every GET with the same PNG (or ``reply``) over HTTP/1.1, keeping the
+    connection open, or closing it silently after each answer (``drop``), as a host's idle
+    timeout would: no ``Connection: close``, the client learns it only by using the
+    connection again."""
 
-    def __init__(self, drop: bool = False) -> None:
+    def __init__(self, drop: bool = False, reply: bytes | None = None) -> None:
         self.drop = drop
+        self.reply = reply or (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(PNG)) + PNG
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -52,8 +56,6 @@ class CountingServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(PNG))
         pending = b""
         with conn:
             while True:
@@ -63,7 +65,7 @@ class CountingServer:
                         return
                     pending += data
                 _, pending = pending.split(b"\r\n\r\n", 1)
-                conn.sendall(head + PNG)
+                conn.sendall(self.reply)
                 self.answered += 1
                 if self.drop:
                     conn.shutdown(socket.SHUT_RDWR)
@@ -116,3 +118,14 @@ def test_a_connection_the_host_closed_while_kept_is_replaced_at_once(
     # Not a failed attempt: the request never reached the host, so no back-off either.
     assert (first.attempts, second.attempts, slept) == (1, 1, [])
     assert (storage.root / "x/b.png").read_bytes() == PNG
+
+
+def test_a_malformed_chunked_body_is_a_retried_network_error(storage: LocalStorage,
+                                                             slept: list[float]) -> None:
+    reply = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
+             b"\r\n%x\r\n" % 16 + PNG[:16] + b"\r\nnot-a-size\r\n")
+    with CountingServer(drop=True, reply=reply) as server, \
+            pytest.raises(RetryableDownloadError, match="network error: IncompleteRead") as info:
+        fetcher(slept).fetch(server.url("bad"), FileKind.ITEM_IMAGE, storage, key_for("x/bad"))
+    assert info.value.attempts == 3  # type: ignore[attr-defined]
+    assert not [p for p in storage.root.rglob("*") if p.is_file()]
