@@ -213,3 +213,17 @@ def test_a_plain_pool_would_have_connected(server: RecordingServer) -> None:
     """The control for the tests above: without the guarded pool, localhost is reached."""
     url = server.add("control", Reply(body=PNG), host="localhost")
     assert urllib3.PoolManager(retries=False).request("GET", url).status == 200
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/a.png", "http://127.0.0.1:port/a.png",
+                                 "http://[::1/a.png"])
+def test_a_malformed_url_is_refused_as_such(url: str, server: RecordingServer,
+                                            storage: LocalStorage) -> None:
+    with pytest.raises(PermanentDownloadError, match="invalid URL") as info:
+        fetch(url, storage, allow_private_networks=True)
+    assert getattr(info.value, "attempts", 0) == 1
+    # The same from a redirect: the hop is refused, not retried, and nothing is stored.
+    hop = server.add(f"hop-{len(server.replies)}", Reply(302, {"Location": url}))
+    with pytest.raises(PermanentDownloadError, match="invalid URL"):
+        fetch(hop, storage, allow_private_networks=True)
+    assert not [p for p in storage.root.rglob("*") if p.is_file()]

@@ -106,11 +106,13 @@ class Fetcher:
         DOWNLOAD_HEADERS go only to the origin (scheme, host, port) of the URL received, or to
         a host named in DOWNLOAD_ALLOWED_HOSTS: never to wherever a redirect points.
         """
-        original = _origin(url)
+        original = None
         for _ in range(self.settings.max_redirects + 1):
-            host = self.guard.check(url)
+            host = self.guard.check(url)  # first: it refuses a URL that does not parse
+            origin = _origin(url)
+            original = original or origin
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if _origin(url) == original or host in self.settings.allowed_hosts:
+            if origin == original or host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
                 response = self.connections.get(urlsplit(url), headers)
@@ -118,8 +120,8 @@ class Fetcher:
                 raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
             location = response.header("Location")
             if response.status in REDIRECT_STATUS and location:
-                url = urljoin(url, location)
                 response.drain()
+                url = _redirect_target(url, location)
                 continue
             return response
         raise PermanentDownloadError("too many redirects", url)
@@ -265,6 +267,13 @@ def _inflate(chunks: Iterator[memoryview], encoding: str, url: str) -> Iterator[
 
 def _zlib_header(data: bytes) -> bool:
     return len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+
+
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError as exc:  # e.g. an IPv6 literal without its closing bracket
+        raise PermanentDownloadError(f"invalid URL: {exc}", location) from None
 
 
 def _content_length(response: Response) -> int | None:

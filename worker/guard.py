@@ -82,7 +82,11 @@ class UrlGuard:
 
     def check(self, url: str) -> str:
         """Return the URL's host when it may be fetched; raise PermanentDownloadError if not."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port that is not a number, or out of range, raises here
+        except ValueError as exc:
+            raise PermanentDownloadError(f"invalid URL: {exc}", url) from None
         if parts.scheme not in {"http", "https"}:
             raise PermanentDownloadError(f"scheme {parts.scheme!r} is not allowed", url)
         host = (parts.hostname or "").lower()
