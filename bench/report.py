@@ -416,9 +416,10 @@ psutil CPU of every process on the machine, and /proc/stat sampled every 20 ms:
   439 to 356 MiB/s, casefetch 292 to 248): every case frees one inode, its pending
   manifest, which the next files skip in turn; a production archive on this file system
   would pay the same (README, "Archive disk").
-- Where this leaves benchmark 2: 0.71x in a full `make bench` after a quiet machine (ours
-  292, 285, 294, 248, 260 MiB/s; curl 439, 443, 403, 381, 356), five rounds instead of three
-  since the median of three moved by a tenth between runs. What is left is Python: a case
+- Where this leaves benchmark 2: 0.71x, 0.72x and 0.77x in three full `make bench` runs
+  after a quiet machine (the first: ours 292, 285, 294, 248, 260 MiB/s; curl 439, 443, 403,
+  381, 356), five rounds instead of three since the median of three moved by a tenth
+  between runs. What is left is Python: a case
   costs the workers about 6.5 ms of interpreter time besides its files (Celery's consume
   and acknowledge about 2 ms, ingest 2.3 ms, commit and settle 2.2 ms, a dozen Redis round
   trips in all), its eleven files about 0.3 ms each; both cores are busy throughout.
