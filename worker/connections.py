@@ -34,6 +34,12 @@ _STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionR
           BrokenPipeError)
 
 
+def origin_of(parts: SplitResult) -> Origin:
+    """Scheme, host and port of a split http(s) URL whose port parses (the guard checked)."""
+    return (parts.scheme, (parts.hostname or "").lower(),
+            parts.port or (443 if parts.scheme == "https" else 80))
+
+
 class ConnectFailed(OSError):
     """The host's name did not resolve, or none of its addresses took the connection."""
 
@@ -145,8 +151,7 @@ class Connections:
         A kept connection the server has closed meanwhile is replaced once, at once: the
         request never reached the server.
         """
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        origin: Origin = (parts.scheme, parts.hostname or "", port)
+        origin = origin_of(parts)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection = self._kept().pop(origin, None)
         if connection is not None:

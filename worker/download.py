@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from worker.connections import Connections, Response
+from worker.connections import Connections, Response, origin_of
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
@@ -109,13 +109,14 @@ class Fetcher:
         original = None
         for _ in range(self.settings.max_redirects + 1):
             host = self.guard.check(url)  # first: it refuses a URL that does not parse
-            origin = _origin(url)
+            parts = urlsplit(url)
+            origin = origin_of(parts)
             original = original or origin
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if origin == original or host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
-                response = self.connections.get(urlsplit(url), headers)
+                response = self.connections.get(parts, headers)
             except (OSError, http.client.HTTPException) as exc:
                 raise RetryableDownloadError(f"network error: {_describe(exc)}", url) from exc
             location = response.header("Location")
@@ -281,16 +282,6 @@ def _content_length(response: Response) -> int | None:
         return None  # chunked: http.client checks each chunk's length itself
     length = response.header("Content-Length") or ""
     return int(length) if length.isdigit() else None
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = 443 if parts.scheme == "https" else 80
-    return parts.scheme, (parts.hostname or "").lower(), port or default
 
 
 def _retry_after(value: str | None) -> float | None:
