@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast lint typecheck check bench clean
+.PHONY: install run test test-fast lint typecheck check bench lock clean
 
-$(BIN)/casefetch: pyproject.toml
+# Exactly the locked versions (requirements-dev.lock: the project's dependencies, the test
+# and dev tools), then the project itself as an editable install.
+$(BIN)/casefetch: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
 install: $(BIN)/casefetch
@@ -37,6 +40,15 @@ check: lint typecheck test
 
 bench: install
 	$(BIN)/python -m bench
+
+# After changing a dependency in pyproject.toml: pin every version again, with hashes.
+# requirements.lock goes into the image; requirements-dev.lock adds the test and dev tools.
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-header --quiet --extra dashboard
+lock: install
+	$(BIN)/pip install --quiet uv
+	$(LOCK) -o requirements.lock
+	$(LOCK) --extra test --extra dev -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

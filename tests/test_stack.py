@@ -1,0 +1,355 @@
+"""The product as users run it: the project's image and the compose stack, for real.
+
+Builds the stand-in base images (deploy/standin/build.sh, kept between runs), builds the
+project's image through ``docker-compose build``, starts the default stack with a file host
+beside it (tests/stack/files.yml), sends HMAC-signed webhooks from the host and reads the
+results on the host's bind-mounted archive; scales the download workers to three, SIGKILLs
+one in the middle of a download and sees every case complete; runs the archive commands in
+a container; finds no traceback in any container's log.
+
+podman plays the Docker engine (shared/CONTAINERS.md). Without podman, docker-compose and
+mmdebstrap the test is skipped, except under CI (CI=true), where .ci/run installs them and
+their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casefetch.demo import certificate_pdf, photo_png, signature_jpeg
+from casefetch.redis_server import free_port
+from casefetch.sender import auth_headers
+from tests.conftest import ROOT, wait_for
+from worker.archive import case_dir
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
+
+HMAC_KEY, HMAC_SECRET = "stack-api-key", "stack-api-secret"
+TOOLS = ("podman", "docker-compose", "mmdebstrap")
+PYTHON_IMAGE = "casefetch-base/python:bookworm"
+REDIS_IMAGE = "casefetch-base/redis:bookworm"
+#: The slow PDF: long enough to kill a worker in the middle of it.
+SLOW_BYTES, SLOW_RATE = 3 * 1024 * 1024, 256 * 1024
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+@dataclass
+class Stack:
+    """One compose project: its files, its port and the commands that drive it."""
+
+    directory: Path
+    env: dict[str, str]
+    project: str
+    receiver_port: int
+    files_port: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def archive(self) -> Path:
+        return self.directory / "archive"
+
+    @property
+    def files(self) -> Path:
+        return self.directory / "files"
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        command = ["docker-compose", "-p", self.project, "--project-directory", str(ROOT),
+                   "--env-file", str(self.directory / "stack.env"),
+                   "-f", str(ROOT / "docker-compose.yml"),
+                   "-f", str(ROOT / "tests" / "stack" / "files.yml"), *args]
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True,
+                                timeout=timeout, cwd=ROOT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def containers(self, service: str | None = None) -> list[dict[str, str]]:
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}"]
+        if service:
+            filters += ["--filter", f"label=com.docker.compose.service={service}"]
+        out = subprocess.run(
+            ["podman", "ps", "--all", *filters, "--format", "json"],
+            capture_output=True, text=True, check=True, timeout=60).stdout
+        found = []
+        for row in json.loads(out or "[]"):
+            found.append({"id": row["Id"], "name": row["Names"][0], "state": row["State"],
+                          "service": row["Labels"].get("com.docker.compose.service", "")})
+        return found
+
+    def logs(self, container: str) -> str:
+        result = subprocess.run(["podman", "logs", container], capture_output=True,
+                                text=True, timeout=60)
+        return result.stdout + result.stderr
+
+    def address(self, container: str) -> str:
+        return subprocess.run(
+            ["podman", "inspect", "--format",
+             "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container],
+            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    def send(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json",
+                   **auth_headers(body, hmac_pair=f"{HMAC_KEY}:{HMAC_SECRET}")}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.receiver_port}/webhooks",
+                                         data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, {"body": exc.read().decode(errors="replace")}
+
+    def file_host(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.files_port}/_status"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def serve(self, name: str, data: bytes) -> str:
+        path = self.files / name
+        path.write_bytes(data)
+        path.chmod(0o644)
+        return f"http://files:8000/{name}"
+
+    def manifest(self, cf_ref: str) -> dict[str, Any] | None:
+        path = self.archive / case_dir(cf_ref) / "manifest.json"
+        try:
+            return json.loads(path.read_bytes())  # type: ignore[no-any-return]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+
+class HealthChecks(threading.Thread):
+    """podman runs healthchecks from systemd timers, and there is no systemd here: run the
+    ones compose waits for (``condition: service_healthy``) while ``up`` waits."""
+
+    def __init__(self, stack: Stack, services: tuple[str, ...]) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.services = stack, services
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for container in self.stack.containers():
+                if container["service"] in self.services and container["state"] == "running":
+                    subprocess.run(["podman", "healthcheck", "run", container["id"]],
+                                   capture_output=True, timeout=60)
+
+    def __enter__(self) -> HealthChecks:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+def _podman_service(directory: Path) -> Iterator[str]:
+    socket = directory / "podman.sock"
+    process = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+        stdout=subprocess.DEVNULL, stderr=(directory / "podman.log").open("wb"))
+    try:
+        wait_for(socket.exists, timeout=30, message="podman's API socket")
+        yield f"unix://{socket}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    missing = _missing_tools()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must install {', '.join(missing)} (.ci/run)")
+        pytest.skip(f"needs {', '.join(missing)} (.ci/run installs them)")
+    directory = tmp_path_factory.mktemp("stack")
+    directory.chmod(0o755)
+    (directory / "files").mkdir(mode=0o755)
+    started = time.monotonic()
+    subprocess.run([str(ROOT / "deploy" / "standin" / "build.sh")], check=True,
+                   capture_output=True, timeout=600,
+                   env={**os.environ, "PYTHON_IMAGE": PYTHON_IMAGE, "REDIS_IMAGE": REDIS_IMAGE})
+    bases = time.monotonic() - started
+    receiver_port, files_port = free_port(), free_port()
+    project = f"cfstack{os.getpid()}"
+    settings = {
+        "PYTHON_IMAGE": PYTHON_IMAGE, "REDIS_IMAGE": REDIS_IMAGE,
+        "CASEFETCH_IMAGE_TAG": project, "ARCHIVE_HOST_DIR": str(directory / "archive"),
+        "CASEFETCH_PORT": str(receiver_port), "FLOWER_PORT": str(free_port()),
+        "STACK_FILES_DIR": str(directory / "files"), "STACK_FILES_PORT": str(files_port),
+        "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
+        # The file host is a container on the compose network: a private address.
+        "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+        "DOWNLOAD_PRIVATE_HOSTS": "files",
+    }
+    (directory / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    for podman_host in _podman_service(directory):
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+               "DOCKER_HOST": podman_host}
+        built = Stack(directory, env, project, receiver_port, files_port,
+                      timings={"stand-in bases (built or kept)": bases})
+        try:
+            started = time.monotonic()
+            built.compose("build", timeout=900)
+            built.timings["image build"] = time.monotonic() - started
+            started = time.monotonic()
+            with HealthChecks(built, ("redis",)):
+                built.compose("up", "-d", timeout=600)
+            _wait_until_ready(built)
+            built.timings["up to ready"] = time.monotonic() - started
+            yield built
+        finally:
+            built.compose("down", "--volumes", "--remove-orphans", "--timeout", "5",
+                          timeout=300, check=False)
+            subprocess.run(["podman", "rmi", "--force", f"casefetch:{project}"],
+                           capture_output=True, timeout=120)
+
+
+def _wait_until_ready(stack: Stack, downloads: int = 1) -> None:
+    """The receiver answers and every worker container logged Celery's ``ready.``; a worker
+    that exits at start (a missing dependency) fails here with its log."""
+
+    def ready() -> bool:
+        workers = [c for c in stack.containers() if c["service"].startswith("worker-")]
+        for container in workers:
+            if container["state"] not in {"running", "created", "configured"}:
+                raise AssertionError(
+                    f"{container['name']} is {container['state']}:\n"
+                    f"{stack.logs(container['id'])[-4000:]}")
+        if len([c for c in workers if c["service"] == "worker-download"]) < downloads:
+            return False
+        if not all(" ready." in stack.logs(c["id"]) for c in workers):
+            return False
+        try:
+            url = f"http://127.0.0.1:{stack.receiver_port}/readyz"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(ready, timeout=180, interval=1.0, message="the stack to be ready")
+
+
+def _case(stack: Stack, cf_ref: str, pdf_url: str, images: list[str]) -> dict[str, Any]:
+    return {
+        "cfRef": cf_ref, "reportId": f"R-{cf_ref}", "caseUrl": pdf_url,
+        "createdAt": "2026-12-07T10:00:00.000Z", "frame": "stack", "closed": True,
+        "items": [{"cfRef": f"IT-{n}", "createdAt": "2026-12-07T10:00:01.000Z",
+                   "stepAction": "PHOTOGRAPHY", "data": f"photo {n}", "imageUrl": url}
+                  for n, url in enumerate(images, 1)],
+    }
+
+
+def _slow_pdf(cf_ref: str) -> bytes:
+    pdf = certificate_pdf(cf_ref, f"R-{cf_ref}")
+    header, rest = pdf.split(b"\n", 1)
+    padding = b"".join(b"%" + b"x" * 1022 + b"\n" for _ in range(SLOW_BYTES // 1024))
+    return header + b"\n" + padding + rest
+
+
+def _send_cases(stack: Stack, prefix: str, count: int, slow: bool = False
+                ) -> dict[str, dict[str, bytes]]:
+    """Serve and send ``count`` cases; answers the bytes each case's files must hold."""
+    sent: dict[str, dict[str, bytes]] = {}
+    for n in range(count):
+        cf_ref = f"{prefix}-{n}"
+        pdf = _slow_pdf(cf_ref) if slow else certificate_pdf(cf_ref, f"R-{cf_ref}")
+        files = {"case.pdf": pdf, "items/001-IT-1.png": photo_png(n),
+                 "items/002-IT-2.jpg": signature_jpeg(n)}
+        pdf_url = stack.serve(f"{cf_ref}.pdf", pdf) + (f"?rate={SLOW_RATE}" if slow else "")
+        images = [stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
+                  stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"])]
+        status, answer = stack.send(_case(stack, cf_ref, pdf_url, images))
+        assert status == 202 and answer["status"] == "accepted", answer
+        sent[cf_ref] = files
+    return sent
+
+
+def _all_complete(stack: Stack, sent: dict[str, dict[str, bytes]], timeout: float) -> None:
+    def complete() -> bool:
+        manifests = [stack.manifest(cf_ref) for cf_ref in sent]
+        return all(m is not None and m["status"] == "complete" for m in manifests)
+
+    wait_for(complete, timeout=timeout, interval=0.5, message="every case to complete")
+    for cf_ref, files in sent.items():
+        folder = stack.archive / case_dir(cf_ref)
+        manifest = stack.manifest(cf_ref)
+        assert manifest is not None
+        entries = {entry["path"]: entry for entry in manifest["files"]}
+        assert set(entries) == set(files), cf_ref
+        for path, data in files.items():
+            stored = (folder / path).read_bytes()
+            assert stored == data, f"{cf_ref}/{path} differs from what was served"
+            assert entries[path]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_the_stack_archives_scales_and_survives_a_killed_worker(
+        stack: Stack, report_line: Any) -> None:
+    started = time.monotonic()
+    first = _send_cases(stack, "CF-STACK", 4)
+    _all_complete(stack, first, timeout=60)
+    report_line(f"compose stack: 4 cases archived in {time.monotonic() - started:.1f} s "
+                "on the host's bind mount")
+
+    stack.compose("up", "-d", "--scale", "worker-download=3", timeout=300)
+    _wait_until_ready(stack, downloads=3)
+    downloaders = stack.containers("worker-download")
+    assert len(downloaders) == 3
+
+    slow = _send_cases(stack, "CF-SLOW", 6, slow=True)
+
+    def fetching() -> list[dict[str, Any]]:
+        return [e for e in stack.file_host()["inFlight"] if str(e["path"]).endswith(".pdf")]
+
+    in_flight = wait_for(fetching, timeout=60, interval=0.2,
+                         message="slow downloads in flight")
+    by_address = {stack.address(c["id"]): c for c in downloaders}
+    victim = next(by_address[e["client"]] for e in in_flight if e["client"] in by_address)
+    cut = {e["path"] for e in in_flight if e["client"] == stack.address(victim["id"])}
+    subprocess.run(["podman", "kill", "--signal", "KILL", victim["id"]], check=True,
+                   capture_output=True, timeout=60)
+    killed_at = time.time()
+
+    _all_complete(stack, slow, timeout=240)
+    settled = time.time() - killed_at
+    log = stack.file_host()["log"]
+    resumed = [e["start"] for e in log if e["path"] in cut and e["start"] > killed_at]
+    assert resumed, "the killed worker's downloads were fetched again"
+    resume = min(resumed) - killed_at
+    report_line(f"compose stack: SIGKILLed {victim['name']} during {len(cut)} download(s); "
+                f"fetched again {resume:.1f} s later, all 6 slow cases complete "
+                f"{settled:.1f} s after the kill")
+    assert resume < 120, "the contract's two minutes"
+
+    verify = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "verify",
+                           check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    listed = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "list",
+                           "--json")
+    cf_refs = {case["cfRef"] for case in json.loads(listed.stdout)}
+    assert cf_refs == set(first) | set(slow)
+
+    for container in stack.containers():
+        log_text = stack.logs(container["id"])
+        assert "Traceback" not in log_text, f"{container['name']}:\n{log_text[-4000:]}"
+    for name, seconds in stack.timings.items():
+        report_line(f"compose stack: {name} {seconds:.1f} s")
