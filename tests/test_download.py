@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import datetime
 import mmap
 import os
-import ssl
 import sys
 import zlib
 from pathlib import Path
@@ -17,6 +15,7 @@ from tests import samples
 from tests.fileserver import Fault, FileServer
 from tests.recording_server import RecordingServer, Reply
 from tests.samples import key_for
+from tests.tls import self_signed, tls_server
 from worker.download import Fetcher, _retry_after
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.settings import DownloadSettings
@@ -159,39 +158,10 @@ def test_private_addresses_are_refused_by_default(file_server: FileServer,
     assert file_server.hits["/dl/private"] == 0
 
 
-def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    """A certificate for ``name``, signed by its own key (cert.pem, key.pem in ``folder``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_pem, key_pem = folder / "cert.pem", folder / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return cert_pem, key_pem
-
-
 def test_https_is_verified(tmp_path: Path, storage: LocalStorage,
                            monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = _self_signed(tmp_path, "localhost")
-    server = RecordingServer()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
-    server.start()
+    cert, key = self_signed(tmp_path, "localhost")
+    server = tls_server(cert, key).start()
     try:
         png = samples.png()
         url = server.add("tls/1", Reply(body=png), host="localhost").replace("http:", "https:")

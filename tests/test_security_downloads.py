@@ -1,21 +1,26 @@
-"""Hostile file hosts: leaking DOWNLOAD_HEADERS through redirects, endless bodies, gzip bombs."""
+"""Hostile file hosts: leaking DOWNLOAD_HEADERS (through redirects, over plain http), endless
+bodies, gzip bombs."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 import zlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from casefetch.errors import ConfigError
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
 from tests.samples import key_for
+from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import PermanentDownloadError
-from worker.settings import DownloadSettings
+from worker.settings import DownloadSettings, WorkerSettings
 from worker.sniff import FileKind
 from worker.storage import LocalStorage
 
@@ -38,7 +43,6 @@ def elsewhere() -> Iterator[RecordingServer]:
     running.stop()
 
 
-
 def fetcher(**overrides: Any) -> Fetcher:
     values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 1,
                               "timeout_seconds": 5.0, "extra_headers": {"X-Api-Key": SECRET}}
@@ -46,38 +50,98 @@ def fetcher(**overrides: Any) -> Fetcher:
     return Fetcher(DownloadSettings(**values), sleep=lambda _: None)
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"), "localhost")
 
-def test_download_headers_reach_the_origin_only(origin: RecordingServer,
-                                                elsewhere: RecordingServer,
-                                                storage: LocalStorage) -> None:
-    target = elsewhere.add("leak/target", Reply(body=PNG))
-    start = origin.add("leak/start", Reply(302, {"Location": target}))
-    result = fetcher().fetch(start, FileKind.ITEM_IMAGE, storage, key_for("h"))
+
+@pytest.fixture(scope="module")
+def secure(certificate: tuple[Path, Path]) -> Iterator[RecordingServer]:
+    running = tls_server(*certificate).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def secure_elsewhere(certificate: tuple[Path, Path]) -> Iterator[RecordingServer]:
+    running = tls_server(*certificate).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def trusted(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+
+
+def https(server: RecordingServer, path: str, reply: Reply) -> str:
+    return server.add(path, reply, host="localhost").replace("http:", "https:", 1)
+
+
+ALLOWED = ("localhost",)
+
+
+@pytest.mark.usefixtures("trusted")
+def test_download_headers_go_to_allowed_hosts_over_https(secure: RecordingServer,
+                                                         secure_elsewhere: RecordingServer,
+                                                         storage: LocalStorage) -> None:
+    target = https(secure_elsewhere, "allowed/target", Reply(body=PNG))
+    start = https(secure, "allowed/start", Reply(302, {"Location": target}))
+    result = fetcher(allowed_hosts=ALLOWED).fetch(start, FileKind.ITEM_IMAGE, storage,
+                                                  key_for("a"))
     assert result.size == len(PNG)
-    [first] = origin.received("leak/start")
-    [second] = elsewhere.received("leak/target")
-    assert first["x-api-key"] == SECRET
-    # Same host (127.0.0.1), other port: another origin, so no header.
-    assert "x-api-key" not in second
-    assert SECRET not in repr(second)
+    # The host is what the allowlist names: another port of it gets the headers too.
+    assert secure.received("allowed/start")[0]["x-api-key"] == SECRET
+    assert secure_elsewhere.received("allowed/target")[0]["x-api-key"] == SECRET
 
 
-def test_download_headers_follow_a_same_origin_redirect(origin: RecordingServer,
-                                                        storage: LocalStorage) -> None:
-    origin.add("same/target", Reply(body=PNG))
-    start = origin.add("same/start", Reply(301, {"Location": "/same/target"}))
-    fetcher().fetch(start, FileKind.ITEM_IMAGE, storage, key_for("s"))
-    assert origin.received("same/target")[0]["x-api-key"] == SECRET
+@pytest.mark.usefixtures("trusted")
+def test_download_headers_never_go_over_plain_http(secure: RecordingServer,
+                                                   origin: RecordingServer,
+                                                   storage: LocalStorage) -> None:
+    plain = origin.add("plain/target", Reply(body=PNG), host="localhost")
+    assert plain.startswith("http://localhost:")
+    fetch = fetcher(allowed_hosts=ALLOWED)
+    fetch.fetch(plain, FileKind.ITEM_IMAGE, storage, key_for("p"))
+    # ...nor to an http URL an https one redirects to: fetched, without them.
+    start = https(secure, "downgrade/start", Reply(302, {"Location": plain}))
+    fetch.fetch(start, FileKind.ITEM_IMAGE, storage, key_for("d"))
+    assert secure.received("downgrade/start")[0]["x-api-key"] == SECRET
+    received = origin.received("plain/target")
+    assert len(received) == 2
+    assert not [r for r in received if "x-api-key" in r or SECRET in repr(r)]
 
 
-def test_download_headers_go_to_an_allowed_host(origin: RecordingServer,
-                                                elsewhere: RecordingServer,
-                                                storage: LocalStorage) -> None:
-    target = elsewhere.add("allowed/target", Reply(body=PNG), host="localhost")
-    start = origin.add("allowed/start", Reply(302, {"Location": target}))
-    fetch = fetcher(allowed_hosts=("127.0.0.1", "localhost"))
-    fetch.fetch(start, FileKind.ITEM_IMAGE, storage, key_for("a"))
-    assert elsewhere.received("allowed/target")[0]["x-api-key"] == SECRET
+@pytest.mark.usefixtures("trusted")
+def test_download_headers_never_reach_a_host_off_the_list(secure: RecordingServer,
+                                                          secure_elsewhere: RecordingServer,
+                                                          storage: LocalStorage) -> None:
+    # Same server, named by its address: not a host the allowlist names, so not fetched.
+    target = secure_elsewhere.add("off/target", Reply(body=PNG)).replace("http:", "https:")
+    start = https(secure, "off/start", Reply(302, {"Location": target}))
+    with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):
+        fetcher(allowed_hosts=ALLOWED).fetch(start, FileKind.ITEM_IMAGE, storage,
+                                             key_for("o"))
+    assert secure.received("off/start")[0]["x-api-key"] == SECRET
+    assert secure_elsewhere.received("off/target") == []
+
+
+@pytest.mark.usefixtures("trusted")
+def test_without_an_allowlist_download_headers_go_nowhere(secure: RecordingServer,
+                                                          storage: LocalStorage) -> None:
+    url = https(secure, "nolist/target", Reply(body=PNG))
+    fetcher().fetch(url, FileKind.ITEM_IMAGE, storage, key_for("n"))
+    assert "x-api-key" not in secure.received("nolist/target")[0]
+
+
+def test_download_headers_without_an_allowlist_stop_the_worker() -> None:
+    env = {"DOWNLOAD_HEADERS": json.dumps({"X-Api-Key": SECRET})}
+    with pytest.raises(ConfigError, match=r"^DOWNLOAD_HEADERS: set DOWNLOAD_ALLOWED_HOSTS"):
+        WorkerSettings.from_env(env)
+    settings = WorkerSettings.from_env({**env, "DOWNLOAD_ALLOWED_HOSTS": " Files.Example.com ,"
+                                                                        "cdn.example.com"})
+    assert settings.download.allowed_hosts == ("files.example.com", "cdn.example.com")
+    assert settings.download.extra_headers == {"X-Api-Key": SECRET}
 
 
 def endless_png() -> Iterable[bytes]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from worker.connections import Connections, Response, origin_of
+from worker.connections import Connections, Response
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
@@ -103,17 +103,14 @@ class Fetcher:
     def _open(self, url: str) -> Response:
         """GET ``url``, following redirects ourselves so every hop passes the guard.
 
-        DOWNLOAD_HEADERS go only to the origin (scheme, host, port) of the URL received, or to
-        a host named in DOWNLOAD_ALLOWED_HOSTS: never to wherever a redirect points.
+        DOWNLOAD_HEADERS go only over https to a host named in DOWNLOAD_ALLOWED_HOSTS, the
+        URL received as every redirect: an http URL is fetched without them.
         """
-        original = None
         for _ in range(self.settings.max_redirects + 1):
             host = self.guard.check(url)  # first: it refuses a URL that does not parse
             parts = urlsplit(url)
-            origin = origin_of(parts)
-            original = original or origin
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if origin == original or host in self.settings.allowed_hosts:
+            if parts.scheme == "https" and host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
                 response = self.connections.get(parts, headers)

@@ -19,6 +19,7 @@ class DownloadSettings:
     backoff_max_seconds: float = 60.0
     allowed_hosts: tuple[str, ...] = ()
     allow_private_networks: bool = False
+    #: Sent only over https, and only to allowed_hosts (without them, to no host).
     extra_headers: dict[str, str] = field(default_factory=dict)
     max_redirects: int = 5
 
@@ -57,10 +58,13 @@ class WorkerSettings:
             max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", 5, 1),
             backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS", 1.0),
             backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS", 60.0),
-            allowed_hosts=tuple(h.lower() for h in config.read_list(env, "DOWNLOAD_ALLOWED_HOSTS")),
+            allowed_hosts=read_hosts(env, "DOWNLOAD_ALLOWED_HOSTS"),
             allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS", False),
             extra_headers=config.read_json_object(env, "DOWNLOAD_HEADERS"),
         )
+        if download.extra_headers and not download.allowed_hosts:
+            raise ConfigError("DOWNLOAD_HEADERS", "set DOWNLOAD_ALLOWED_HOSTS too: the extra "
+                                                  "headers go only to the hosts named there")
         return cls(
             redis_url=config.redis_url(env),
             storage_backend=backend,
@@ -74,3 +78,8 @@ class WorkerSettings:
             stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS", 90.0, 0.1),
             metrics_port=config.read_int(env, "WORKER_METRICS_PORT", 9808, 0),
         )
+
+
+def read_hosts(env: config.Env, name: str) -> tuple[str, ...]:
+    """Comma-separated host names, in lower case as the guard compares them."""
+    return tuple(host.lower() for host in config.read_list(env, name))
