@@ -28,7 +28,7 @@ from worker.guard import (
     is_public,
     refuse_non_public,
 )
-from worker.settings import DownloadSettings
+from worker.settings import DownloadSettings, WorkerSettings
 from worker.sniff import FileKind
 from worker.storage import LocalStorage
 
@@ -200,6 +200,31 @@ def test_private_networks_setting_loosens_only_the_address_check(
     assert fetch(url, storage, allow_private_networks=True).size == len(PNG)
     with pytest.raises(PermanentDownloadError, match="scheme"):
         fetch("file:///etc/passwd", storage, allow_private_networks=True)
+
+
+def test_private_hosts_may_resolve_to_private_addresses(server: RecordingServer,
+                                                        storage: LocalStorage) -> None:
+    """DOWNLOAD_PRIVATE_HOSTS (the demo's file host): the names listed may be private, no
+    other host may, whatever it is called."""
+    named = server.add("private/named", Reply(body=PNG), host="localhost")
+    by_address = server.add("private/address", Reply(body=PNG))
+    hop = server.add("private/hop", Reply(302, {"Location": by_address}), host="localhost")
+    assert fetch(named, storage, private_hosts=("localhost",)).size == len(PNG)
+    for refused in (by_address, hop):
+        with pytest.raises(BlockedAddress, match="non-public"):
+            fetch(refused, storage, private_hosts=("localhost",))
+    assert server.received("private/address") == []
+    with pytest.raises(BlockedAddress, match="localhost resolves to a non-public address"):
+        fetch(named, storage, private_hosts=("demo",))
+    assert len(server.received("private/named")) == 1
+
+
+def test_private_hosts_are_read_as_written() -> None:
+    env = {"DOWNLOAD_PRIVATE_HOSTS": " Demo , files.local,"}
+    download = WorkerSettings.from_env(env).download
+    assert download.private_hosts == ("demo", "files.local")
+    assert not download.allow_private_networks
+    assert WorkerSettings.from_env({}).download.private_hosts == ()
 
 
 def test_refused_fetch_stores_nothing(server: RecordingServer, storage: LocalStorage) -> None:

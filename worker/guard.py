@@ -12,7 +12,8 @@ Two checks, both needed:
   use the host name. So a name that resolves to a public address for a first look-up and to
   127.0.0.1 for the next (DNS rebinding) gains nothing: there is no second look-up.
 
-With DOWNLOAD_ALLOW_PRIVATE_NETWORKS on, only the address checks are skipped.
+With DOWNLOAD_ALLOW_PRIVATE_NETWORKS on, only the address checks are skipped; the host names
+in DOWNLOAD_PRIVATE_HOSTS skip them on their own (a demo's file host on a private network).
 """
 
 from __future__ import annotations
@@ -64,8 +65,24 @@ def allow_any(host: str, address: IPAddress) -> None:
     """The check used when DOWNLOAD_ALLOW_PRIVATE_NETWORKS is on."""
 
 
+class PrivateHosts:
+    """The check used when DOWNLOAD_PRIVATE_HOSTS names hosts: those may resolve to any
+    address, every other host only to public ones."""
+
+    def __init__(self, hosts: tuple[str, ...]) -> None:
+        self.hosts = frozenset(hosts)
+
+    def __call__(self, host: str, address: IPAddress) -> None:
+        if host.lower() not in self.hosts:
+            refuse_non_public(host, address)
+
+
 def address_check(settings: DownloadSettings) -> AddressCheck:
-    return allow_any if settings.allow_private_networks else refuse_non_public
+    if settings.allow_private_networks:
+        return allow_any
+    if settings.private_hosts:
+        return PrivateHosts(settings.private_hosts)
+    return refuse_non_public
 
 
 def _literal(host: str) -> IPAddress | None:

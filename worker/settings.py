@@ -19,6 +19,8 @@ class DownloadSettings:
     backoff_max_seconds: float = 60.0
     allowed_hosts: tuple[str, ...] = ()
     allow_private_networks: bool = False
+    #: Host names that may resolve to non-public addresses even so (a demo's file host).
+    private_hosts: tuple[str, ...] = ()
     #: Sent only over https, and only to allowed_hosts (without them, to no host).
     extra_headers: dict[str, str] = field(default_factory=dict)
     max_redirects: int = 5
@@ -60,6 +62,7 @@ class WorkerSettings:
             backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS", 60.0),
             allowed_hosts=read_hosts(env, "DOWNLOAD_ALLOWED_HOSTS"),
             allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS", False),
+            private_hosts=read_hosts(env, "DOWNLOAD_PRIVATE_HOSTS"),
             extra_headers=config.read_json_object(env, "DOWNLOAD_HEADERS"),
         )
         if download.extra_headers and not download.allowed_hosts:
