@@ -78,14 +78,34 @@ def read_list(env: Env, name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def read_pairs(env: Env, name: str) -> tuple[tuple[str, str], ...]:
-    """``a:b,c:d`` → ((a, b), (c, d)); the value may itself contain ``:``."""
+def _split(text: str, at_last: bool) -> tuple[str, str] | None:
+    left, sep, right = text.rpartition(":") if at_last else text.partition(":")
+    left, right = left.strip(), right.strip()
+    return (left, right) if sep and left and right else None
+
+
+def split_hmac_key(text: str) -> tuple[str, str] | None:
+    """``apiKey:apiSecretKey`` → (apiKey, apiSecretKey), split at the last colon as the
+    receiver splits ``HMAC-SHA256 <apiKey>:<signature>``: an apiKey may hold ``:``, a secret
+    may not. Spaces around the colon are dropped; None unless both sides are there."""
+    return _split(text, at_last=True)
+
+
+def split_basic_user(text: str) -> tuple[str, str] | None:
+    """``username:password`` → (username, password), split at the first colon: a user id
+    cannot hold ``:`` (RFC 7617), a password may. Spaces around the colon are dropped."""
+    return _split(text, at_last=False)
+
+
+def read_pairs(env: Env, name: str, split: Callable[[str], tuple[str, str] | None]
+               ) -> tuple[tuple[str, str], ...]:
+    """``a:b, c:d`` → ((a, b), (c, d)), each pair taken apart by ``split``."""
     pairs = []
     for part in read_list(env, name):
-        left, sep, right = part.partition(":")
-        if not sep or not left or not right:
+        pair = split(part)
+        if pair is None:
             raise ConfigError(name, "expected comma-separated name:secret pairs")
-        pairs.append((left, right))
+        pairs.append(pair)
     return tuple(pairs)
 
 

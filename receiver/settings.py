@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from casefetch import config
 from casefetch.errors import ConfigError
 from receiver.auth import Credentials
+
+#: What every credential in .env.example holds: a value with it is a placeholder nobody
+#: replaced, and the receiver will not start with it (case-insensitive).
+PLACEHOLDER_MARKER = "change-me"
 
 
 @dataclass(frozen=True)
@@ -25,11 +30,13 @@ class ReceiverSettings:
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> ReceiverSettings:
         env = config.environ() if env is None else env
-        credentials = Credentials.build(
-            bearer_tokens=config.read_list(env, "WEBHOOK_BEARER_TOKENS"),
-            hmac_keys=config.read_pairs(env, "WEBHOOK_HMAC_KEYS"),
-            basic_users=config.read_pairs(env, "WEBHOOK_BASIC_USERS"),
-        )
+        bearer_tokens = config.read_list(env, "WEBHOOK_BEARER_TOKENS")
+        hmac_keys = config.read_pairs(env, "WEBHOOK_HMAC_KEYS", config.split_hmac_key)
+        basic_users = config.read_pairs(env, "WEBHOOK_BASIC_USERS", config.split_basic_user)
+        refuse_placeholders("WEBHOOK_BEARER_TOKENS", ("token",), [(t,) for t in bearer_tokens])
+        refuse_placeholders("WEBHOOK_HMAC_KEYS", ("apiKey", "secret"), hmac_keys)
+        refuse_placeholders("WEBHOOK_BASIC_USERS", ("user", "password"), basic_users)
+        credentials = Credentials.build(bearer_tokens, hmac_keys, basic_users)
         if not credentials.schemes:
             raise ConfigError(
                 "WEBHOOK_BEARER_TOKENS",
@@ -44,3 +51,15 @@ class ReceiverSettings:
             read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS", 30.0,
                                                    0.1),
         )
+
+
+def refuse_placeholders(variable: str, parts: tuple[str, ...],
+                        entries: Iterable[tuple[str, ...]]) -> None:
+    """Raise ConfigError naming ``variable`` and the part (``parts``, one name per field of
+    an entry) that holds the placeholder marker; the value itself is never repeated."""
+    for entry in entries:
+        for part, value in zip(parts, entry, strict=True):
+            if PLACEHOLDER_MARKER in value.lower():
+                raise ConfigError(variable, f"the {part} is a placeholder (it contains "
+                                            f"{PLACEHOLDER_MARKER!r}): set a real secret")
+

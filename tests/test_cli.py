@@ -75,6 +75,17 @@ def test_receiver_refuses_to_start_without_credentials() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_receiver_refuses_to_start_with_a_placeholder_credential() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOK_")}
+    # As .env.example ships them.
+    env["WEBHOOK_HMAC_KEYS"] = "change-me-api-key:change-me-api-secret"
+    result = casefetch("receiver", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "casefetch: WEBHOOK_HMAC_KEYS: the apiKey is a placeholder (it contains 'change-me'): "
+        "set a real secret"]
+
+
 def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) -> None:
     env = {**os.environ, "WEBHOOK_BEARER_TOKENS": "t", "RECEIVER_MAX_BODY_BYTES": "lots"}
     result = casefetch("receiver", env=env)
@@ -84,6 +95,10 @@ def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) 
     env = {**os.environ, "STORAGE_BACKEND": "floppy"}
     result = casefetch("worker", env=env)
     assert result.returncode == 2 and "STORAGE_BACKEND" in result.stderr
+    env = {**os.environ, "DOWNLOAD_HEADERS": '{"X-Api-Key": "k"}', "DOWNLOAD_ALLOWED_HOSTS": ""}
+    result = casefetch("worker", env=env)
+    assert result.returncode == 2 and result.stderr.startswith("casefetch: DOWNLOAD_HEADERS: ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> None:
