@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from casefetch.logs import BatchedLines
 from casefetch.protocol import make_delivery, safe_headers
-from receiver.auth import AuthError, authenticate, needs_body, parse_authorization
+from receiver.auth import AuthError, authenticate_headers, check_signature
 from receiver.enqueue import EnqueueError, Enqueuer
 from receiver.metrics import ReceiverMetrics
 from receiver.settings import ReceiverSettings
@@ -163,35 +163,44 @@ async def _receive_body(request: web.Request, settings: ReceiverSettings
     return body
 
 
+#: Headers a request may carry once: two would let two readers of it (a proxy, the
+#: receiver, the worker) each take a different one.
+SINGLE_HEADERS = ("Authorization", "X-Api-Key", "Content-Type", "Content-Length")
+
+
 async def handle_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
-    header = request.headers.get("Authorization")
+    headers = request.headers
+    for name in SINGLE_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            return _error(400, f"more than one {name} header")
     try:
-        scheme, _ = parse_authorization(header, settings.credentials)
-        if not needs_body(scheme):
-            authenticate(header, None, None, settings.credentials)
+        # Everything that does not need the body, an HMAC request's apiKey included, is
+        # checked before a byte of it is read.
+        scheme, signed = authenticate_headers(headers.get("Authorization"),
+                                              headers.get("X-Api-Key"), settings.credentials)
     except AuthError as exc:
         metrics.count_auth_failure(exc.scheme.value if exc.scheme else "none")
         log.info("webhook refused: %s", exc.reason)
         return _unauthorized(settings)
 
     # The exact header the platform sends is taken as it is; anything else is parsed.
-    if (request.headers.get("Content-Type") != "application/json"
+    if (headers.get("Content-Type") != "application/json"
             and request.content_type != "application/json"):
         return _error(415, "content type must be application/json")
     # The signature covers the bytes sent; a compressed body would also be inflated before
     # it is counted. The platform never compresses: refuse it (RFC 7694).
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         return _error(415, "content encoding not supported: send the body uncompressed",
                       {"Accept-Encoding": "identity"})
     body = await _receive_body(request, settings)
     if isinstance(body, web.Response):
         return body
 
-    if needs_body(scheme):
+    if signed is not None:
         try:
-            authenticate(header, request.headers.get("X-Api-Key"), body, settings.credentials)
+            check_signature(signed, body)
         except AuthError as exc:
             metrics.count_auth_failure(scheme.value)
             log.info("webhook refused: %s", exc.reason)
@@ -205,7 +214,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
     if not is_object:
         return _error(400, problem or "body is not a JSON object")
 
-    delivery = make_delivery(body, safe_headers(request.headers.items()), text=text)
+    delivery = make_delivery(body, safe_headers(headers.items()), text=text)
     started = time.perf_counter()
     try:
         await request.app[ENQUEUER].enqueue(delivery)

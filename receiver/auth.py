@@ -82,10 +82,6 @@ def parse_authorization(header: str | None, credentials: Credentials) -> tuple[S
     return scheme, value
 
 
-def needs_body(scheme: Scheme) -> bool:
-    return scheme is Scheme.HMAC
-
-
 def _matches_any(candidate: bytes, secrets: tuple[bytes, ...]) -> bool:
     found = False
     for secret in secrets:
@@ -133,8 +129,19 @@ def decode_signature(text: str) -> bytes:
     return decoded
 
 
-def check_hmac(value: str, api_key_header: str | None, body: bytes,
-               credentials: Credentials) -> None:
+@dataclass(frozen=True)
+class Signed:
+    """An HMAC request whose apiKey is known: what its signature is checked with, once the
+    body is in."""
+
+    secrets: tuple[bytes, ...]
+    signature: bytes
+
+
+def check_hmac_key(value: str, api_key_header: str | None, credentials: Credentials) -> Signed:
+    """Everything about ``<apiKey>:<signature>`` that does not need the body: the form, the
+    X-Api-Key header, the apiKey being one configured. So a request with an unknown key is
+    refused before its body is read or any HMAC computed."""
     key_text, sep, signature_text = value.rpartition(":")
     if not sep or not key_text or not signature_text:
         raise AuthError("malformed HMAC credentials", Scheme.HMAC)
@@ -144,26 +151,42 @@ def check_hmac(value: str, api_key_header: str | None, body: bytes,
     ):
         raise AuthError("X-Api-Key does not match the key in Authorization", Scheme.HMAC)
     signature = decode_signature(signature_text.strip())
+    # Every configured key is compared; only which one matched decides whose secret is used.
+    secrets = tuple(secret for known_key, secret in credentials.hmac_keys
+                    if hmac.compare_digest(key, known_key))
+    if not secrets:
+        raise AuthError("unknown HMAC apiKey", Scheme.HMAC)
+    return Signed(secrets, signature)
+
+
+def check_signature(signed: Signed, body: bytes) -> None:
     found = False
-    for known_key, secret in credentials.hmac_keys:
+    for secret in signed.secrets:
         expected = hmac.digest(secret, body, "sha256")  # one C call, no HMAC object
-        found |= hmac.compare_digest(key, known_key) & hmac.compare_digest(signature, expected)
+        found |= hmac.compare_digest(signed.signature, expected)
     if not found:
         raise AuthError("invalid HMAC signature", Scheme.HMAC)
 
 
-def authenticate(header: str | None, api_key_header: str | None, body: bytes | None,
-                 credentials: Credentials) -> Scheme:
-    """Check a request; raise AuthError when it is not authenticated.
-
-    ``body`` may be None for a first pass before the body is read: Bearer and Basic are
-    then fully checked, HMAC only for its form.
-    """
+def authenticate_headers(header: str | None, api_key_header: str | None,
+                         credentials: Credentials) -> tuple[Scheme, Signed | None]:
+    """Check what a request's headers alone can tell; raise AuthError when it is not
+    authenticated. Bearer and Basic are then fully checked; for HMAC the :class:`Signed`
+    returned is checked against the body with :func:`check_signature`."""
     scheme, value = parse_authorization(header, credentials)
     if scheme is Scheme.BEARER:
         check_bearer(value, credentials)
-    elif scheme is Scheme.BASIC:
+        return scheme, None
+    if scheme is Scheme.BASIC:
         check_basic(value, credentials)
-    elif body is not None:
-        check_hmac(value, api_key_header, body, credentials)
+        return scheme, None
+    return scheme, check_hmac_key(value, api_key_header, credentials)
+
+
+def authenticate(header: str | None, api_key_header: str | None, body: bytes,
+                 credentials: Credentials) -> Scheme:
+    """Check a whole request; raise AuthError when it is not authenticated."""
+    scheme, signed = authenticate_headers(header, api_key_header, credentials)
+    if signed is not None:
+        check_signature(signed, body)
     return scheme

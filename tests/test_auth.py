@@ -8,7 +8,15 @@ import hmac
 
 import pytest
 
-from receiver.auth import AuthError, Credentials, Scheme, authenticate, decode_signature
+from receiver.auth import (
+    AuthError,
+    Credentials,
+    Scheme,
+    authenticate,
+    authenticate_headers,
+    check_signature,
+    decode_signature,
+)
 
 CREDS = Credentials.build(bearer_tokens=("old", "new"), hmac_keys=(("k1", "s1"), ("k2", "s2")),
                           basic_users=(("u", "p:w"),))
@@ -75,3 +83,25 @@ def test_decode_signature_refuses_wrong_sizes() -> None:
     with pytest.raises(AuthError):
         decode_signature(base64.b64encode(b"x" * 31).decode())
     assert decode_signature("AB" * 32) == bytes.fromhex("AB" * 32)
+
+
+@pytest.mark.parametrize("header,api_key,reason", [
+    (f"HMAC-SHA256 k3:{sig('s1').hex()}", None, "unknown HMAC apiKey"),
+    (f"HMAC-SHA256 k1:{sig('s1').hex()}", "k2", "X-Api-Key does not match"),
+    ("HMAC-SHA256 k1:nope", None, "malformed signature"),
+    ("Bearer wrong", None, "invalid bearer token"),
+])
+def test_headers_alone_refuse_what_they_can(header: str, api_key: str | None,
+                                            reason: str) -> None:
+    """No body is needed (nor any HMAC computed) to refuse these."""
+    with pytest.raises(AuthError, match=reason):
+        authenticate_headers(header, api_key, CREDS)
+
+
+def test_a_known_key_leaves_only_its_own_secret_to_check() -> None:
+    scheme, signed = authenticate_headers(f"HMAC-SHA256 k2:{sig('s2').hex()}", "k2", CREDS)
+    assert scheme is Scheme.HMAC and signed is not None and signed.secrets == (b"s2",)
+    check_signature(signed, BODY)
+    with pytest.raises(AuthError, match="invalid HMAC signature"):
+        check_signature(signed, BODY + b" ")
+    assert authenticate_headers("Bearer old", None, CREDS) == (Scheme.BEARER, None)

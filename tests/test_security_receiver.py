@@ -158,6 +158,38 @@ def test_malformed_credentials_get_401(hostile_receiver: ReceiverProcess, queue:
 
 
 GOOD = [("Authorization", f"Bearer {TOKEN}")]
+HMAC_GOOD = [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
+             ("X-Api-Key", HMAC_KEY)]
+AMBIGUOUS_CASES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("two-authorization", [*GOOD, ("Authorization", "Bearer other")]),
+    ("two-equal-authorization", [*GOOD, *GOOD]),
+    ("two-authorization-cased", [*GOOD, ("authorization", "Basic " + b64(b"platform:x"))]),
+    ("two-x-api-key", [*HMAC_GOOD, ("X-Api-Key", "other-key")]),
+    ("two-equal-x-api-key", [*HMAC_GOOD, ("x-api-key", HMAC_KEY)]),
+    ("two-content-type", [*GOOD, ("Content-Type", "text/plain")]),
+    ("two-equal-content-type", [*GOOD, ("Content-Type", "application/json")]),
+    ("two-content-length", [*GOOD, ("Content-Length", "2")]),
+    ("two-equal-content-length", [*GOOD, ("Content-Length", str(len(BODY)))]),
+]
+
+
+@pytest.mark.parametrize("headers", [c[1] for c in AMBIGUOUS_CASES],
+                         ids=[c[0] for c in AMBIGUOUS_CASES])
+def test_ambiguous_requests_get_400(hostile_receiver: ReceiverProcess, queue: redis.Redis,
+                                    headers: list[tuple[str, str]]) -> None:
+    """Two of a header the receiver reads once: which one counts would depend on who reads
+    it (a proxy, the receiver, the worker). aiohttp 3.14 refuses two Content-Types or
+    Content-Lengths itself; the receiver checks all four whatever aiohttp does."""
+    answer = exchange(hostile_receiver.port, request(headers))
+    assert status_of(answer) == 400, answer[:300]
+    name, said = headers[-1][0].lower().encode(), answer.lower()
+    assert (b"more than one " + name in said  # the receiver's answer
+            or (name.startswith(b"content-") and b"duplicate" in said))  # aiohttp's
+    assert queue.llen(INGEST_QUEUE) == 0
+    # Each alone is fine.
+    assert status_of(exchange(hostile_receiver.port, request(headers[:1]))) == 202
+
+
 NESTED = b'{"a":' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}"
 BODY_CASES: list[tuple[str, bytes, str, int]] = [
     ("empty", b"", "application/json", 400),
@@ -242,6 +274,49 @@ def test_chunked_body_over_the_limit_is_refused_before_the_end(
         answer = sock.recv(65536)
     assert status_of(answer) == 413
     assert queue.llen(INGEST_QUEUE) == 0
+
+
+UNREAD_CASES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("hmac-unknown-key", [("Authorization", f"HMAC-SHA256 other-key:{sig(BODY).hex()}")]),
+    ("hmac-x-api-key-disagrees", [HMAC_GOOD[0], ("X-Api-Key", "other-key")]),
+    ("hmac-malformed-signature", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:zz")]),
+    ("wrong-bearer", [("Authorization", "Bearer almost-" + TOKEN)]),
+    ("wrong-basic", [("Authorization", "Basic " + b64(b"platform:guessed-password"))]),
+]
+CLAIMED = 5 * 1024 * 1024 - 1  # under the default RECEIVER_MAX_BODY_BYTES
+
+
+def claim_a_large_body(port: int, headers: list[tuple[str, str]], wait: float
+                       ) -> tuple[float, bytes]:
+    """Send headers announcing CLAIMED bytes and only the first few; what comes back within
+    ``wait`` seconds, and when."""
+    raw = request(headers, BODY, length=CLAIMED)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
+        try:
+            answer = sock.recv(65536)
+        except TimeoutError:
+            answer = b""
+    return time.monotonic() - started, answer
+
+
+@pytest.mark.parametrize("headers", [c[1] for c in UNREAD_CASES],
+                         ids=[c[0] for c in UNREAD_CASES])
+def test_credentials_are_refused_before_the_body_is_read(receiver: ReceiverProcess,
+                                                         headers: list[tuple[str, str]]
+                                                         ) -> None:
+    """An unknown apiKey costs no 5 MiB read and no HMAC: the 401 comes while the body has
+    barely started (the receiver, waiting for it, would answer 408 after 30 s)."""
+    elapsed, answer = claim_a_large_body(receiver.port, headers, wait=10)
+    assert status_of(answer) == 401, answer[:300]
+    assert elapsed < 5
+
+
+def test_a_known_key_waits_for_the_body(receiver: ReceiverProcess) -> None:
+    """The control: the same request with a configured apiKey is not answered early."""
+    elapsed, answer = claim_a_large_body(receiver.port, HMAC_GOOD, wait=1)
+    assert answer == b"" and elapsed >= 1
 
 
 def closed_within(port: int, raw: bytes, drip: bool = False) -> tuple[float, bytes]:
