@@ -57,7 +57,7 @@ def receiver(host: str, port: int) -> None:
     logging.getLogger("casefetch.receiver").info(
         "receiver listening on http://%s:%d/webhooks (schemes: %s)", host, port,
         ", ".join(s.value for s in settings.credentials.schemes))
-    app = create_app(settings)
+    app = create_app(settings, host=host)
     # What is loaded by now lives as long as the process: out of the collector's sight, a
     # full collection no longer walks it in the middle of a request (the receiver's p99).
     gc.collect()
@@ -67,6 +67,8 @@ def receiver(host: str, port: int) -> None:
                     print=None, handle_signals=True, **server_options(settings))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    except CasefetchError as exc:  # e.g. the metrics port is taken
+        fail(str(exc))
 
 
 @main.command()
@@ -187,7 +189,8 @@ def run(host: str, port: int, concurrency: int | None) -> None:
     click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
                f"files land in {archive}. Ctrl-C stops.")
     metrics_port = env.get("WORKER_METRICS_PORT", "9808")
-    click.echo(f"metrics: http://{shown}:{port}/metrics (receiver)"
+    receiver_metrics = env.get("RECEIVER_METRICS_PORT") or port
+    click.echo(f"metrics: http://{shown}:{receiver_metrics}/metrics (receiver)"
                + (f", http://{shown}:{metrics_port}/metrics (worker)"
                   if metrics_port != "0" else ""))
     code = _supervise(children)

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypedDict
 
 import msgspec
@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from casefetch.errors import ConfigError
 from casefetch.logs import BatchedLines
 from casefetch.protocol import make_delivery, safe_headers
 from receiver.auth import AuthError, authenticate_headers, check_signature
@@ -296,7 +297,10 @@ def server_options(settings: ReceiverSettings) -> ServerOptions:
                          lingering_time=min(10.0, settings.read_timeout_seconds))
 
 
-def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None) -> web.Application:
+def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None,
+               host: str = "127.0.0.1") -> web.Application:
+    """The receiver; with ``settings.metrics_port`` set, /metrics is served on that port of
+    ``host`` only (by an application of its own, started and stopped with this one)."""
     # The body limit is enforced by the handler (it must answer 413 before reading it all);
     # aiohttp's own cap is set just above so it never answers first.
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
@@ -315,8 +319,35 @@ def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None) -> 
     app.on_startup.append(open_clients)
     app.on_cleanup.append(close_clients)
     app.router.add_post("/webhooks", counted("/webhooks", handle_webhook))
-    for route, handler in (("/healthz", handle_healthz), ("/readyz", handle_readyz),
-                           ("/metrics", handle_metrics)):
+    routes: list[tuple[str, Handler]] = [("/healthz", handle_healthz), ("/readyz", handle_readyz)]
+    if settings.metrics_port is None:
+        routes.append(("/metrics", handle_metrics))
+    else:
+        app.cleanup_ctx.append(metrics_server(host, settings.metrics_port))
+    for route, handler in routes:
         app.router.add_get(route, counted(route, handler))
     app.router.add_route("*", _ANY_PATH, handle_unmatched)
     return app
+
+
+def metrics_server(host: str, port: int
+                   ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Serves the application's /metrics on ``host``:``port`` while it runs, and nothing else
+    there (404)."""
+    async def serve(app: web.Application) -> AsyncIterator[None]:
+        metrics_app = web.Application()
+        metrics_app[METRICS] = app[METRICS]
+        metrics_app.router.add_get("/metrics", handle_metrics)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError("RECEIVER_METRICS_PORT",
+                              f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        log.info("receiver metrics on http://%s:%d/metrics", host, port)
+        yield
+        await runner.cleanup()
+
+    return serve

@@ -26,6 +26,8 @@ class ReceiverSettings:
     #: previous answer on a kept-alive connection), and again its body: a slow client is cut
     #: off (408 for the body) instead of holding a connection forever.
     read_timeout_seconds: float = 30.0
+    #: Port /metrics is served on, apart from the webhooks (same host); None: on the main port.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> ReceiverSettings:
@@ -50,6 +52,7 @@ class ReceiverSettings:
             redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS", 3.0),
             read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS", 30.0,
                                                    0.1),
+            metrics_port=read_port(env, "RECEIVER_METRICS_PORT"),
         )
 
 
@@ -63,3 +66,9 @@ def refuse_placeholders(variable: str, parts: tuple[str, ...],
                 raise ConfigError(variable, f"the {part} is a placeholder (it contains "
                                             f"{PLACEHOLDER_MARKER!r}): set a real secret")
 
+
+def read_port(env: config.Env, name: str) -> int | None:
+    port = config.read_int(env, name, 0, 1)
+    if port > 65535:
+        raise ConfigError(name, f"not a port number: {port}")
+    return port or None

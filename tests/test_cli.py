@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from casefetch.cli import choose_redis
-from casefetch.redis_server import answers, free_port
+from casefetch.redis_server import RedisServer, answers, free_port
 from tests import samples
 from tests.conftest import (
     BASIC_PASSWORD,
@@ -84,6 +84,27 @@ def test_receiver_refuses_to_start_with_a_placeholder_credential() -> None:
     assert result.stderr.splitlines() == [
         "casefetch: WEBHOOK_HMAC_KEYS: the apiKey is a placeholder (it contains 'change-me'): "
         "set a real secret"]
+
+
+def test_receiver_serves_metrics_on_their_own_port(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    import urllib3
+
+    metrics_port = free_port()
+    env = {**receiver_env(redis_server.db_url(5)), "RECEIVER_METRICS_PORT": str(metrics_port)}
+    process = ReceiverProcess(env, tmp_path / "receiver.log").start()
+    try:
+        assert urllib3.request("GET", f"{process.url}/metrics").status == 404
+        metrics = urllib3.request("GET", f"http://127.0.0.1:{metrics_port}/metrics")
+        assert metrics.status == 200 and b"casefetch_receiver_requests_total" in metrics.data
+        # The port is taken now: a second receiver says so, in one line.
+        result = casefetch("receiver", "--host", "127.0.0.1", "--port", str(free_port()),
+                           env=env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[-1].startswith(
+            f"casefetch: RECEIVER_METRICS_PORT: cannot listen on 127.0.0.1:{metrics_port}")
+    finally:
+        process.stop()
 
 
 def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE, INGEST_TASK
-from casefetch.redis_server import RedisServer
+from casefetch.redis_server import RedisServer, free_port
 from receiver import create_app
 from tests import receiver_helpers as rh
 from tests import samples
@@ -159,6 +161,28 @@ async def test_health_and_metrics(client: TestClient[Any, Any]) -> None:
     await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())
     text = await (await client.get("/metrics")).text()
     assert 'casefetch_receiver_requests_total{route="/webhooks",status="202"} 1.0' in text
+
+
+async def test_metrics_on_a_port_of_their_own(aiohttp_client: ClientFactory, queue_url: str,
+                                              redis_client: redis.Redis) -> None:
+    """RECEIVER_METRICS_PORT: /metrics is served there only, the public port answers 404."""
+    port = free_port()
+    client = await aiohttp_client(create_app(rh.settings(queue_url, metrics_port=port)))
+    assert (await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())).status == 202
+    assert (await client.get("/metrics")).status == 404
+    assert (await client.get("/healthz")).status == 200
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+        async with session.get("/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        async with session.post("/webhooks", data=PAYLOAD, headers=rh.bearer()) as refused:
+            assert refused.status == 404
+    assert 'casefetch_receiver_requests_total{route="/webhooks",status="202"} 1.0' in text
+    assert 'casefetch_receiver_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert len(queued(redis_client)) == 1
+    await client.close()  # the metrics port closes with the receiver
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 async def test_redis_down_answers_503_promptly(aiohttp_client: ClientFactory,
