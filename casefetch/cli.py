@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from casefetch import cli_archive
+from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def run(host: str, port: int, concurrency: int | None) -> None:
     except CasefetchError as exc:
         fail(str(exc))
     if redis_server is not None:
-        click.echo(f"started a private redis-server at {redis_server.url} "
+        click.echo(f"started a private redis-server at {redact_url(redis_server.url)} "
                    f"(data in {redis_server.directory})")
     archive = env.get("ARCHIVE_DIR", "./archive")
     commands = [[sys.executable, "-m", "casefetch", "receiver", "--host", host, "--port",

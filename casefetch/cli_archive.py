@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
 from casefetch.polling import poll
 
@@ -89,7 +90,7 @@ def redis_client() -> Any:
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {settings().redis_url}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact_url(settings().redis_url)}: {exc}", 1)
     return client
 
 

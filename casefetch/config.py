@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from casefetch.errors import ConfigError
 
@@ -131,5 +133,38 @@ def environ() -> Env:
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: ``?password=...`` is a password too, to redis-py.
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def redis_url(env: Env) -> str:
-    return read_str(env, "REDIS_URL", DEFAULT_REDIS_URL)
+    url = read_str(env, "REDIS_URL", DEFAULT_REDIS_URL).strip()
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", f"{exc} in {redact_url(url)}") from None
+    if parts.scheme.lower() not in _REDIS_SCHEMES:
+        raise ConfigError("REDIS_URL", f"expected redis://, rediss:// or unix://, got "
+                                       f"{redact_url(url)}")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be printed or logged: its password replaced by ``***`` (and the
+    whole user part when it is a single word, which redis-py may take as a password).
+
+    Taken apart by hand, not with urlsplit: a URL that does not parse is redacted too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = (f"{user}:***" if colon else "***") + "@" + host
+    return f"{scheme}://{netloc}" + _PASSWORD_PARAMETER.sub(r"\1***", tail)

@@ -122,6 +122,47 @@ def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) 
     assert len(result.stderr.splitlines()) == 1
 
 
+REDIS_PASSWORD = "S3cret-redis-pw"
+
+
+def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:
+    """Receiver, worker and CLI, given a REDIS_URL with a password and nothing listening
+    there: each says Redis is unreachable, none prints the password."""
+    url = f"redis://casefetch:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"
+    env = {**receiver_env(url), **worker_env(url, tmp_path / "archive")}
+    receiver = ReceiverProcess(env, tmp_path / "receiver.log").start()
+    try:
+        assert receiver.post(samples.body(samples.case("CF-PW", "https://h/c.pdf")))[0] == 503
+    finally:
+        receiver.stop()
+    outputs = {"receiver": receiver.log_path.read_text()}
+    assert "enqueue failed" in outputs["receiver"]
+
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.process = subprocess.Popen(
+        [sys.executable, "-m", "casefetch", "worker", "--concurrency", "1"], env=env, cwd=ROOT,
+        stdout=worker.log_path.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "Cannot connect to" in worker.log(), timeout=30,
+                 message="the worker to report Redis unreachable")
+    finally:
+        worker.stop()
+    outputs["worker"] = worker.log()
+    assert "transport:   redis://casefetch:**@127.0.0.1" in outputs["worker"]  # Celery's mask
+
+    replayed = casefetch("quarantine", "replay", "--all", env=env)
+    assert replayed.returncode == 1
+    assert "cannot reach Redis at redis://casefetch:***@127.0.0.1:" in replayed.stderr
+    outputs["quarantine replay"] = replayed.stdout + replayed.stderr
+    for command in ("receiver", "worker"):  # a URL that does not parse, told in one line
+        bad = casefetch(command, env={**env, "REDIS_URL": url.replace("/0", "x/0")})
+        assert bad.returncode == 2 and bad.stderr.startswith("casefetch: REDIS_URL: ")
+        assert "casefetch:***@" in bad.stderr and "Traceback" not in bad.stderr
+        outputs[f"bad {command}"] = bad.stdout + bad.stderr
+    for name, output in outputs.items():
+        assert REDIS_PASSWORD not in output, f"{name} printed the password:\n{output}"
+
+
 def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> None:
     port = free_port()
     url, server = choose_redis({}, default_port=port, data_dir=tmp_path / "redis")

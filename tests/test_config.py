@@ -1,9 +1,11 @@
-"""Pure units: reading settings as people write them."""
+"""Pure units: reading settings as people write them, and printing URLs without passwords."""
 
 from __future__ import annotations
 
 import pytest
 
+from casefetch import config
+from casefetch.config import redact_url
 from casefetch.errors import ConfigError
 from casefetch.sender import auth_headers
 from receiver.auth import Credentials, authenticate
@@ -80,3 +82,24 @@ def test_placeholder_credentials_are_refused(variable: str, value: str, part: st
     assert f"the {part} is a placeholder" in str(info.value)
     assert value.split(",")[-1] not in str(info.value)  # the value itself is not repeated
     assert PLACEHOLDER_MARKER == "change-me"
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+    ("rediss://casefetch:s3:cret@redis/1", "rediss://casefetch:***@redis/1"),
+    ("redis://s3cret@redis", "redis://***@redis"),
+    ("redis://:s3cret@[::1/0", "redis://:***@[::1/0"),  # does not parse: redacted all the same
+    ("unix://:s3cret@/run/redis.sock?db=2&password=s3cret",
+     "unix://:***@/run/redis.sock?db=2&password=***"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", ["http://:s3cret@redis:6379/0", "redis://:s3cret@redis:port/0",
+                                 "redis://:s3cret@redis:99999/0"])
+def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_URL: ") as info:
+        config.redis_url({"REDIS_URL": url})
+    assert "s3cret" not in str(info.value) and ":***@" in str(info.value)
