@@ -120,6 +120,10 @@ def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) 
     result = casefetch("worker", env=env)
     assert result.returncode == 2 and result.stderr.startswith("casefetch: DOWNLOAD_HEADERS: ")
     assert len(result.stderr.splitlines()) == 1
+    celery = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "worker"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert celery.returncode == 1 and celery.stderr.startswith("casefetch: DOWNLOAD_HEADERS: ")
+    assert len(celery.stderr.splitlines()) == 1
 
 
 REDIS_PASSWORD = "S3cret-redis-pw"
