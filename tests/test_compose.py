@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from casefetch.constants import ALL_QUEUES
-from receiver.settings import ReceiverSettings
+from casefetch.errors import ConfigError
+from receiver.settings import PLACEHOLDER_MARKER, ReceiverSettings
 from tests.conftest import ROOT
-from worker.settings import WorkerSettings
+from worker.settings import DownloadSettings, WorkerSettings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -125,8 +126,11 @@ def test_s3_mode_is_an_environment_switch(compose: dict[str, Any]) -> None:
 
 def test_unset_settings_reach_casefetch_as_its_defaults(compose: dict[str, Any]) -> None:
     for svc in workers(compose).values():
+        # One deliberate difference: the demo profile's file host is the stack's only
+        # private host (casefetch's own default names none).
         assert WorkerSettings.from_env(svc["environment"]) == WorkerSettings(
-            redis_url="redis://redis:6379/0", archive_dir=Path("/archive"))
+            redis_url="redis://redis:6379/0", archive_dir=Path("/archive"),
+            download=DownloadSettings(private_hosts=("demo",)))
     env = {**compose["services"]["receiver"]["environment"], "WEBHOOK_BEARER_TOKENS": "t"}
     settings = ReceiverSettings.from_env(env)
     assert settings.max_body_bytes == 5 * 1024 * 1024 and settings.redis_timeout_seconds == 3
@@ -217,9 +221,14 @@ def test_healthchecks_survive_podman() -> None:
 def test_env_example_holds_no_working_credential() -> None:
     example = (ROOT / ".env.example").read_text()
     values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M))
+    credentials = {}
     for name in ("WEBHOOK_BEARER_TOKENS", "WEBHOOK_HMAC_KEYS", "WEBHOOK_BASIC_USERS"):
         for part in filter(None, re.split(r"[,:]", values.get(name, ""))):
-            assert part.startswith("change-me"), f"{name} holds a usable value"
+            assert part.startswith(PLACEHOLDER_MARKER), f"{name} holds a usable value"
+        credentials[name] = values.get(name, "")
+    # ...and the receiver will not start with them.
+    with pytest.raises(ConfigError, match="placeholder"):
+        ReceiverSettings.from_env(credentials)
 
 
 @pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring"])
