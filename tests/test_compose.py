@@ -201,6 +201,13 @@ def test_only_loopback_for_dashboards(compose: dict[str, Any]) -> None:
         for port in compose["services"][name]["ports"]:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port}"
     assert "--enable_events=False" in compose["services"]["flower"]["command"]
+    # The published port serves the webhook and health checks; /metrics has its own port.
+    receiver = compose["services"]["receiver"]
+    assert receiver["environment"]["RECEIVER_METRICS_PORT"] == "9100"
+    assert not any("9100" in port for port in receiver["ports"])
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "casefetch-receiver"]
+    assert job["dns_sd_configs"][0]["port"] == 9100
     for svc in workers(compose).values():
         assert svc["environment"]["DOWNLOAD_ALLOW_PRIVATE_NETWORKS"] == "false"
         assert svc["environment"]["DOWNLOAD_PRIVATE_HOSTS"] == "demo"

@@ -197,8 +197,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CASEFETCH_PORT": str(receiver_port), "FLOWER_PORT": str(free_port()),
         "STACK_FILES_DIR": str(directory / "files"), "STACK_FILES_PORT": str(files_port),
         "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
-        # The file host is a container on the compose network: a private address.
-        "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+        # The file host is a container on the compose network, a private address: named
+        # as the one private host, with private networks left off as the stack ships.
         "DOWNLOAD_PRIVATE_HOSTS": "files",
     }
     (directory / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
@@ -304,6 +304,11 @@ def _all_complete(stack: Stack, sent: dict[str, dict[str, bytes]], timeout: floa
 
 def test_the_stack_archives_scales_and_survives_a_killed_worker(
         stack: Stack, report_line: Any) -> None:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.receiver_port}/metrics", timeout=5)
+        raise AssertionError("the published port serves /metrics")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
     started = time.monotonic()
     first = _send_cases(stack, "CF-STACK", 4)
     _all_complete(stack, first, timeout=60)
