@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,7 +13,7 @@ from casefetch.polling import poll
 from tests import samples
 from tests.samples import key_for
 from worker.download import Fetcher
-from worker.errors import RetryableDownloadError
+from worker.errors import DownloadError, RetryableDownloadError
 from worker.settings import DownloadSettings
 from worker.sniff import FileKind
 from worker.storage import LocalStorage
@@ -129,3 +131,81 @@ def test_a_malformed_chunked_body_is_a_retried_network_error(storage: LocalStora
         fetcher(slept).fetch(server.url("bad"), FileKind.ITEM_IMAGE, storage, key_for("x/bad"))
     assert info.value.attempts == 3  # type: ignore[attr-defined]
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
+
+
+class BlackHole:
+    """An address that drops every connection attempt, as a dead host's does: a listening
+    socket on another loopback address whose accept queue is full and never drained, so
+    the kernel drops each further SYN. Only loopback traffic, nothing leaves the machine."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.listener = socket.socket()
+        self.listener.bind((address, port))
+        self.listener.listen(0)
+        self.filling: list[socket.socket] = []
+        for _ in range(8):
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            self.filling.append(probe)
+            try:
+                probe.connect((address, port))
+            except TimeoutError:
+                return  # full: from now on, every SYN is dropped
+        self.close()
+        pytest.skip("this kernel does not drop connections to a full accept queue")
+
+    def close(self) -> None:
+        for sock in self.filling:
+            sock.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def black_holes() -> Iterator[list[BlackHole]]:
+    made: list[BlackHole] = []
+    yield made
+    for hole in made:
+        hole.close()
+
+
+def two_addresses(*addresses: str) -> object:
+    """A resolver that maps every name to ``addresses``, in this order (as DNS may)."""
+    def resolve(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                for address in addresses]
+    return resolve
+
+
+def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
+        storage: LocalStorage, black_holes: list[BlackHole]) -> None:
+    timeout = 2.0
+    with CountingServer() as server:
+        black_holes.append(BlackHole("127.0.0.2", server.port))
+        fetch = Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
+                                         timeout_seconds=timeout),
+                        resolve=two_addresses("127.0.0.2", "127.0.0.1"))  # type: ignore[arg-type]
+        started = time.monotonic()
+        result = fetch.fetch(f"http://two-addresses.test:{server.port}/a.png",
+                             FileKind.ITEM_IMAGE, storage, key_for("x/two"))
+        elapsed = time.monotonic() - started
+        assert server.accepted == 1
+    assert result.attempts == 1 and (storage.root / "x/two.png").read_bytes() == PNG
+    # The dead address had its share of the connect timeout (half, for two), not all of it.
+    assert timeout / 2 * 0.9 <= elapsed < timeout * 0.95
+
+
+def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
+        storage: LocalStorage, black_holes: list[BlackHole]) -> None:
+    timeout = 1.0
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    black_holes.extend([BlackHole("127.0.0.2", port), BlackHole("127.0.0.3", port)])
+    fetch = Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
+                                     timeout_seconds=timeout),
+                    resolve=two_addresses("127.0.0.2", "127.0.0.3"))  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out"):
+        fetch.fetch(f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,
+                    key_for("x/dead"))
+    assert timeout * 0.9 <= time.monotonic() - started < timeout * 1.5

@@ -18,6 +18,9 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import SplitResult
 
 from worker.guard import AddressCheck
@@ -28,6 +31,8 @@ ORIGINS_PER_THREAD = 16
 DRAIN_LIMIT = 64 * 1024
 
 Origin = tuple[str, str, int]
+#: Host name resolution, as ``socket.getaddrinfo(host, port, type=SOCK_STREAM)`` answers.
+Resolve = Callable[..., Sequence[tuple[Any, ...]]]
 
 #: What a reused connection raises when the server closed it while it was idle.
 _STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError,
@@ -44,12 +49,17 @@ class ConnectFailed(OSError):
     """The host's name did not resolve, or none of its addresses took the connection."""
 
 
-def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCheck
-                   ) -> socket.socket:
+def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCheck,
+                   resolve: Resolve = socket.getaddrinfo) -> socket.socket:
     """A socket connected to ``host``: resolved once, every address checked (the check
-    raises to refuse), connected to a checked address."""
+    raises to refuse), connected to a checked address.
+
+    The addresses are tried in turn, as the standard library and urllib3 do, but within
+    one ``timeout`` for them all: each gets an even share of what is left, so an address
+    that drops every packet (a dead first A record) leaves time for the next.
+    """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = resolve(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConnectFailed(f"cannot resolve {host}: {exc}") from exc
     addresses: dict[str, None] = {}
@@ -58,39 +68,49 @@ def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCh
         check(host, ipaddress.ip_address(text.split("%", 1)[0]))
         addresses[text] = None
     last_error: OSError = ConnectFailed(f"no address for {host}")
-    for text in addresses:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timeouts = 0
+    for tried, text in enumerate(addresses):
+        share = (None if deadline is None
+                 else max(0.0, deadline - time.monotonic()) / (len(addresses) - tried))
         try:
             # An address literal: create_connection makes no DNS query of its own.
-            sock = socket.create_connection((text, port), timeout)
-        except TimeoutError as exc:
-            raise TimeoutError(f"connection to {host} timed out") from exc
-        except OSError as exc:
+            sock = socket.create_connection((text, port), share)
+        except OSError as exc:  # TimeoutError included
+            timeouts += isinstance(exc, TimeoutError)
             last_error = exc
             continue
+        sock.settimeout(timeout)  # from now on the between-bytes timeout
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+    if addresses and timeouts == len(addresses):
+        raise TimeoutError(f"connection to {host} timed out") from last_error
     raise ConnectFailed(f"cannot connect to {host}: {last_error}")
 
 
 class GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck) -> None:
+    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck,
+                 resolve: Resolve = socket.getaddrinfo) -> None:
         super().__init__(host, port, timeout=timeout)
         self.check = check
+        self.resolve = resolve
 
     def connect(self) -> None:
-        self.sock = guarded_socket(self.host, self.port, self.timeout, self.check)
+        self.sock = guarded_socket(self.host, self.port, self.timeout, self.check, self.resolve)
 
 
 class GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck) -> None:
+    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck,
+                 resolve: Resolve = socket.getaddrinfo) -> None:
         # A context per connection, as urllib3 makes one: it reads the trust store
         # (SSL_CERT_FILE, SSL_CERT_DIR, the system's) when the connection is made.
         self.tls = ssl.create_default_context()
         super().__init__(host, port, timeout=timeout, context=self.tls)
         self.check = check
+        self.resolve = resolve
 
     def connect(self) -> None:
-        sock = guarded_socket(self.host, self.port, self.timeout, self.check)
+        sock = guarded_socket(self.host, self.port, self.timeout, self.check, self.resolve)
         try:
             self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
@@ -140,9 +160,11 @@ class Response:
 class Connections:
     """Each thread's kept-alive connections, one per origin."""
 
-    def __init__(self, check: AddressCheck, timeout: float) -> None:
+    def __init__(self, check: AddressCheck, timeout: float,
+                 resolve: Resolve | None = None) -> None:
         self.check = check
         self.timeout = timeout
+        self.resolve = resolve or socket.getaddrinfo
         self._local = threading.local()
 
     def get(self, parts: SplitResult, headers: dict[str, str]) -> Response:
@@ -180,7 +202,7 @@ class Connections:
     def _new(self, origin: Origin) -> http.client.HTTPConnection:
         scheme, host, port = origin
         cls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
-        return cls(host, port, self.timeout, self.check)
+        return cls(host, port, self.timeout, self.check, self.resolve)
 
     def _kept(self) -> dict[Origin, http.client.HTTPConnection]:
         kept: dict[Origin, http.client.HTTPConnection] | None = getattr(self._local, "kept",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from worker.connections import Connections, Response
+from worker.connections import Connections, Resolve, Response
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
@@ -51,13 +51,15 @@ class FetchResult:
 
 class Fetcher:
     def __init__(self, settings: DownloadSettings, check: AddressCheck | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 resolve: Resolve | None = None) -> None:
         """``check`` decides which addresses may be connected to (by default what
-        DOWNLOAD_ALLOW_PRIVATE_NETWORKS says)."""
+        DOWNLOAD_ALLOW_PRIVATE_NETWORKS says); ``resolve`` turns a host name into addresses
+        (by default the system's resolver)."""
         self.settings = settings
         self.guard = UrlGuard(settings)
         self.connections = Connections(check or address_check(settings),
-                                       settings.timeout_seconds)
+                                       settings.timeout_seconds, resolve)
         self.sleep = sleep
         self._buffers = threading.local()
 
