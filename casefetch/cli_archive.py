@@ -146,14 +146,18 @@ def archive() -> None:
 @archive.command("list")
 @click.option("--status", type=click.Choice(STATUSES), help="Only cases with this status.")
 @click.option("--since", metavar="WHEN", help="Only cases updated since: today, a date, a time.")
+@click.option("--warnings", "with_warnings", is_flag=True,
+              help="Only cases whose manifest lists warnings (whatever their status).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def archive_list(status: str | None, since: str | None, as_json: bool) -> None:
+def archive_list(status: str | None, since: str | None, with_warnings: bool,
+                 as_json: bool) -> None:
     """One row per case, newest first."""
     from worker.inspection import list_cases
 
     threshold = parse_since(since)
     with expected_failures():
-        cases = list_cases(storage(), status=status, since=threshold)
+        cases = list_cases(storage(), status=status, since=threshold,
+                           with_warnings=with_warnings)
     if as_json:
         print_json([case.as_dict() for case in cases])
         return
@@ -214,8 +218,9 @@ def archive_show(cf_ref: str, as_json: bool) -> None:
                           f"{entry['path']} ({entry['status']})" if entry else "")
         out.print(items)
     for warning in manifest.get("warnings") or []:
+        where = f" {warning['path']}" if warning.get("path") else ""
         out.print(f"[yellow]warning[/] item {warning.get('item')} "
-                  f"({warning.get('itemCfRef')}): {json.dumps(warning.get('errors'))}",
+                  f"({warning.get('itemCfRef')}){where}: {json.dumps(warning.get('errors'))}",
                   markup=True, highlight=False)
 
 

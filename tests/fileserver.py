@@ -15,13 +15,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import unquote
 
 from casefetch.background_server import BackgroundServer
 
 
 @dataclass
 class Fault:
-    """One misbehaviour: ``status`` to answer, or ``truncate`` to cut the body short."""
+    """One misbehaviour: ``status`` to answer, or ``truncate`` to cut the body short.
+    ``headers`` go with the status, or with the body (a Content-Length there replaces the
+    true one)."""
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -41,6 +44,8 @@ class Route:
     always: Fault | None = None
     redirect_to: str | None = None
     chunked: bool = False
+    #: Neither Content-Length nor chunks: the body ends when the connection closes.
+    unframed: bool = False
     #: Pause after each 64 KiB written: a slow host (or one that stalls mid-body).
     chunk_delay: float = 0.0
 
@@ -64,7 +69,7 @@ class FileServer(BackgroundServer):
         return self.url(path)
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
-        path = request.path.split("?", 1)[0]
+        path = _path(request)
         with self.lock:
             self.in_flight += 1
             self.in_flight_paths[path] += 1
@@ -77,7 +82,7 @@ class FileServer(BackgroundServer):
                 self.in_flight_paths[path] -= 1
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:  # noqa: C901
-        path = request.path.split("?", 1)[0]
+        path = _path(request)
         with self.lock:
             self.hits[path] += 1
             route = self.routes.get(path)
@@ -112,11 +117,16 @@ class FileServer(BackgroundServer):
             length = fault.lie_length
         request.send_response(200)
         request.send_header("Content-Type", route.content_type)
+        extra = fault.headers if fault is not None else {}
+        for name, value in extra.items():
+            request.send_header(name, value)
         if route.chunked:
             request.send_header("Transfer-Encoding", "chunked")
-        else:
+        elif not route.unframed and "Content-Length" not in extra:
             request.send_header("Content-Length", str(length))
-        if fault is not None and (fault.truncate is not None or fault.lie_length is not None):
+        if route.unframed or "Content-Length" in extra or (
+                fault is not None and (fault.truncate is not None
+                                       or fault.lie_length is not None)):
             request.send_header("Connection", "close")
             request.close_connection = True
         request.end_headers()
@@ -147,3 +157,9 @@ class FileServer(BackgroundServer):
         if fault is None:
             with self.lock:
                 self.served[path] += 1
+
+
+def _path(request: BaseHTTPRequestHandler) -> str:
+    """The path asked for, its UTF-8 escapes decoded: a route added as ``/été.pdf`` is found
+    only by a client that escaped it as a browser does (``/%C3%A9t%C3%A9.pdf``)."""
+    return unquote(request.path.split("?", 1)[0], errors="replace")

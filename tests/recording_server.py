@@ -38,6 +38,8 @@ class RecordingServer(BackgroundServer):
         return self.url(path, host)
 
     def received(self, path: str) -> list[dict[str, str]]:
+        """The headers of each request for ``path`` (lower-case names), and under
+        ``:target`` the request target as sent (path and query)."""
         with self.lock:
             return list(self.requests.get("/" + path.lstrip("/"), []))
 
@@ -45,7 +47,7 @@ class RecordingServer(BackgroundServer):
         path = request.path.split("?", 1)[0]
         with self.lock:
             self.requests.setdefault(path, []).append(
-                {k.lower(): v for k, v in request.headers.items()})
+                {k.lower(): v for k, v in request.headers.items()} | {":target": request.path})
         reply = self.replies.get(path, Reply(status=404))
         request.send_response(reply.status)
         for name, value in reply.headers.items():

@@ -9,8 +9,9 @@ import pytest
 
 from bench import cli, fileserver, payloads, pipeline, receiver, report
 from bench.harness import BenchError, Result
+from tests.samples import ends_whole
 from worker.archive import case_dir
-from worker.sniff import PDF, looks_complete, sniff
+from worker.sniff import PDF, sniff
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:8080/webhooks
@@ -78,9 +79,9 @@ def test_padded_body_has_the_exact_size() -> None:
 
 def test_generated_files_are_valid_whole_or_streamed() -> None:
     small = fileserver.whole("pdf", 5000)
-    assert len(small) == 5000 and sniff(small) is PDF and looks_complete(PDF, small[-1024:])
+    assert len(small) == 5000 and sniff(small) is PDF and ends_whole(PDF, small)
     streamed = b"".join(bytes(part) for part in fileserver.stream("pdf", 3 * 2**20 + 7))
-    assert len(streamed) == 3 * 2**20 + 7 and looks_complete(PDF, streamed[-1024:])
+    assert len(streamed) == 3 * 2**20 + 7 and ends_whole(PDF, streamed)
     for kind in ("jpg", "png"):
         data = fileserver.whole(kind, 4096)
         assert len(data) == 4096 and sniff(data) is not None

@@ -165,6 +165,41 @@ def test_retry_fetches_what_failed_once_the_server_is_fixed(
     one_line_failure(cli("archive", "retry", "NO-SUCH-CASE"))
 
 
+def test_retry_and_warnings_of_a_case_with_non_ascii_urls(
+        cli: Callable[..., subprocess.CompletedProcess[str]], receiver: ReceiverProcess,
+        worker: WorkerProcess, file_server: FileServer, archive: Archive,
+        unique: Callable[[str], str]) -> None:
+    cf = unique("ÉTÉ")
+    pdf, heic = samples.pdf(), samples.heic()
+    pdf_url = file_server.add(f"{cf}/rapport-été.pdf", pdf, always=Fault(503))
+    items = [samples.item("IT-1", file_server.add(f"{cf}/photo été.heic", heic))]
+    plain = unique("PLAIN")
+    assert receiver.post(samples.body(samples.case(plain, file_server.add(
+        f"{plain}/pdf", pdf))))[0] == 202
+    assert receiver.post(samples.body(samples.case(cf, pdf_url, items)))[0] == 202
+    before = archive.settled(cf)
+    assert before["status"] == "incomplete"
+    assert before["files"][0]["error"] == "HTTP 503", before["files"][0]
+    assert archive.settled(plain)["warnings"] == []
+
+    file_server.add(f"{cf}/rapport-été.pdf", pdf)  # the host is back
+    result = cli("archive", "retry", cf, "--wait", "--timeout", "60")
+    assert result.returncode == 0 and f"{cf}: complete" in result.stdout, result.stderr
+    manifest = archive.manifest(cf)
+    assert manifest is not None and manifest["files"][0]["sha256"] == sha(pdf)
+    # The HEIC photo is kept, warned about once (the retry settled the case again).
+    assert [w["itemCfRef"] for w in manifest["warnings"]] == ["IT-1"]
+    assert manifest["files"][1]["path"] == "items/001-IT-1.heic"
+
+    warned = {c["cfRef"]: c for c in as_json(cli("archive", "list", "--warnings", "--json"))}
+    assert warned[cf]["warnings"] == 1 and warned[cf]["status"] == "complete"
+    assert all(c["warnings"] > 0 for c in warned.values())
+    assert plain in {c["cfRef"] for c in as_json(cli("archive", "list", "--json"))}
+    assert plain not in warned
+    shown = cli("archive", "show", cf)
+    assert "items/001-IT-1.heic" in shown.stdout and "stored as .heic" in shown.stdout
+
+
 def test_quarantine_list_show_and_replay(
         cli: Callable[..., subprocess.CompletedProcess[str]], worker: WorkerProcess,
         archive: Archive, redis_client: redis.Redis, unique: Callable[[str], str]) -> None:

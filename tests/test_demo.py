@@ -15,7 +15,8 @@ import pytest
 from casefetch import demo
 from casefetch.redis_server import free_port
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, receiver_env, wait_for
-from worker.sniff import TAIL_BYTES, looks_complete, sniff
+from tests.samples import ends_whole
+from worker.sniff import sniff
 
 
 def test_demo_files_are_whole_files_of_their_type() -> None:
@@ -23,7 +24,7 @@ def test_demo_files_are_whole_files_of_their_type() -> None:
     for name, (data, content_type) in files.items():
         found = sniff(data[:4096])
         assert found is not None and found.content_type == content_type, name
-        assert looks_complete(found, data[-TAIL_BYTES:]), name
+        assert ends_whole(found, data), name
     assert demo.case_files("DEMO-x-1") == files, "the same case always gets the same bytes"
 
     pdf = files["report.pdf"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import socket
 import sys
 import zlib
 from pathlib import Path
@@ -16,7 +17,7 @@ from tests.fileserver import Fault, FileServer
 from tests.recording_server import RecordingServer, Reply
 from tests.samples import key_for
 from tests.tls import self_signed, tls_server
-from worker.download import Fetcher, _retry_after
+from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.settings import DownloadSettings
 from worker.sniff import FileKind
@@ -89,12 +90,6 @@ def test_retry_after_is_honoured(file_server: FileServer, storage: LocalStorage)
     assert len(slept) == 2
 
 
-def test_retry_after_parsing() -> None:
-    assert _retry_after("7") == 7.0
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert _retry_after("soon") is None
-
-
 @pytest.mark.parametrize("fault", [Fault(truncate=1000), Fault(lie_length=10**6)],
                          ids=["cut-short", "length-lies"])
 def test_short_bodies_are_retried_and_never_stored(file_server: FileServer,
@@ -116,20 +111,160 @@ def test_chunked_body_cut_short_is_not_stored(file_server: FileServer,
     assert not list(storage.root.rglob("*.pdf"))
 
 
-def test_a_pdf_without_its_end_is_refused(file_server: FileServer, storage: LocalStorage) -> None:
-    url = file_server.add("dl/no-eof", samples.pdf()[:-20])  # honest length, cut content
-    with pytest.raises(DownloadError, match="cut short"):
-        fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("n"))
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_the_transfer_says_a_body_is_whole_not_the_format(
+        file_server: FileServer, storage: LocalStorage, framing: str) -> None:
+    # Whole by its Content-Length or its chunks: stored as served, whatever its last bytes.
+    data = samples.pdf()[:-20]
+    url = file_server.add(f"dl/no-eof-{framing}", data, chunked=framing == "chunked")
+    result = fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("n"))
+    assert result.attempts == 1 and (storage.root / "n.pdf").read_bytes() == data
+
+
+@pytest.mark.parametrize("name,data,kind,extension", [
+    ("motion-photo", samples.motion_photo(), FileKind.ITEM_IMAGE, "jpg"),
+    ("camera-trailer", samples.camera_trailer(), FileKind.ITEM_IMAGE, "jpg"),
+    ("png-after-iend", samples.png() + b"\x00trailing data", FileKind.ITEM_IMAGE, "png"),
+    ("pdf-after-eof", samples.pdf() + b"\r\n\x00\x00junk", FileKind.CASE_PDF, "pdf"),
+])
+@pytest.mark.parametrize("framing", ["length", "chunked", "unframed"])
+def test_bytes_after_a_formats_end_are_stored(
+        file_server: FileServer, storage: LocalStorage, name: str, data: bytes,
+        kind: FileKind, extension: str, framing: str) -> None:
+    url = file_server.add(f"dl/after-end/{name}-{framing}", data,
+                          chunked=framing == "chunked", unframed=framing == "unframed")
+    result = fetcher()[0].fetch(url, kind, storage, key_for(f"t/{name}-{framing}"))
+    stored = storage.root / result.key
+    assert result.key.endswith(f".{extension}") and result.attempts == 1
+    assert result.warning is None
+    assert result.sha256 == samples.sha(data) and stored.read_bytes() == data
+
+
+@pytest.mark.parametrize("name,data,cut", [
+    ("pdf", samples.pdf(20_000), 15_000),
+    ("jpeg-in-its-thumbnail", samples.real_jpeg(thumbnail=True), 330),
+    ("png", samples.png(64, 64), 100),
+    ("mp4", samples.mp4(), 1500),
+])
+def test_an_unframed_body_cut_before_its_formats_end_is_retried_and_not_stored(
+        file_server: FileServer, storage: LocalStorage, name: str, data: bytes,
+        cut: int) -> None:
+    # No length, no chunks: the connection's close ends the body, and only the format can
+    # tell a cut one (the JPEG is cut after its EXIF thumbnail's own end marker).
+    url = file_server.add(f"dl/unframed-cut/{name}", data, unframed=True,
+                          always=Fault(truncate=cut))
+    with pytest.raises(DownloadError, match="cut short") as info:
+        fetcher()[0].fetch(url, FileKind.ITEM_IMAGE if name != "pdf" else FileKind.CASE_PDF,
+                           storage, key_for(f"u/{name}"))
+    assert getattr(info.value, "attempts", 0) == 3
+    assert not [p for p in storage.root.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("data,kind", [(samples.png(), FileKind.CASE_PDF),
-                                       (samples.pdf(), FileKind.ITEM_IMAGE),
-                                       (b"<html></html>", FileKind.ITEM_IMAGE)])
+                                       (samples.heic(), FileKind.CASE_PDF),
+                                       (b"<html></html>", FileKind.ITEM_IMAGE),
+                                       (b'{"error": "expired"}', FileKind.ITEM_IMAGE),
+                                       (b"Access denied\n", FileKind.ITEM_IMAGE),
+                                       (b"<!DOCTYPE html><title>Login</title>",
+                                        FileKind.CASE_PDF)])
 def test_wrong_content_fails_at_once(file_server: FileServer, storage: LocalStorage,
                                      data: bytes, kind: FileKind) -> None:
-    url = file_server.add(f"dl/wrong-{kind.value}-{len(data)}", data)
-    with pytest.raises(PermanentDownloadError) as info:
+    url = file_server.add(f"dl/wrong-{kind.value}-{samples.sha(data)[:8]}", data)
+    with pytest.raises(PermanentDownloadError, match="expected") as info:
         fetcher()[0].fetch(url, kind, storage, key_for("w"))
+    assert getattr(info.value, "attempts", 0) == 1
+    assert not [p for p in storage.root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("name,data,step,extension,warned", [
+    ("heic", samples.heic(), "PHOTOGRAPHY", "heic", True),
+    ("avif", samples.avif(), "PHOTOGRAPHY", "avif", True),
+    ("mp4-photo", samples.mp4(), "PHOTOGRAPHY", "mp4", True),
+    ("mov-photo", samples.quicktime(), "SIGNATURE", "mov", True),
+    ("pdf-photo", samples.pdf(), "PHOTOGRAPHY", "pdf", True),
+    ("gif", b"GIF89a" + bytes(64), "PHOTOGRAPHY", "gif", True),
+    ("tiff", b"II*\x00\x08\x00\x00\x00" + bytes(64), "PHOTOGRAPHY", "tif", True),
+    ("mp4-video", samples.mp4(), "VIDEO", "mp4", False),
+    ("mov-video", samples.quicktime(), "VIDEO", "mov", False),
+    ("jpeg-video", samples.real_jpeg(), "VIDEO", "jpg", False),
+    ("heic-video", samples.heic(), "VIDEO", "heic", True),
+])
+def test_recognised_media_of_another_type_are_kept_with_a_warning(
+        file_server: FileServer, storage: LocalStorage, name: str, data: bytes, step: str,
+        extension: str, warned: bool) -> None:
+    url = file_server.add(f"dl/media/{name}", data)
+    result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for(f"m/{name}"),
+                                step_action=step)
+    assert result.key == f"m/{name}.{extension}"
+    assert (storage.root / result.key).read_bytes() == data
+    assert result.sha256 == samples.sha(data)
+    if warned:
+        assert result.warning is not None and f"stored as .{extension}" in result.warning
+    else:
+        assert result.warning is None
+
+
+@pytest.mark.parametrize("header", [{"Content-Length": "\u00b2"}, {"Content-Length": "12, 13"},
+                                    {"Content-Length": "-1"}])
+def test_a_content_length_that_is_not_a_length_is_a_retried_protocol_error(
+        file_server: FileServer, storage: LocalStorage, header: dict[str, str]) -> None:
+    data = samples.png(seed=9)
+    url = file_server.add(f"dl/bad-length-{samples.sha(repr(header).encode())[:8]}", data,
+                          faults=[Fault(headers=header)])
+    result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("l"))
+    assert result.attempts == 2 and (storage.root / result.key).read_bytes() == data
+
+    always = file_server.add(f"dl/always-bad-length-{samples.sha(repr(header).encode())[:8]}",
+                             data, always=Fault(headers=header))
+    with pytest.raises(DownloadError, match="protocol error: Content-Length") as info:
+        fetcher()[0].fetch(always, FileKind.ITEM_IMAGE, storage, key_for("l2"))
+    assert getattr(info.value, "attempts", 0) == 3
+
+
+def test_a_retry_after_that_is_not_a_number_is_ignored(file_server: FileServer,
+                                                      storage: LocalStorage) -> None:
+    url = file_server.add("dl/retry-after-sup", samples.png(),
+                          faults=[Fault(status=503, headers={"Retry-After": "\u00b9"}),
+                                  Fault(status=429, headers={"Retry-After": "\u0661\u0662"})])
+    fetch, slept = fetcher(backoff_base_seconds=0.001, backoff_max_seconds=5)
+    result = fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("ra"))
+    assert result.attempts == 3
+    # Ignored: the backoff alone (at most 2 ms here), not the 1 or 12 seconds they would say.
+    assert len(slept) == 2 and max(slept) <= 0.002
+
+
+def test_a_non_ascii_url_is_requested_as_a_browser_would(storage: LocalStorage) -> None:
+    pdf = samples.pdf()
+    server = RecordingServer().start()
+    resolved: list[str] = []
+
+    def resolve(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        # The IDN host is looked up, and named in Host, in its IDNA form only.
+        resolved.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    try:
+        server.add("/rapport-%C3%A9t%C3%A9.pdf", Reply(body=pdf))
+        url = f"http://bücher.test:{server.port}/rapport-été.pdf?nom=Ça va#page=2"
+        values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 1}
+        fetch = Fetcher(DownloadSettings(**values), resolve=resolve)  # type: ignore[arg-type]
+        result = fetch.fetch(url, FileKind.CASE_PDF, storage, key_for("idn"))
+        [request] = server.received("/rapport-%C3%A9t%C3%A9.pdf")
+    finally:
+        server.stop()
+    assert (storage.root / result.key).read_bytes() == pdf
+    assert resolved == ["xn--bcher-kva.test"]
+    assert request["host"] == f"xn--bcher-kva.test:{server.port}"
+    assert request[":target"] == "/rapport-%C3%A9t%C3%A9.pdf?nom=%C3%87a%20va"
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.test/a.pdf", "http://[::1/a.pdf",
+                                 "http://host:99999/a.pdf", "http://a<b.test/a.pdf",
+                                 "http://\u00ad.test/a.pdf"])
+def test_a_url_that_cannot_become_a_request_fails_at_once(storage: LocalStorage,
+                                                         url: str) -> None:
+    with pytest.raises(PermanentDownloadError, match=r"invalid URL|no host") as info:
+        fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("bad"))
     assert getattr(info.value, "attempts", 0) == 1
 
 

@@ -241,3 +241,71 @@ def test_a_batch_fetches_the_rest_while_one_file_is_held_elsewhere(
     assert manifest["status"] == "complete"
     assert file_server.hits[f"/{cf}/pdf"] == 1
     assert file_server.hits[f"/{cf}/A"] == 1 and file_server.hits[f"/{cf}/B"] == 1
+
+
+def test_every_byte_the_platform_serves_is_kept(
+        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
+        archive: Archive, unique: Callable[[str], str]) -> None:
+    """Each row of issue 15's table, as phones and document stores write the files."""
+    cf = unique("CF")
+    pdf = samples.pdf(30_000) + b"\r\n% an incremental update's bytes, after %%EOF\r\n\x00"
+    served = {  # item cfRef: (stepAction, bytes, how it is served, extension, warned)
+        "motion": ("PHOTOGRAPHY", samples.motion_photo(), {}, "jpg", False),
+        "trailer": ("PHOTOGRAPHY", samples.camera_trailer(), {"chunked": True}, "jpg", False),
+        "png-tail": ("SIGNATURE", samples.png(seed=4) + b"\x00after IEND", {}, "png", False),
+        "heic": ("PHOTOGRAPHY", samples.heic(), {}, "heic", True),
+        "avif": ("PHOTOGRAPHY", samples.avif(), {"unframed": True}, "avif", True),
+        "mp4": ("VIDEO", samples.mp4(seed=3), {}, "mp4", False),
+        "mov": ("VIDEO", samples.quicktime(), {}, "mov", False),
+        "sup": ("PHOTOGRAPHY", samples.png(seed=5),
+                {"faults": [Fault(status=503, headers={"Retry-After": "\u00b9"})]}, "png", False),
+        "len": ("PHOTOGRAPHY", samples.jpeg(5000, seed=6),
+                {"faults": [Fault(headers={"Content-Length": "\u00b2"})]}, "jpg", False),
+    }
+    items = [samples.item(name, file_server.add(f"{cf}/{name}/phöto {name}", data, **how),
+                          step=step)
+             for name, (step, data, how, _, _) in served.items()]
+    items += [samples.item("number", None, step="NUMBER_FIELD", data=42),
+              samples.item("select", None, step="SELECT", data=["a", "b"],
+                           description={"rich": True}, geolocLatitude=[48.8])]
+    case_url = file_server.add(f"{cf}/rapport-été.pdf", pdf) + "?sig=é"
+    payload = samples.case(cf, case_url, items, frame=123, closed="maybe")
+    assert receiver.post(samples.body(payload))[0] == 202
+
+    manifest = archive.settled(cf)
+    files = {f.get("itemCfRef") or "case": f for f in manifest["files"]}
+    folder = archive.case(cf)
+    assert files["case"]["path"] == "case.pdf" and files["case"]["sourceUrl"] == case_url
+    assert (folder / "case.pdf").read_bytes() == pdf and files["case"]["sha256"] == sha(pdf)
+    for name, (_, data, _, extension, warned) in served.items():
+        entry = files[name]
+        assert entry["status"] == "stored", (name, entry)
+        assert entry["path"].endswith(f"-{name}.{extension}"), entry
+        assert entry["sha256"] == sha(data) and (folder / entry["path"]).read_bytes() == data
+        assert ("warning" in entry) is warned, entry
+    assert files["sup"]["attempts"] == 2 and files["len"]["attempts"] == 2
+    assert files["heic"]["contentType"] == "image/heic"
+    assert files["mp4"]["contentType"] == "video/mp4"
+    warned = {(w.get("itemCfRef"), w.get("path")) for w in manifest["warnings"]}
+    assert warned == {("heic", files["heic"]["path"]), ("avif", files["avif"]["path"])}
+    assert manifest["status"] == "complete"
+
+
+def test_fields_of_any_json_type_leave_a_case_complete(
+        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
+        archive: Archive, unique: Callable[[str], str]) -> None:
+    cf = unique("CF")
+    items = [samples.item("photo", file_server.add(f"{cf}/p", samples.png(seed=8)),
+                          data={"title": "Façade"}, geolocLatitude=True,
+                          geolocLongitude=None),
+             samples.item("number", None, step="NUMBER_FIELD", data=42),
+             samples.item("select", None, step="SELECT", data=["a", "b"], description=7),
+             samples.item("unknown", None, step="HOLOGRAM")]
+    body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items,
+                                     frame=123, closed="maybe"))
+    assert receiver.post(body)[0] == 202
+    manifest = archive.settled(cf)
+    assert manifest["status"] == "complete", manifest
+    # A field problem (an unknown stepAction) is a warning; it does not make a case incomplete.
+    assert [w["itemCfRef"] for w in manifest["warnings"]] == ["unknown"]
+    assert (archive.case(cf) / "case.json").read_bytes() == body

@@ -6,7 +6,7 @@ through the hash straight to the storage writer.
 
 from __future__ import annotations
 
-import email.utils
+import contextlib
 import hashlib
 import http.client
 import random
@@ -17,20 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from worker import headers as header_values
 from worker.connections import Connections, Resolve, Response
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
-from worker.sniff import (
-    SNIFF_BYTES,
-    TAIL_BYTES,
-    FileKind,
-    FileType,
-    accepts,
-    looks_complete,
-    sniff,
-)
+from worker.sniff import SNIFF_BYTES, FileKind, FileType, Refused, end_check, judge, sniff
 from worker.storage import Staged, Storage, commit_or_discard
+from worker.urls import InvalidUrl, request_url
 
 #: Bytes read at once, into one buffer per thread: larger gains no throughput on a LAN and
 #: fits the caches less well (the bytes go through the hash and the write while still in it).
@@ -47,6 +41,8 @@ class FetchResult:
     sha256: str
     size: int
     attempts: int
+    #: Why the file is kept although it is not of the type expected (None: it is).
+    warning: str | None = None
 
 
 class Fetcher:
@@ -64,18 +60,21 @@ class Fetcher:
         self._buffers = threading.local()
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
-              key_for: Callable[[FileType], str]) -> FetchResult:
+              key_for: Callable[[FileType], str], step_action: str | None = None
+              ) -> FetchResult:
         """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
 
         Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
         The pipeline uses :meth:`fetch_staged`, to note its intent before the rename.
+        ``step_action`` is the item's (a VIDEO item may hold a video).
         """
-        result, staged = self.fetch_staged(url, kind, storage, key_for)
+        result, staged = self.fetch_staged(url, kind, storage, key_for, step_action)
         commit_or_discard(staged)
         return result
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str]) -> tuple[FetchResult, Staged]:
+                     key_for: Callable[[FileType], str], step_action: str | None = None
+                     ) -> tuple[FetchResult, Staged]:
         """:meth:`fetch`, up to the file verified and written, but not yet under its name:
         the caller commits it (or discards it). Files committed together cost one round trip
         for their intents, and one fsync per folder."""
@@ -83,8 +82,9 @@ class Fetcher:
         while True:
             attempts += 1
             try:
-                key, file_type, sha256, size, staged = self._attempt(url, kind, storage, key_for)
-                return FetchResult(key, file_type, sha256, size, attempts), staged
+                stored = self._attempt(url, _Slot(kind, step_action), storage, key_for)
+                return FetchResult(stored.key, stored.file_type, stored.sha256, stored.size,
+                                   attempts, stored.warning), stored.staged
             except RetryableDownloadError as exc:
                 if attempts >= self.settings.max_attempts:
                     exc.attempts = attempts  # type: ignore[attr-defined]
@@ -109,10 +109,14 @@ class Fetcher:
         URL received as every redirect: an http URL is fetched without them.
         """
         for _ in range(self.settings.max_redirects + 1):
-            host = self.guard.check(url)  # first: it refuses a URL that does not parse
+            try:
+                url = request_url(url)  # what a browser would send: ASCII, IDNA host
+            except InvalidUrl as exc:
+                raise PermanentDownloadError(f"invalid URL: {exc}", url) from None
+            host = self.guard.check(url)
             parts = urlsplit(url)
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if parts.scheme == "https" and host in self.settings.allowed_hosts:
+            if parts.scheme == "https" and host in self.guard.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
                 response = self.connections.get(parts, headers)
@@ -126,13 +130,12 @@ class Fetcher:
             return response
         raise PermanentDownloadError("too many redirects", url)
 
-    def _attempt(self, url: str, kind: FileKind, storage: Storage,
-                 key_for: Callable[[FileType], str]
-                 ) -> tuple[str, FileType, str, int, Staged]:
+    def _attempt(self, url: str, slot: _Slot, storage: Storage,
+                 key_for: Callable[[FileType], str]) -> _Stored:
         response = self._open(url)
         try:
-            self._check_status(response, url)
-            stored = self._stream(response, url, kind, storage, key_for)
+            length = self._check_status(response, url)
+            stored = self._stream(response, url, slot, storage, key_for, length)
         except BaseException:
             # Unread bytes may remain: this connection must not be reused.
             response.close()
@@ -140,23 +143,30 @@ class Fetcher:
         response.release()
         return stored
 
-    def _check_status(self, response: Response, url: str) -> None:
+    def _check_status(self, response: Response, url: str) -> int | None:
+        """Refuse a response that is not the file; return the body's declared length (None:
+        chunked, or the body ends when the connection closes)."""
         status = response.status
         if status in RETRYABLE_STATUS:
-            retry_after = _retry_after(response.header("Retry-After"))
+            retry_after = header_values.retry_after(response.header("Retry-After"))
             raise RetryableDownloadError(f"HTTP {status}", url, retry_after=retry_after)
         if status != 200:
             raise PermanentDownloadError(f"HTTP {status}", url)
-        length = response.header("Content-Length")
-        if length and length.isdigit() and int(length) > self.settings.max_bytes:
+        length = _content_length(response)
+        if length == header_values.INVALID:
+            raise RetryableDownloadError(
+                f"protocol error: Content-Length {response.header('Content-Length')!r} "
+                "is not a length", url)
+        if length is not None and length > self.settings.max_bytes:
             raise PermanentDownloadError(
                 f"file of {length} bytes is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})",
                 url)
+        return length
 
-    def _stream(self, response: Response, url: str, kind: FileKind,
-                storage: Storage, key_for: Callable[[FileType], str]
-                ) -> tuple[str, FileType, str, int, Staged]:
-        chunks = self._body(response, url)
+    def _stream(self, response: Response, url: str, slot: _Slot,
+                storage: Storage, key_for: Callable[[FileType], str], length: int | None
+                ) -> _Stored:
+        chunks = self._body(response, url, length)
         first: bytes | memoryview = b""
         short = b""  # first reads under SNIFF_BYTES, copied: the next read reuses the buffer
         for chunk in chunks:
@@ -169,14 +179,18 @@ class Fetcher:
         if not first:
             raise RetryableDownloadError("empty body", url)
         file_type = sniff(bytes(first[:SNIFF_BYTES]))
-        if file_type is None or not accepts(kind, file_type):
-            found = file_type.content_type if file_type else "unrecognised content"
-            wanted = "a PDF" if kind is FileKind.CASE_PDF else "an image"
-            raise PermanentDownloadError(f"expected {wanted}, got {found}", url)
+        try:
+            warning = judge(slot.kind, file_type, slot.step_action)
+        except Refused as exc:
+            raise PermanentDownloadError(str(exc), url) from None
+        assert file_type is not None  # judge refuses unrecognised content
+        # Framing (Content-Length, chunks) says whether the body is whole; a body that ends
+        # when the connection closes has only what its format tells (never its last bytes).
+        framed = length is not None or response.raw.chunked
+        ending = None if framed else end_check(file_type)
         key = key_for(file_type)
         digest = hashlib.sha256()
         size = 0
-        tail = b""
         with storage.stage(key, cache=False) as staged:
             for chunk in _prepend(first, chunks):
                 size += len(chunk)
@@ -185,12 +199,15 @@ class Fetcher:
                         f"file is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})", url)
                 digest.update(chunk)
                 staged.write(chunk)
-                tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
-            if not looks_complete(file_type, tail):
-                raise RetryableDownloadError("body cut short: the file does not end", url)
-        return key, file_type, digest.hexdigest(), size, staged
+                if ending is not None:
+                    ending.feed(chunk)
+            if ending is not None and not ending.whole():
+                raise RetryableDownloadError(
+                    "body cut short: the connection closed before the file's end", url)
+        return _Stored(key, file_type, digest.hexdigest(), size, staged, warning)
 
-    def _body(self, response: Response, url: str) -> Iterator[bytes | memoryview]:
+    def _body(self, response: Response, url: str, length: int | None
+              ) -> Iterator[bytes | memoryview]:
         """The response's body, decoded, chunk by chunk; each chunk is valid until the next
         is asked for (they are read into one buffer per thread, without a copy).
 
@@ -199,7 +216,7 @@ class Fetcher:
         DOWNLOAD_MAX_BYTES as it grows, never held whole.
         """
         encoding = (response.header("Content-Encoding") or "identity").strip().lower()
-        chunks = self._raw_body(response, url)
+        chunks = self._raw_body(response, url, length)
         if encoding in {"", "identity"}:
             yield from chunks
         elif encoding in {"gzip", "x-gzip", "deflate"}:
@@ -207,10 +224,10 @@ class Fetcher:
         else:
             raise PermanentDownloadError(f"unsupported Content-Encoding {encoding!r}", url)
 
-    def _raw_body(self, response: Response, url: str) -> Iterator[memoryview]:
+    def _raw_body(self, response: Response, url: str, expected: int | None
+                  ) -> Iterator[memoryview]:
         raw = response.raw
         buffer = self._buffer()
-        expected = _content_length(response)
         received = 0
         while True:
             try:
@@ -231,6 +248,24 @@ class Fetcher:
         if buffer is None:
             buffer = self._buffers.buffer = memoryview(bytearray(CHUNK_BYTES))
         return buffer
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """What the file fetched is for: the case PDF, or an item's file (and its stepAction)."""
+
+    kind: FileKind
+    step_action: str | None = None
+
+
+@dataclass(frozen=True)
+class _Stored:
+    key: str
+    file_type: FileType
+    sha256: str
+    size: int
+    staged: Staged
+    warning: str | None
 
 
 def _prepend(first: bytes | memoryview, rest: Iterator[bytes | memoryview]
@@ -257,9 +292,10 @@ def _inflate(chunks: Iterator[memoryview], encoding: str, url: str) -> Iterator[
                 if out:
                     yield out
         if inflater is not None and not inflater.eof:
-            # All input is consumed, so what is left is small. A stream that does not end
-            # is a file that does not end either: the type's own end check refuses it.
-            yield inflater.flush()
+            # The transfer was whole, but the compressed stream in it is not: the host
+            # sent a cut file (retried).
+            raise RetryableDownloadError(f"body cut short: the {encoding} stream does not end",
+                                         url)
     except zlib.error as exc:
         raise RetryableDownloadError(f"body could not be decoded ({encoding}): {exc}",
                                      url) from exc
@@ -270,6 +306,9 @@ def _zlib_header(data: bytes) -> bool:
 
 
 def _redirect_target(url: str, location: str) -> str:
+    # http.client reads header bytes as Latin-1; a browser reads a Location as UTF-8.
+    with contextlib.suppress(UnicodeError):
+        location = location.encode("latin-1").decode("utf-8")
     try:
         return urljoin(url, location)
     except ValueError as exc:  # e.g. an IPv6 literal without its closing bracket
@@ -277,23 +316,10 @@ def _redirect_target(url: str, location: str) -> str:
 
 
 def _content_length(response: Response) -> int | None:
+    """The declared length (or headers.INVALID); None when chunked or not declared."""
     if response.header("Transfer-Encoding"):
         return None  # chunked: http.client checks each chunk's length itself
-    length = response.header("Content-Length") or ""
-    return int(length) if length.isdigit() else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return header_values.content_length(response.header("Content-Length"))
 
 
 def _describe(exc: BaseException) -> str:

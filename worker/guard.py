@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from worker.errors import PermanentDownloadError
 from worker.settings import DownloadSettings
+from worker.urls import InvalidUrl, ascii_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Called with (host, address) before a socket connects; raises to refuse the connection.
@@ -96,9 +97,12 @@ class UrlGuard:
     def __init__(self, settings: DownloadSettings) -> None:
         self.settings = settings
         self.check_address = address_check(settings)
+        #: DOWNLOAD_ALLOWED_HOSTS as URLs are requested (an IDN in its ``xn--`` form).
+        self.allowed_hosts = frozenset(_ascii_or_as_is(h) for h in settings.allowed_hosts)
 
     def check(self, url: str) -> str:
-        """Return the URL's host when it may be fetched; raise PermanentDownloadError if not."""
+        """Return the URL's host when it may be fetched; raise PermanentDownloadError if not.
+        ``url`` is as requested (:func:`worker.urls.request_url`)."""
         try:
             parts = urlsplit(url)
             _ = parts.port  # a port that is not a number, or out of range, raises here
@@ -109,7 +113,7 @@ class UrlGuard:
         host = (parts.hostname or "").lower()
         if not host:
             raise PermanentDownloadError("URL has no host", url)
-        if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
+        if self.allowed_hosts and host not in self.allowed_hosts:
             raise PermanentDownloadError(f"host {host} is not in DOWNLOAD_ALLOWED_HOSTS", url)
         literal = _literal(host)
         if literal is not None:
@@ -118,3 +122,10 @@ class UrlGuard:
             except BlockedAddress as exc:
                 raise BlockedAddress(exc.message, url) from None
         return host
+
+
+def _ascii_or_as_is(host: str) -> str:
+    try:
+        return ascii_host(host)
+    except InvalidUrl:
+        return host  # matches no URL's host: nothing is allowed by it

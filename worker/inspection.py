@@ -95,9 +95,10 @@ def summarise(folder: str, manifest: Manifest) -> CaseSummary:
     )
 
 
-def list_cases(storage: Storage, status: str | None = None,
-               since: str | None = None) -> list[CaseSummary]:
-    """One summary per case, newest update first; ``since`` is an ISO timestamp prefix."""
+def list_cases(storage: Storage, status: str | None = None, since: str | None = None,
+               with_warnings: bool = False) -> list[CaseSummary]:
+    """One summary per case, newest update first; ``since`` is an ISO timestamp prefix;
+    ``with_warnings``: only cases whose manifest lists warnings."""
     found = []
     for folder in case_folders(storage):
         try:
@@ -107,6 +108,8 @@ def list_cases(storage: Storage, status: str | None = None,
         if status and summary.status != status:
             continue
         if since and (summary.updatedAt or "") < since:
+            continue
+        if with_warnings and not summary.warnings:
             continue
         found.append(summary)
     found.sort(key=lambda s: (s.updatedAt or "", s.cfRef), reverse=True)

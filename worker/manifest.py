@@ -98,7 +98,8 @@ def reuse(files: list[Entry], previous: Manifest | None) -> list[Entry]:
         earlier = stored.get((stem(entry), entry["sourceUrl"]))
         if entry["status"] == FileStatus.PENDING.value and earlier is not None:
             entry = {**entry, **{k: earlier[k] for k in
-                                 ("path", "status", "sha256", "bytes", "contentType", "attempts")
+                                 ("path", "status", "sha256", "bytes", "contentType", "attempts",
+                                  "warning")
                                  if k in earlier}, "error": None}
         merged.append(entry)
     return merged
@@ -118,20 +119,42 @@ def new_manifest(check: CaseCheck, delivery_id: str, files: list[Entry],
 
 
 def case_status(manifest: Manifest) -> CaseStatus:
+    """Files only: warnings (about payload fields, or a file kept under another type) never
+    make a case incomplete."""
     statuses = {entry["status"] for entry in manifest["files"]}
     if FileStatus.PENDING.value in statuses:
         return CaseStatus.PENDING
-    if statuses - {FileStatus.STORED.value} or manifest.get("warnings"):
+    if statuses - {FileStatus.STORED.value}:
         return CaseStatus.INCOMPLETE
     return CaseStatus.COMPLETE
+
+
+def file_warnings(files: list[Entry]) -> list[dict[str, Any]]:
+    """The manifest's warnings about stored files (each also on its entry)."""
+    warnings = []
+    for entry in files:
+        if entry.get("status") == FileStatus.STORED.value and entry.get("warning"):
+            item = _position(entry)
+            warnings.append({"item": item, "itemCfRef": entry.get("itemCfRef"),
+                             "path": entry["path"], "errors": {"file": [entry["warning"]]}})
+    return warnings
 
 
 def settle(manifest: Manifest, results: dict[int, Entry]) -> Manifest:
     """The manifest with the download results merged in and its status computed."""
     files = [results.get(index, entry) for index, entry in enumerate(manifest["files"])]
-    settled = {**manifest, "files": files, "updatedAt": now_iso()}
+    # Warnings about files are rebuilt from the entries: a retried case is settled again.
+    warnings = [w for w in manifest.get("warnings") or [] if "path" not in w]
+    settled = {**manifest, "files": files, "updatedAt": now_iso(),
+               "warnings": warnings + file_warnings(files)}
     settled["status"] = case_status(settled).value
     return settled
+
+
+def _position(entry: Entry) -> int | None:
+    """The item's position, from its file's name (``items/<NNN>-<cfRef>.<ext>``)."""
+    number = str(entry.get("path", "")).rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(number) if number.isascii() and number.isdigit() else None
 
 
 def pending_indices(manifest: Manifest) -> list[int]:

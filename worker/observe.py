@@ -128,10 +128,11 @@ class ObservedFetcher:
         return getattr(self.inner, name)
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str]) -> tuple[FetchResult, Staged]:
+                     key_for: Callable[[FileType], str], step_action: str | None = None
+                     ) -> tuple[FetchResult, Staged]:
         started = time.perf_counter()
         try:
-            result, staged = self.inner.fetch_staged(url, kind, storage, key_for)
+            result, staged = self.inner.fetch_staged(url, kind, storage, key_for, step_action)
         except DownloadError as exc:
             self._failed(kind, started, exc)
             raise

@@ -143,9 +143,7 @@ class Pipeline:
             # Callers hold the case lock already (it is not re-entrant).
             self._settle_locked(case, gen)
             return
-        files = [{"index": index, "path": manifest["files"][index]["path"],
-                  "kind": manifest["files"][index]["kind"],
-                  "sourceUrl": manifest["files"][index]["sourceUrl"]} for index in indices]
+        files = [_job(index, manifest["files"][index]) for index in indices]
         for batch in batches(files, BATCH_FILES):
             self.send_download({"case": case, "gen": gen, "cfRef": manifest["cfRef"],
                                 "files": batch})
@@ -241,7 +239,7 @@ class Pipeline:
 
         try:
             result, staged = self.fetcher.fetch_staged(job["sourceUrl"], kind, self.storage,
-                                                       key_for)
+                                                       key_for, job.get("stepAction"))
         except DownloadError as exc:
             attempts = getattr(exc, "attempts", 1)
             log.warning("download failed for %s %s after %d attempt(s): %s",
@@ -359,11 +357,22 @@ def release(lock: HeldLock) -> None:
         lock.__exit__(None, None, None)
 
 
+def _job(index: int, entry: Entry) -> dict[str, Any]:
+    job = {"index": index, "path": entry["path"], "kind": entry["kind"],
+           "sourceUrl": entry["sourceUrl"]}
+    if entry.get("stepAction") == "VIDEO":
+        job["stepAction"] = "VIDEO"  # the one step whose file may be a video
+    return job
+
+
 def _stored_entry(case: str, path: str, kind: FileKind, result: FetchResult) -> Entry:
-    return {"path": result.key[len(case) + 1:], "kind": kind.value,
-            "status": FileStatus.STORED.value, "sha256": result.sha256, "bytes": result.size,
-            "contentType": result.file_type.content_type, "error": None,
-            "attempts": result.attempts}
+    entry = {"path": result.key[len(case) + 1:], "kind": kind.value,
+             "status": FileStatus.STORED.value, "sha256": result.sha256, "bytes": result.size,
+             "contentType": result.file_type.content_type, "error": None,
+             "attempts": result.attempts}
+    if result.warning:
+        entry["warning"] = result.warning
+    return entry
 
 
 def _decode(body: bytes) -> Any:

@@ -50,5 +50,7 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
 
 
 def _pending(entry: Entry) -> dict[str, Any]:
-    return {**entry, "status": FileStatus.PENDING.value, "sha256": None, "bytes": None,
-            "contentType": None, "error": None}
+    pending = {**entry, "status": FileStatus.PENDING.value, "sha256": None, "bytes": None,
+               "contentType": None, "error": None}
+    pending.pop("warning", None)
+    return pending

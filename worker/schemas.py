@@ -2,8 +2,10 @@
 
 Unknown fields are kept (``unknown = INCLUDE``): the archive stores the payload as received,
 and the schemas only decide what can be archived. A case that fails :class:`CaseSchema` is
-quarantined; an item that fails :class:`ItemSchema` is recorded in the manifest and the case
-goes on.
+quarantined: only what it cannot be archived without (cfRef, reportId, caseUrl, createdAt,
+items as a list). Fields the archive only keeps (frame, closed, an item's data, description
+and geoloc) are accepted whatever their JSON type. An item that fails :class:`ItemSchema` is
+a warning in the manifest and the case goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from enum import Enum
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, pre_load, validate
+
+from worker.urls import InvalidUrl, request_url
 
 #: More items than this are not a certificate but an attack on the validator.
 MAX_ITEMS = 10_000
@@ -30,19 +34,25 @@ class StepAction(str, Enum):
     SIGNATURE = "SIGNATURE"
 
 
-class Coordinate(fields.Field):  # type: ignore[type-arg]
-    """A latitude or longitude: the platform sends a string, a JavaScript sender a number."""
+class HttpUrl(fields.String):
+    """An http(s) URL as a browser takes it: non-ASCII characters and an IDN host are
+    valid (they are escaped when the file is requested). The value is kept as sent."""
 
-    default_error_messages = {"invalid": "Not a valid coordinate."}
+    default_error_messages = {"invalid": "Not a valid URL."}
+    _valid = validate.URL(schemes={"http", "https"}, require_tld=False)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.make_error("invalid")
-        return value
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            self._valid(request_url(text))
+        except (InvalidUrl, ValidationError):
+            raise self.make_error("invalid") from None
+        return text
 
 
-def _http_url(**kwargs: Any) -> fields.Url:
-    return fields.Url(schemes={"http", "https"}, require_tld=False, **kwargs)
+def _kept(**kwargs: Any) -> fields.Raw:
+    """A field the archive keeps as sent, of any JSON type."""
+    return fields.Raw(allow_none=True, **kwargs)
 
 
 class ItemSchema(Schema):
@@ -52,11 +62,11 @@ class ItemSchema(Schema):
     cfRef = fields.String(required=True, validate=validate.Length(min=1))
     createdAt = fields.DateTime(required=True)
     stepAction = fields.Enum(StepAction, by_value=True, required=True)
-    description = fields.String(allow_none=True)
-    geolocLatitude = Coordinate(allow_none=True)
-    geolocLongitude = Coordinate(allow_none=True)
-    data = fields.String(allow_none=True)
-    imageUrl = _http_url(allow_none=True)
+    description = _kept()
+    geolocLatitude = _kept()
+    geolocLongitude = _kept()
+    data = _kept()
+    imageUrl = HttpUrl(allow_none=True)
 
     @pre_load
     def empty_url_is_none(self, data: Any, **kwargs: Any) -> Any:
@@ -71,10 +81,10 @@ class CaseSchema(Schema):
 
     cfRef = fields.String(required=True, validate=validate.Length(min=1))
     reportId = fields.String(required=True, validate=validate.Length(min=1))
-    caseUrl = _http_url(required=True)
+    caseUrl = HttpUrl(required=True)
     createdAt = fields.DateTime(required=True)
-    frame = fields.String(allow_none=True)
-    closed = fields.Boolean(allow_none=True)
+    frame = _kept()
+    closed = _kept()
     # Items are validated one by one (ItemSchema), so one bad item cannot lose the case.
     items = fields.List(fields.Raw(), required=True, validate=validate.Length(max=MAX_ITEMS))
 
