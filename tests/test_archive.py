@@ -62,7 +62,10 @@ def test_case_status() -> None:
         "incomplete"
     assert case_status({"files": [stored, {"status": "pending"}], "warnings": []}).value == \
         "pending"
-    assert case_status({"files": [stored], "warnings": [{"item": 1}]}).value == "incomplete"
+    # Status speaks of files only: a warning never makes a case incomplete.
+    assert case_status({"files": [stored], "warnings": [{"item": 1}]}).value == "complete"
+    assert case_status({"files": [stored, {"status": "failed"}],
+                        "warnings": [{"item": 1}]}).value == "incomplete"
 
 
 @pytest.mark.parametrize("value", [
