@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import SplitResult
 
 from worker.guard import AddressCheck
+from worker.headers import content_length
 
 #: Origins a thread keeps a connection to; the least recently used one is closed beyond.
 ORIGINS_PER_THREAD = 16
@@ -144,7 +145,9 @@ class Response:
     def drain(self) -> None:
         """Read a small body to the end (a redirect's), so the connection can be reused."""
         length = self.raw.length
-        if length is not None and length <= DRAIN_LIMIT:
+        # http.client reads any Unicode digits as a length; only ASCII digits are one.
+        declared = content_length(self.header("Content-Length"))
+        if length is not None and length <= DRAIN_LIMIT and declared == length:
             try:
                 self.raw.read()
             except (OSError, http.client.HTTPException):
