@@ -28,7 +28,8 @@ def test_a_url_becomes_what_a_browser_sends(url: str, expected: str) -> None:
     assert request_url(expected) == expected  # nothing escaped twice
 
 
-@pytest.mark.parametrize("url", ["http://h:99999/", "http://h:port/", "http://[::1/",
+@pytest.mark.parametrize("url", ["https:////\x18\u00cb", "http:/path", "http://:80/",
+                                 "http://h:99999/", "http://h:port/", "http://[::1/",
                                  "http://exa mple/", "http://a<b/", "http://\u00ad/",
                                  "http://" + "é" * 80 + ".test/"])
 def test_what_cannot_become_a_request_is_an_invalid_url(url: str) -> None:

@@ -38,6 +38,8 @@ def request_url(url: str) -> str:
         port = parts.port  # a port that is not a number, or out of range, raises here
     except ValueError as exc:
         raise InvalidUrl(str(exc)) from None
+    if not parts.hostname and (parts.scheme in {"http", "https"} or parts.path[:2] == "//"):
+        raise InvalidUrl("the URL has no host")
     netloc = _netloc(parts, port)
     if url.isascii() and not _needs_escaping(url) and not parts.fragment:
         return url
