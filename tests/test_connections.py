@@ -31,6 +31,8 @@ class CountingServer:
         self.drop = drop
         self.reply = reply or (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
                                b"Content-Length: %d\r\n\r\n" % len(PNG)) + PNG
+        #: Answers given first, in order, before ``reply``.
+        self.replies: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -67,7 +69,7 @@ class CountingServer:
                         return
                     pending += data
                 _, pending = pending.split(b"\r\n\r\n", 1)
-                conn.sendall(self.reply)
+                conn.sendall(self.replies.pop(0) if self.replies else self.reply)
                 self.answered += 1
                 if self.drop:
                     conn.shutdown(socket.SHUT_RDWR)
@@ -131,6 +133,21 @@ def test_a_malformed_chunked_body_is_a_retried_network_error(storage: LocalStora
         fetcher(slept).fetch(server.url("bad"), FileKind.ITEM_IMAGE, storage, key_for("x/bad"))
     assert info.value.attempts == 3  # type: ignore[attr-defined]
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("length,connections", [("1", 1), ("+1", 2), ("0_1", 2)])
+def test_a_redirect_is_drained_for_reuse_only_when_its_length_is_ascii_digits(
+        storage: LocalStorage, slept: list[float], length: str, connections: int) -> None:
+    # "+1" and "0_1" are lengths to http.client (it calls int()), not to HTTP: that host's
+    # connection is closed after the redirect instead of being trusted for the next answer.
+    with CountingServer() as server:
+        server.replies.append(b"HTTP/1.1 302 Found\r\nLocation: /b.png\r\nContent-Length: "
+                              + length.encode() + b"\r\n\r\nx")
+        result = fetcher(slept).fetch(server.url("a"), FileKind.ITEM_IMAGE, storage,
+                                      key_for("x/redirected"))
+        assert server.answered == 2 and server.accepted == connections
+    assert result.attempts == 1
+    assert (storage.root / "x/redirected.png").read_bytes() == PNG
 
 
 class BlackHole:

@@ -145,7 +145,7 @@ class Response:
     def drain(self) -> None:
         """Read a small body to the end (a redirect's), so the connection can be reused."""
         length = self.raw.length
-        # http.client reads any Unicode digits as a length; only ASCII digits are one.
+        # http.client takes what int() takes ("+1", "1_0") as a length; only digits are one.
         declared = content_length(self.header("Content-Length"))
         if length is not None and length <= DRAIN_LIMIT and declared == length:
             try:
