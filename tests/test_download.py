@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from casefetch.errors import ConfigError
 from tests import samples
 from tests.fileserver import Fault, FileServer
 from tests.recording_server import RecordingServer, Reply
@@ -19,7 +20,7 @@ from tests.samples import key_for
 from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
-from worker.settings import DownloadSettings
+from worker.settings import DownloadSettings, WorkerSettings
 from worker.sniff import FileKind
 from worker.storage import LocalStorage
 
@@ -256,6 +257,30 @@ def test_a_non_ascii_url_is_requested_as_a_browser_would(storage: LocalStorage) 
     assert resolved == ["xn--bcher-kva.test"]
     assert request["host"] == f"xn--bcher-kva.test:{server.port}"
     assert request[":target"] == "/rapport-%C3%A9t%C3%A9.pdf?nom=%C3%87a%20va"
+
+
+def test_an_internationalised_host_can_be_allowed(storage: LocalStorage) -> None:
+    server = RecordingServer().start()
+
+    def resolve(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    env = {"DOWNLOAD_ALLOWED_HOSTS": " Bücher.test ", "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+           "DOWNLOAD_MAX_ATTEMPTS": "1"}
+    settings = WorkerSettings.from_env(env).download
+    assert settings.allowed_hosts == ("xn--bcher-kva.test",)
+    try:
+        server.add("/photo.png", Reply(body=samples.png()))
+        fetch = Fetcher(settings, resolve=resolve)  # type: ignore[arg-type]
+        url = f"http://BÜCHER.test:{server.port}/photo.png"
+        assert fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("a")).attempts == 1
+        with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):
+            fetch.fetch(f"http://bucher.test:{server.port}/photo.png", FileKind.ITEM_IMAGE,
+                        storage, key_for("b"))
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match=r"^DOWNLOAD_ALLOWED_HOSTS: 'a b' is not a host name"):
+        WorkerSettings.from_env({"DOWNLOAD_ALLOWED_HOSTS": "files.example.com,a b"})
 
 
 @pytest.mark.parametrize("url", ["http://exa mple.test/a.pdf", "http://[::1/a.pdf",

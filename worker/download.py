@@ -116,7 +116,7 @@ class Fetcher:
             host = self.guard.check(url)
             parts = urlsplit(url)
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if parts.scheme == "https" and host in self.guard.allowed_hosts:
+            if parts.scheme == "https" and host in self.settings.allowed_hosts:
                 headers.update(self.settings.extra_headers)
             try:
                 response = self.connections.get(parts, headers)

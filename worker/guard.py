@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 from worker.errors import PermanentDownloadError
 from worker.settings import DownloadSettings
-from worker.urls import InvalidUrl, ascii_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Called with (host, address) before a socket connects; raises to refuse the connection.
@@ -97,12 +96,11 @@ class UrlGuard:
     def __init__(self, settings: DownloadSettings) -> None:
         self.settings = settings
         self.check_address = address_check(settings)
-        #: DOWNLOAD_ALLOWED_HOSTS as URLs are requested (an IDN in its ``xn--`` form).
-        self.allowed_hosts = frozenset(_ascii_or_as_is(h) for h in settings.allowed_hosts)
 
     def check(self, url: str) -> str:
         """Return the URL's host when it may be fetched; raise PermanentDownloadError if not.
-        ``url`` is as requested (:func:`worker.urls.request_url`)."""
+        ``url`` is as requested (:func:`worker.urls.request_url`: an IDN host in its IDNA
+        form, as the settings hold host names)."""
         try:
             parts = urlsplit(url)
             _ = parts.port  # a port that is not a number, or out of range, raises here
@@ -113,7 +111,7 @@ class UrlGuard:
         host = (parts.hostname or "").lower()
         if not host:
             raise PermanentDownloadError("URL has no host", url)
-        if self.allowed_hosts and host not in self.allowed_hosts:
+        if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
             raise PermanentDownloadError(f"host {host} is not in DOWNLOAD_ALLOWED_HOSTS", url)
         literal = _literal(host)
         if literal is not None:
@@ -122,10 +120,3 @@ class UrlGuard:
             except BlockedAddress as exc:
                 raise BlockedAddress(exc.message, url) from None
         return host
-
-
-def _ascii_or_as_is(host: str) -> str:
-    try:
-        return ascii_host(host)
-    except InvalidUrl:
-        return host  # matches no URL's host: nothing is allowed by it

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from casefetch import config
 from casefetch.errors import ConfigError
+from worker.urls import InvalidUrl, ascii_host
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,12 @@ class WorkerSettings:
 
 
 def read_hosts(env: config.Env, name: str) -> tuple[str, ...]:
-    """Comma-separated host names, in lower case as the guard compares them."""
-    return tuple(host.lower() for host in config.read_list(env, name))
+    """Comma-separated host names, as the guard compares them: lower case, and an
+    internationalised name in the IDNA form URLs are requested with (``xn--...``)."""
+    hosts = []
+    for host in config.read_list(env, name):
+        try:
+            hosts.append(ascii_host(host))
+        except InvalidUrl as exc:
+            raise ConfigError(name, f"{host!r} is not a host name: {exc}") from None
+    return tuple(hosts)
