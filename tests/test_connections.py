@@ -207,13 +207,14 @@ def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
         elapsed = time.monotonic() - started
         assert server.accepted == 1
     assert result.attempts == 1 and (storage.root / "x/two.png").read_bytes() == PNG
-    # The dead address had its share of the connect timeout (half, for two), not all of it.
-    assert timeout / 2 * 0.9 <= elapsed < timeout * 0.95
+    # The dead address was tried first and had its share of the connect timeout (half, for
+    # two); had it taken all of it, the one attempt would have failed.
+    assert elapsed >= timeout / 2 * 0.9
 
 
 def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
         storage: LocalStorage, black_holes: list[BlackHole]) -> None:
-    timeout = 1.0
+    timeout = 2.0
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
@@ -225,4 +226,5 @@ def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
     with pytest.raises(DownloadError, match="timed out"):
         fetch.fetch(f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,
                     key_for("x/dead"))
+    # One timeout shared by both addresses (a timeout each would be twice as long).
     assert timeout * 0.9 <= time.monotonic() - started < timeout * 1.5
