@@ -18,7 +18,7 @@ from typing import Any
 
 from worker import archive
 from worker.errors import NotFound, WorkerError
-from worker.manifest import FileStatus, Manifest
+from worker.manifest import FileStatus, Manifest, case_items, parse_json
 from worker.storage import Storage
 
 #: What a case folder may be called (so a folder name given as CFREF finds its case).
@@ -137,24 +137,21 @@ def find_case(storage: Storage, cf_ref: str) -> tuple[str, Manifest]:
     raise CaseNotFound(cf_ref)
 
 
+def read_payload(storage: Storage, folder: str) -> Any:
+    """The case's ``case.json``, decoded; None when it is missing or not JSON."""
+    try:
+        return parse_json(storage.read_bytes(archive.case_key(folder, archive.CASE_JSON)))
+    except (NotFound, ValueError):
+        return None
+
+
 def show_case(storage: Storage, cf_ref: str) -> dict[str, Any]:
     """The manifest, the payload's items joined with their files, and the earlier deliveries."""
     folder, manifest = find_case(storage, cf_ref)
-    by_position: dict[int, dict[str, Any]] = {}
-    for entry in manifest["files"]:
-        name = str(entry.get("path", "")).split("/")[-1]
-        if entry.get("kind") == "item_image" and name[:3].isdigit():
-            by_position[int(name[:3])] = entry
-    items = []
-    try:
-        payload = json.loads(storage.read_bytes(archive.case_key(folder, archive.CASE_JSON)))
-    except (NotFound, ValueError):
-        payload = None
-    raw_items = payload.get("items") if isinstance(payload, dict) else None
-    for position, item in enumerate(raw_items if isinstance(raw_items, list) else [], 1):
-        item = item if isinstance(item, dict) else {}
-        items.append({"position": position, "cfRef": item.get("cfRef"),
-                      "stepAction": item.get("stepAction"), "file": by_position.get(position)})
+    payload = read_payload(storage, folder)
+    items = [{"position": item.position, "cfRef": item.fields.get("cfRef"),
+              "stepAction": item.fields.get("stepAction"), "file": item.file}
+             for item in case_items(manifest, payload)]
     history = sorted(key.rsplit("/", 1)[-1].removesuffix(".json") for key in
                      storage.list(f"{folder}/{archive.HISTORY}/"))
     return {"folder": folder, "manifest": manifest, "items": items, "history": history}

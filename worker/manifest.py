@@ -8,6 +8,7 @@ images by position). While work is under way entries are ``pending``; each then 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -78,7 +79,7 @@ def plan(check: CaseCheck) -> tuple[list[Entry], list[dict[str, Any]]]:
         if not url:
             continue
         entry = _entry(archive.item_stem(item.position, item.cf_ref or "item"),
-                       FileKind.ITEM_IMAGE, url, itemCfRef=item.cf_ref,
+                       FileKind.ITEM_IMAGE, url, item=item.position, itemCfRef=item.cf_ref,
                        stepAction=item.step_action)
         if item.image_url is None:
             entry.update(status=FileStatus.FAILED.value,
@@ -134,7 +135,7 @@ def file_warnings(files: list[Entry]) -> list[dict[str, Any]]:
     warnings = []
     for entry in files:
         if entry.get("status") == FileStatus.STORED.value and entry.get("warning"):
-            item = _position(entry)
+            item = item_position(entry)
             warnings.append({"item": item, "itemCfRef": entry.get("itemCfRef"),
                              "path": entry["path"], "errors": {"file": [entry["warning"]]}})
     return warnings
@@ -151,10 +152,54 @@ def settle(manifest: Manifest, results: dict[int, Entry]) -> Manifest:
     return settled
 
 
-def _position(entry: Entry) -> int | None:
-    """The item's position, from its file's name (``items/<NNN>-<cfRef>.<ext>``)."""
+def item_position(entry: Entry) -> int | None:
+    """The position (from 1) of the item an entry's file belongs to: its ``item`` field, or,
+    for entries written before it, the whole number its file name starts with
+    (``items/<NNN>-<cfRef>.<ext>``, however many digits)."""
+    position = entry.get("item")
+    if isinstance(position, int) and not isinstance(position, bool):
+        return position
     number = str(entry.get("path", "")).rsplit("/", 1)[-1].split("-", 1)[0]
     return int(number) if number.isascii() and number.isdigit() else None
+
+
+def item_files(manifest: Manifest) -> dict[int, Entry]:
+    """Each item's file, by the item's position (from 1): the one mapping from items to
+    files that the pages, ``archive show`` and ``archive list`` share.
+
+    An entry names its position (``item``); entries written before it did are read by the
+    digits their file name starts with, however many (``items/1000-IT-1000.jpg`` is item
+    1000, not item 100).
+    """
+    found: dict[int, Entry] = {}
+    for entry in manifest.get("files") or []:
+        if isinstance(entry, dict) and entry.get("kind") == FileKind.ITEM_IMAGE.value:
+            position = item_position(entry)
+            if position is not None:
+                found[position] = entry
+    return found
+
+
+@dataclass(frozen=True)
+class CaseItem:
+    """One item of the payload, as sent (``raw``), with its file from the manifest."""
+
+    position: int
+    raw: Any
+    file: Entry | None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The item's fields; none when the item is not a JSON object."""
+        return self.raw if isinstance(self.raw, dict) else {}
+
+
+def case_items(manifest: Manifest, payload: Any) -> list[CaseItem]:
+    """The payload's items in order, each joined with its file (:func:`item_files`)."""
+    files = item_files(manifest)
+    raw_items = payload.get("items") if isinstance(payload, dict) else None
+    return [CaseItem(position, item, files.get(position))
+            for position, item in enumerate(raw_items if isinstance(raw_items, list) else [], 1)]
 
 
 def pending_indices(manifest: Manifest) -> list[int]:
