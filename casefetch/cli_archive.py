@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -67,6 +68,8 @@ def expected_failures() -> Iterator[None]:
         fail(str(exc), 1)
     except OSError as exc:
         fail(f"cannot read the archive: {exc}", 1)
+    except sqlite3.Error as exc:
+        fail(f"cannot use the catalog of cases: {exc}", 1)
     except Exception as exc:
         # An S3 failure the backend did not translate (without importing botocore up front).
         if type(exc).__module__.startswith(("botocore", "boto3")):
@@ -288,6 +291,53 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
     click.echo(f"{cf_ref}: {status}")
     if status != "complete":
         sys.exit(1)
+
+
+@archive.command("reindex")
+def archive_reindex() -> None:
+    """Rebuild the catalog of cases (what `archive serve` lists) from the manifests."""
+    from worker.catalog import Catalog
+
+    config = settings()
+    catalog = Catalog(config.catalog_path)
+    with expected_failures():
+        count = catalog.rebuild(storage())
+    click.echo(f"catalogued {count} case(s) in {catalog.path}")
+
+
+@archive.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+def archive_serve(host: str, port: int) -> None:
+    """A read-only web page of the archive: cases, search, each case's page, quarantine."""
+    import logging
+
+    from aiohttp import web
+
+    from casefetch import logs
+    from casefetch.browse import BrowseSettings, create_app
+    from worker.catalog import Catalog
+
+    try:
+        browse = BrowseSettings.from_env()
+        browse.check_host(host)
+    except CasefetchError as exc:
+        fail(str(exc))
+    config = settings()
+    store = storage()
+    catalog = Catalog(config.catalog_path)
+    logs.setup("INFO")
+    log = logging.getLogger("casefetch.browse")
+    if not catalog.exists():
+        log.info("no catalog at %s: building it from the manifests", catalog.path)
+        with expected_failures():
+            catalog.rebuild(store)
+    log.info("archive browser on http://%s:%d/ (%s)", host, port, store.describe())
+    try:
+        web.run_app(create_app(store, catalog, browse), host=host, port=port, print=None,
+                    access_log=None, handle_signals=True)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1)
 
 
 # -- quarantine -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Pure functions only. The layout (see the contract)::
     cases/<cfRef>/case.json
     cases/<cfRef>/history/<deliveryId>.json
     cases/<cfRef>/manifest.json
+    cases/<cfRef>/index.html        the case as a page (worker.page), not in the manifest
     quarantine/<deliveryId>.json
 
 A cfRef that is not a safe file name is encoded (:func:`safe_name`). Safe names that differ
@@ -27,6 +28,9 @@ QUARANTINE = "quarantine"
 CASE_PDF = "case.pdf"
 CASE_JSON = "case.json"
 MANIFEST = "manifest.json"
+INDEX_HTML = "index.html"
+#: The catalog of cases (worker.catalog) in a local archive's root, beside ``cases/``.
+CATALOG = ".index.sqlite"
 HISTORY = "history"
 ITEMS = "items"
 

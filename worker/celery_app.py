@@ -65,6 +65,7 @@ class Runtime:
         import redis
 
         from worker.bookkeeping import Bookkeeping
+        from worker.catalog import Catalog
         from worker.download import Fetcher
         from worker.pipeline import Pipeline
         from worker.storage import make_storage
@@ -78,6 +79,7 @@ class Runtime:
             books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
             fetcher=Fetcher(settings.download),
             send_download=self.send_download,
+            catalog=Catalog(settings.catalog_path),
         )
         self.files = ThreadPoolExecutor(max_workers=app.download_threads,
                                         thread_name_prefix="casefetch-file")

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from casefetch import logs
 from casefetch.protocol import Delivery, delivery_body
 from worker import archive
 from worker.bookkeeping import Bookkeeping, Busy, Claim
+from worker.catalog import Catalog, row_for
 from worker.download import Fetcher, FetchResult
 from worker.errors import DownloadError, NotFound
 from worker.locks import HeldLock
@@ -36,6 +38,7 @@ from worker.manifest import (
     reuse,
     settle,
 )
+from worker.page import render_case
 from worker.schemas import CaseCheck, Unarchivable, check_case
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
@@ -68,6 +71,8 @@ class Pipeline:
     books: Bookkeeping
     fetcher: Fetcher
     send_download: SendDownload
+    #: Where settled cases are listed for the archive browser (None: not kept).
+    catalog: Catalog | None = None
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -290,9 +295,33 @@ class Pipeline:
         for path in replaced:
             if path not in kept:
                 self.storage.delete(archive.case_key(case, path))
+        # The page before the manifest: if writing it fails, the case is still pending and
+        # settling it again writes both.
+        payload = self._read_payload(case)
+        self.storage.write_bytes(archive.case_key(case, archive.INDEX_HTML),
+                                 render_case(final, payload).encode("utf-8"))
         self._write_manifest(case, final)
         self.books.finish(case)
+        self._catalogue(case, final, payload)
         log.info("case %s %s", final["cfRef"], final["status"])
+
+    def _read_payload(self, case: str) -> Any:
+        raw = self._read(case, archive.CASE_JSON)
+        try:
+            return parse_json(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    def _catalogue(self, case: str, manifest: Manifest, payload: Any) -> None:
+        """Update the case's row in the catalog. The catalog is derived from the manifests
+        (``casefetch archive reindex`` rebuilds it): failing to update it loses nothing."""
+        if self.catalog is None:
+            return
+        try:
+            self.catalog.record(row_for(case, manifest, payload))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("catalog not updated for %s (%s): `casefetch archive reindex` "
+                        "rebuilds it", manifest.get("cfRef"), exc)
 
     # -- quarantine -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from casefetch import config
 from casefetch.errors import ConfigError
+from worker import archive
 from worker.urls import InvalidUrl, ascii_host
 
 
@@ -36,6 +37,9 @@ class WorkerSettings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     download: DownloadSettings = field(default_factory=DownloadSettings)
+    #: The catalog (worker.catalog) of the cases, for listing and searching them quickly.
+    #: A local file whatever the backend; by default in the local archive's root.
+    index_path: Path | None = None
     #: Seconds before kombu hands an unacknowledged message to another worker; bounds how long
     #: work held by a dead worker waits (the contract promises under two minutes).
     visibility_timeout_seconds: int = 60
@@ -45,6 +49,10 @@ class WorkerSettings:
     stuck_after_seconds: float = 90.0
     #: Port of the worker's Prometheus /metrics (0: not served).
     metrics_port: int = 9808
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.index_path or self.archive_dir / archive.CATALOG
 
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> WorkerSettings:
@@ -77,6 +85,7 @@ class WorkerSettings:
             s3_prefix=config.read_str(env, "S3_PREFIX", ""),
             s3_endpoint_url=config.read(env, "S3_ENDPOINT_URL"),
             download=download,
+            index_path=_optional_path(config.read(env, "ARCHIVE_INDEX")),
             visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT", 60, 5),
             sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS", 30.0, 0.1),
             stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS", 90.0, 0.1),
@@ -94,3 +103,7 @@ def read_hosts(env: config.Env, name: str) -> tuple[str, ...]:
         except InvalidUrl as exc:
             raise ConfigError(name, f"{host!r} is not a host name: {exc}") from None
     return tuple(hosts)
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

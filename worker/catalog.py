@@ -1,0 +1,170 @@
+"""The catalog: one row per case in a small SQLite file, so that listing and searching the
+archive never reads every manifest.
+
+The manifests stay the truth; the catalog is derived from them. A worker updates a case's row
+when the case settles; ``casefetch archive reindex`` rebuilds the whole file from the
+manifests when it is lost or stale (and ``archive serve`` does so when it starts without one).
+Every call opens its own connection: calls come from several worker threads and processes,
+and SQLite's own locking (with a busy timeout) serialises the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.errors import NotFound
+from worker.inspection import CaseSummary, case_folders, read_manifest, read_payload, summarise
+from worker.manifest import Manifest
+from worker.storage import Storage
+
+#: Bumped when the table changes: an older file is then rebuilt, not misread.
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 10.0
+
+_COLUMNS = ("folder", "cfRef", "reportId", "status", "filesStored", "filesTotal",
+            "filesFailed", "warnings", "bytes", "updatedAt", "createdAt", "deliveryId")
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS cases (
+    folder TEXT PRIMARY KEY, cfRef TEXT NOT NULL, reportId TEXT, status TEXT NOT NULL,
+    filesStored INTEGER NOT NULL, filesTotal INTEGER NOT NULL, filesFailed INTEGER NOT NULL,
+    warnings INTEGER NOT NULL, bytes INTEGER NOT NULL, updatedAt TEXT, createdAt TEXT,
+    deliveryId TEXT);
+CREATE INDEX IF NOT EXISTS cases_updated ON cases (updatedAt DESC, cfRef DESC);
+CREATE INDEX IF NOT EXISTS cases_status ON cases (status, updatedAt DESC);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A case as the catalog lists it."""
+
+    folder: str
+    cfRef: str
+    reportId: str | None
+    status: str
+    filesStored: int
+    filesTotal: int
+    filesFailed: int
+    warnings: int
+    bytes: int
+    updatedAt: str | None
+    createdAt: str | None
+    deliveryId: str | None
+
+    @property
+    def name(self) -> str:
+        """The case's folder name under ``cases/``."""
+        return self.folder.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the list shows: filters (each optional) and one page of the result."""
+
+    status: str | None = None
+    #: ``updatedAt`` bounds, as ISO prefixes: ``since`` inclusive, ``before`` exclusive.
+    since: str | None = None
+    before: str | None = None
+    #: Part of a cfRef or a reportId, any case.
+    text: str | None = None
+    offset: int = 0
+    limit: int = 50
+
+
+def row_for(folder: str, manifest: Manifest, payload: Any) -> Row:
+    summary: CaseSummary = summarise(folder, manifest)
+    created = payload.get("createdAt") if isinstance(payload, dict) else None
+    return Row(folder=folder, cfRef=summary.cfRef,
+               reportId=None if summary.reportId is None else str(summary.reportId),
+               status=summary.status, filesStored=summary.filesStored,
+               filesTotal=summary.filesTotal, filesFailed=summary.filesFailed,
+               warnings=summary.warnings, bytes=summary.bytes, updatedAt=summary.updatedAt,
+               createdAt=created if isinstance(created, str) else None,
+               deliveryId=summary.deliveryId)
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            with connection:
+                if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    connection.execute("DROP TABLE IF EXISTS cases")
+                    connection.executescript(_SCHEMA)
+                yield connection
+        finally:
+            connection.close()
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def record(self, row: Row) -> None:
+        """Add or replace one case's row."""
+        with self._connect() as db:
+            _upsert(db, [row])
+
+    def rebuild(self, storage: Storage) -> int:
+        """Replace every row with what the manifests say now; return how many cases."""
+        rows = list(_rows_from(storage))
+        with self._connect() as db:
+            db.execute("DELETE FROM cases")
+            _upsert(db, rows)
+        return len(rows)
+
+    def search(self, query: Query) -> tuple[list[Row], int]:
+        """One page of cases, newest update first, and how many match in all."""
+        where, params = _where(query)
+        with self._connect() as db:
+            total = db.execute(f"SELECT count(*) FROM cases {where}", params).fetchone()[0]
+            found = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM cases {where} "
+                "ORDER BY updatedAt DESC, cfRef DESC LIMIT ? OFFSET ?",
+                [*params, query.limit, query.offset]).fetchall()
+        return [Row(*values) for values in found], int(total)
+
+
+def _where(query: Query) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.status:
+        clauses.append("status = ?")
+        params.append(query.status)
+    if query.since:
+        clauses.append("updatedAt >= ?")
+        params.append(query.since)
+    if query.before:
+        clauses.append("updatedAt < ?")
+        params.append(query.before)
+    if query.text:
+        pattern = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace(
+            "_", "\\_") + "%"
+        clauses.append("(cfRef LIKE ? ESCAPE '\\' OR reportId LIKE ? ESCAPE '\\')")
+        params += [pattern, pattern]
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _upsert(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
+    db.executemany(
+        f"INSERT OR REPLACE INTO cases ({', '.join(_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
+        [tuple(getattr(row, column) for column in _COLUMNS) for row in rows])
+
+
+def _rows_from(storage: Storage) -> Iterator[Row]:
+    for folder in case_folders(storage):
+        try:
+            manifest = read_manifest(storage, folder)
+        except (NotFound, ValueError):
+            continue  # removed meanwhile, or unreadable: `archive verify` reports those
+        yield row_for(folder, manifest, read_payload(storage, folder))
