@@ -56,13 +56,15 @@ def _table(rows: list[Row]) -> str:
     lines = []
     for row in rows:
         lines.append(
-            f'<tr><td><a href="{escape(case_link(row), quote=True)}">{esc(row.cfRef)}</a></td>'
-            f"<td>{esc(row.reportId or '')}</td><td>{badge(row.status)}</td>"
+            f'<tr><td class="nowrap"><a href="{escape(case_link(row), quote=True)}">'
+            f"{esc(row.cfRef)}</a></td>"
+            f'<td class="nowrap">{esc(row.reportId or "")}</td><td>{badge(row.status)}</td>'
             f'<td class="num">{row.filesStored}/{row.filesTotal}</td>'
             f'<td class="num">{row.filesFailed or ""}</td>'
             f'<td class="num">{row.warnings or ""}</td>'
             f'<td class="num">{human_bytes(row.bytes)}</td>'
-            f"<td>{esc(row.createdAt or '')}</td><td>{esc(row.updatedAt or '')}</td></tr>")
+            f'<td class="nowrap">{esc(row.createdAt or "")}</td>'
+            f'<td class="nowrap">{esc(row.updatedAt or "")}</td></tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
 
 

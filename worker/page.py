@@ -57,11 +57,12 @@ margin:10px 0}
 .item video{max-width:240px;max-height:240px}
 .error{color:#a0221b;white-space:pre-wrap}
 .warning{color:#7a5600}
-object.pdf{width:100%;height:640px;border:1px solid #ccd;background:#fff}
+object.pdf{width:100%;height:560px;border:1px solid #ccd;background:#fff}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#eef0f3;font-weight:600}
 td.num{text-align:right;white-space:nowrap}
+td.nowrap{white-space:nowrap}
 form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:10px 0}
 form.filters label{display:flex;flex-direction:column;font-size:.85em;color:#5b636b}
 .pages{margin:12px 0;display:flex;gap:14px}

@@ -295,14 +295,15 @@ class Pipeline:
         for path in replaced:
             if path not in kept:
                 self.storage.delete(archive.case_key(case, path))
-        # The page before the manifest: if writing it fails, the case is still pending and
-        # settling it again writes both.
+        # The page and the catalog row before the manifest: whoever sees the case settled
+        # finds them too, and if writing them fails, the case is still pending and settling
+        # it again writes all three.
         payload = self._read_payload(case)
         self.storage.write_bytes(archive.case_key(case, archive.INDEX_HTML),
                                  render_case(final, payload).encode("utf-8"))
+        self._catalogue(case, final, payload)
         self._write_manifest(case, final)
         self.books.finish(case)
-        self._catalogue(case, final, payload)
         log.info("case %s %s", final["cfRef"], final["status"])
 
     def _read_payload(self, case: str) -> Any:
