@@ -107,7 +107,7 @@ def _guard(credentials: Credentials) -> Any:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in {"GET", "HEAD"}:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-        if credentials.basic_users:
+        if credentials.basic_users and request.path != "/healthz":
             try:
                 authenticate(request.headers.get("Authorization"), None, None, credentials)
             except AuthError as exc:

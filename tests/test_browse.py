@@ -172,6 +172,7 @@ async def test_credentials_when_configured(aiohttp_client: Any,
     storage, catalog = archive
     client = await aiohttp_client(create_app(storage, catalog,
                                              BrowseSettings(users=(("ops", "s3cret:x"),))))
+    assert (await client.get("/healthz")).status == 200, "for the container's healthcheck"
     refused = await client.get("/")
     assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
     wrong = base64.b64encode(b"ops:nope").decode()

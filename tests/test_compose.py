@@ -110,8 +110,20 @@ def test_profiles_add_minio_and_the_demo(compose: dict[str, Any]) -> None:
     assert demo["depends_on"]["receiver"]["condition"] == "service_healthy"
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
     for name, svc in services.items():
-        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana"}:
+        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana",
+                        "archive-browser"}:
             assert "profiles" not in svc, f"{name} belongs to the default stack"
+
+
+def test_the_browse_profile_serves_the_archive_on_loopback_with_credentials(
+        compose: dict[str, Any]) -> None:
+    browser = compose["services"]["archive-browser"]
+    assert browser["profiles"] == ["browse"]
+    assert browser["command"][:3] == ["casefetch", "archive", "serve"]
+    assert option(browser["command"], "--host") == "0.0.0.0"
+    assert browser["ports"] == ["127.0.0.1:8081:8081"]
+    assert "ARCHIVE_SERVE_USERS" in browser["environment"]
+    assert any(volume.endswith(":/archive") for volume in browser["volumes"])
 
 
 def test_s3_mode_is_an_environment_switch(compose: dict[str, Any]) -> None:
@@ -238,7 +250,7 @@ def test_env_example_holds_no_working_credential() -> None:
         ReceiverSettings.from_env(credentials)
 
 
-@pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring"])
+@pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring", "browse"])
 @pytest.mark.parametrize("env_file", [None, ".env.example"])
 def test_docker_compose_accepts_the_file(profile: str | None, env_file: str | None) -> None:
     binary = shutil.which("docker-compose")
