@@ -237,9 +237,12 @@ def test_webhook_becomes_verified_objects(
     folder = f"{PREFIX}/cases/{cf}"
     listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{folder}/")
     assert {o["Key"] for o in listed["Contents"]} == {
-        f"{folder}/{name}" for name in ("case.json", "manifest.json", "case.pdf",
+        f"{folder}/{name}" for name in ("case.json", "manifest.json", "index.html", "case.pdf",
                                         "items/001-IT-1.png", "items/002-IT-2.jpg")}
     assert read_object(s3_client, bucket, f"{folder}/case.json") == body
+    page = read_object(s3_client, bucket, f"{folder}/index.html")
+    assert page is not None and "libellé".encode() in page
+    assert b'src="items/001-IT-1.png"' in page
     for entry in manifest["files"]:
         stored = read_object(s3_client, bucket, f"{folder}/{entry['path']}")
         assert stored is not None
@@ -247,6 +250,31 @@ def test_webhook_becomes_verified_objects(
     assert {e["path"]: sha(d) for e, d in zip(manifest["files"], (pdf, png, jpg),
                                                strict=True)} == {
         e["path"]: e["sha256"] for e in manifest["files"]}
+
+
+async def test_archive_serve_reads_a_bucket(aiohttp_client: Any, s3_client: Any, bucket: str,
+                                            tmp_path: Path) -> None:
+    from casefetch.browse import BrowseSettings, create_app
+    from worker.catalog import Catalog
+
+    storage = S3Storage(s3_client, bucket, prefix=PREFIX)
+    png = samples.png(seed=4)
+    storage.write_bytes("cases/CF-S3/items/001-IT-1.png", png)
+    storage.write_bytes("cases/CF-S3/case.json", samples.body(samples.case(
+        "CF-S3", "http://x/pdf", [samples.item("IT-1", "http://x/1")])))
+    storage.write_bytes("cases/CF-S3/manifest.json", json.dumps({
+        "cfRef": "CF-S3", "reportId": "R-S3", "status": "complete", "updatedAt": "2026-11-28",
+        "files": [{"path": "items/001-IT-1.png", "kind": "item_image", "item": 1,
+                   "status": "stored", "sha256": sha(png), "bytes": len(png),
+                   "contentType": "image/png", "error": None}], "warnings": []}).encode())
+    catalog = Catalog(tmp_path / "index.sqlite")
+    assert catalog.rebuild(storage) == 1
+    client = await aiohttp_client(create_app(storage, catalog, BrowseSettings()))
+    assert "CF-S3" in await (await client.get("/?q=r-s3")).text()
+    assert 'src="items/001-IT-1.png"' in await (await client.get("/cases/CF-S3/")).text()
+    image = await client.get("/cases/CF-S3/items/001-IT-1.png")
+    assert image.headers["Content-Type"] == "image/png" and await image.read() == png
+    assert (await client.get("/cases/CF-S3/items/002-IT-2.png")).status == 404
 
 
 def test_case_waits_for_a_missing_bucket_then_completes(
