@@ -4,7 +4,7 @@ archive never reads every manifest.
 The manifests stay the truth; the catalog is derived from them. A worker updates a case's row
 when the case settles; ``casefetch archive reindex`` rebuilds the whole file from the
 manifests when it is lost or stale (and ``archive serve`` does so when it starts without one).
-Every call opens its own connection: calls come from several worker threads and processes,
+Each thread keeps its own connection: calls come from several worker threads and processes,
 and SQLite's own locking (with a busy timeout) serialises the writers.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,19 +93,43 @@ def row_for(folder: str, manifest: Manifest, payload: Any) -> Row:
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
+        """A transaction on this thread's connection, opened once: with the write-ahead log,
+        a commit costs no fsync, but the last connection to close a file checkpoints it."""
+        connection = self._connection()
+        with connection:
+            yield connection
+
+    def _connection(self) -> sqlite3.Connection:
         try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        kept: tuple[sqlite3.Connection, int] | None = getattr(self._local, "kept", None)
+        if kept is not None and kept[1] == inode:
+            return kept[0]
+        if kept is not None:  # the file was deleted or replaced (by hand): open the new one
+            kept[0].close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if inode is None:  # a log left by a deleted file must not be replayed into a new one
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.with_name(self.path.name + suffix).unlink()
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
+        # Write-ahead log, synced at checkpoints only: a settle pays no fsync for its row,
+        # readers never wait for writers, and a crash loses at most the last rows (reindex
+        # restores them), never the file.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            connection.execute("PRAGMA journal_mode = WAL")
             with connection:
-                if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                    connection.execute("DROP TABLE IF EXISTS cases")
-                    connection.executescript(_SCHEMA)
-                yield connection
-        finally:
-            connection.close()
+                connection.execute("DROP TABLE IF EXISTS cases")
+                connection.executescript(_SCHEMA)
+        self._local.kept = (connection, self.path.stat().st_ino)
+        return connection
 
     def exists(self) -> bool:
         return self.path.is_file()
