@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from casefetch.browse import BrowseSettings, create_app, is_loopback
 from tests import samples
 from tests.conftest import ROOT, worker_env
-from worker.catalog import Catalog, Query
+from worker.catalog import Catalog, Query, row_for
 from worker.storage import LocalStorage
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
@@ -98,6 +98,9 @@ def test_the_catalog_pages(archive: tuple[LocalStorage, Catalog]) -> None:
     assert total == 8 and [r.cfRef for r in first + second] == [
         "EVIL", "CF-7", "CF-6", "CF-5", "CF-4", "CF-3"]
     assert catalog.search(Query(text="%"))[1] == 0, "LIKE wildcards are plain text"
+    catalog.record(row_for("cases/_odd", {"cfRef": "CF-\ud800", "reportId": "R-\udfff",
+                                          "status": "complete", "files": []}, None))
+    assert catalog.search(Query(text="CF-\\ud800"))[0][0].reportId == "R-\\udfff"
 
 
 async def test_case_page_and_files_with_their_stored_type(client: TestClient) -> None:

@@ -132,3 +132,9 @@ def test_items_find_their_files_by_position_past_999() -> None:
         assert joined[999].file is not None
         assert joined[999].file["path"] == "items/1000-IT-1000.jpg"
         assert joined[1000].file is None
+
+
+def test_a_lone_surrogate_is_shown_as_its_escape() -> None:
+    page = render_case(manifest([], cfRef="CF-\ud800"), {"items": [{"data": "a\udfffb"}]})
+    assert "CF-\\ud800" in page and "a\\udfffb" in page
+    page.encode("utf-8")

@@ -81,13 +81,18 @@ class Query:
 def row_for(folder: str, manifest: Manifest, payload: Any) -> Row:
     summary: CaseSummary = summarise(folder, manifest)
     created = payload.get("createdAt") if isinstance(payload, dict) else None
-    return Row(folder=folder, cfRef=summary.cfRef,
-               reportId=None if summary.reportId is None else str(summary.reportId),
+    return Row(folder=folder, cfRef=_storable(summary.cfRef),
+               reportId=None if summary.reportId is None else _storable(str(summary.reportId)),
                status=summary.status, filesStored=summary.filesStored,
                filesTotal=summary.filesTotal, filesFailed=summary.filesFailed,
                warnings=summary.warnings, bytes=summary.bytes, updatedAt=summary.updatedAt,
-               createdAt=created if isinstance(created, str) else None,
+               createdAt=_storable(created) if isinstance(created, str) else None,
                deliveryId=summary.deliveryId)
+
+
+def _storable(text: str) -> str:
+    """SQLite stores UTF-8: a lone surrogate (JSON allows one) is kept as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Catalog:

@@ -100,8 +100,10 @@ def human_bytes(size: int) -> str:
 
 
 def document(title: str, body: str, nav: str = "", policy: str = META_POLICY) -> str:
-    """A whole page around ``body`` (already HTML), with the shared style."""
-    return (
+    """A whole page around ``body`` (already HTML), with the shared style. A lone surrogate
+    (JSON allows ``"\\ud800"``) is shown as its escape: the page is valid UTF-8 whatever
+    the payload holds (case.json keeps the value as sent)."""
+    return _encodable(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{policy}\">"
@@ -109,6 +111,14 @@ def document(title: str, body: str, nav: str = "", policy: str = META_POLICY) ->
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
         f"<body><main>{nav}{body}</main></body></html>\n"
     )
+
+
+def _encodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def badge(status: Any) -> str:
