@@ -294,15 +294,30 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
 
 
 @archive.command("reindex")
-def archive_reindex() -> None:
+@click.option("--pages", is_flag=True,
+              help="Also write the index.html of settled cases that have none (cases archived "
+                   "before pages existed).")
+def archive_reindex(pages: bool) -> None:
     """Rebuild the catalog of cases (what `archive serve` lists) from the manifests."""
+    from worker import archive as layout
     from worker.catalog import Catalog
+    from worker.page import render_case
 
     config = settings()
     catalog = Catalog(config.catalog_path)
+    store = storage()
+    written: list[str] = []
+
+    def write_missing_page(folder: str, manifest: dict[str, Any], payload: Any) -> None:
+        key = layout.case_key(folder, layout.INDEX_HTML)
+        if manifest.get("status") != "pending" and not store.exists(key):
+            store.write_bytes(key, render_case(manifest, payload).encode("utf-8"))
+            written.append(folder)
+
     with expected_failures():
-        count = catalog.rebuild(storage())
-    click.echo(f"catalogued {count} case(s) in {catalog.path}")
+        count = catalog.rebuild(store, write_missing_page if pages else None)
+    click.echo(f"catalogued {count} case(s) in {catalog.path}"
+               + (f"; wrote {len(written)} missing page(s)" if pages else ""))
 
 
 @archive.command("serve")

@@ -97,7 +97,11 @@ def test_reindex_rebuilds_a_lost_catalog(receiver: ReceiverProcess, worker: Work
     archive.settled(cf)
     catalog = Catalog(archive_dir / ".index.sqlite")
     catalog.path.unlink()
-    result = cli("archive", "reindex")
+    page = archive.case(cf) / "index.html"
+    written = page.read_bytes()
+    page.unlink()  # as in an archive from before pages
+    result = cli("archive", "reindex", "--pages")
     assert result.returncode == 0, result.stderr
-    assert "catalogued" in result.stdout
+    assert "catalogued" in result.stdout and "wrote 1 missing page(s)" in result.stdout
     assert catalog.search(Query(text=cf))[1] == 1
+    assert page.read_bytes() == written

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from worker.storage import Storage
 #: Bumped when the table changes: an older file is then rebuilt, not misread.
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 10.0
+
+#: What :meth:`Catalog.rebuild` calls with each case it reads: (folder, manifest, payload).
+Visit = Callable[[str, Manifest, Any], None]
 
 _COLUMNS = ("folder", "cfRef", "reportId", "status", "filesStored", "filesTotal",
             "filesFailed", "warnings", "bytes", "updatedAt", "createdAt", "deliveryId")
@@ -144,9 +147,10 @@ class Catalog:
         with self._connect() as db:
             _upsert(db, [row])
 
-    def rebuild(self, storage: Storage) -> int:
-        """Replace every row with what the manifests say now; return how many cases."""
-        rows = list(_rows_from(storage))
+    def rebuild(self, storage: Storage, visit: Visit | None = None) -> int:
+        """Replace every row with what the manifests say now; return how many cases.
+        ``visit`` is called with each case read on the way (folder, manifest, payload)."""
+        rows = list(_rows_from(storage, visit))
         with self._connect() as db:
             db.execute("DELETE FROM cases")
             _upsert(db, rows)
@@ -191,10 +195,13 @@ def _upsert(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
         [tuple(getattr(row, column) for column in _COLUMNS) for row in rows])
 
 
-def _rows_from(storage: Storage) -> Iterator[Row]:
+def _rows_from(storage: Storage, visit: Visit | None) -> Iterator[Row]:
     for folder in case_folders(storage):
         try:
             manifest = read_manifest(storage, folder)
         except (NotFound, ValueError):
             continue  # removed meanwhile, or unreadable: `archive verify` reports those
-        yield row_for(folder, manifest, read_payload(storage, folder))
+        payload = read_payload(storage, folder)
+        if visit is not None:
+            visit(folder, manifest, payload)
+        yield row_for(folder, manifest, payload)
