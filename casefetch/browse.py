@@ -28,7 +28,8 @@ from aiohttp import web
 from casefetch import config
 from casefetch.browse_pages import NAV, STATUSES, render_list, render_quarantine
 from casefetch.errors import ConfigError
-from receiver.auth import AuthError, Credentials, authenticate
+from receiver.auth import AuthError, Credentials, authenticate_headers
+from receiver.settings import refuse_placeholders
 from worker import archive
 from worker.catalog import Catalog, Query
 from worker.errors import NotFound
@@ -69,7 +70,9 @@ class BrowseSettings:
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> BrowseSettings:
         env = config.environ() if env is None else env
-        return cls(users=config.read_pairs(env, "ARCHIVE_SERVE_USERS"))
+        users = config.read_pairs(env, "ARCHIVE_SERVE_USERS", config.split_basic_user)
+        refuse_placeholders("ARCHIVE_SERVE_USERS", ("username", "password"), users)
+        return cls(users=users)
 
     def check_host(self, host: str) -> None:
         """Refuse to serve beyond this machine without credentials."""
@@ -109,7 +112,7 @@ def _guard(credentials: Credentials) -> Any:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
         if credentials.basic_users and request.path != "/healthz":
             try:
-                authenticate(request.headers.get("Authorization"), None, None, credentials)
+                authenticate_headers(request.headers.get("Authorization"), None, credentials)
             except AuthError as exc:
                 raise web.HTTPUnauthorized(
                     headers={"WWW-Authenticate": 'Basic realm="casefetch archive", '

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from casefetch.browse import BrowseSettings, create_app, is_loopback
+from casefetch.errors import ConfigError
 from tests import samples
 from tests.conftest import ROOT, worker_env
 from worker.catalog import Catalog, Query, row_for
@@ -183,6 +184,16 @@ async def test_credentials_when_configured(aiohttp_client: Any,
     right = base64.b64encode(b"ops:s3cret:x").decode()
     assert (await client.get("/cases/CF-1/case.pdf",
                              headers={"Authorization": f"Basic {right}"})).status == 200
+
+
+def test_credentials_are_read_like_the_receivers() -> None:
+    env = {"ARCHIVE_SERVE_USERS": "ops:pa:ss , audit:x"}
+    assert BrowseSettings.from_env(env).users == (("ops", "pa:ss"), ("audit", "x"))
+    with pytest.raises(ConfigError, match=r"ARCHIVE_SERVE_USERS.*placeholder"):
+        BrowseSettings.from_env({"ARCHIVE_SERVE_USERS": "ops:change-me-please"})
+    with pytest.raises(ConfigError, match="ARCHIVE_SERVE_USERS"):
+        BrowseSettings().check_host("0.0.0.0")
+    BrowseSettings(users=(("ops", "x"),)).check_host("0.0.0.0")
 
 
 def test_loopback_only_without_credentials() -> None:
