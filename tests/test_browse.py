@@ -99,6 +99,8 @@ def test_the_catalog_pages(archive: tuple[LocalStorage, Catalog]) -> None:
     assert total == 8 and [r.cfRef for r in first + second] == [
         "EVIL", "CF-7", "CF-6", "CF-5", "CF-4", "CF-3"]
     assert catalog.search(Query(text="%"))[1] == 0, "LIKE wildcards are plain text"
+    catalog.path.write_bytes(b"not a database, as after a bad day " * 100)
+    assert catalog.rebuild(_storage) == 8 and catalog.search(Query())[1] == 8
     catalog.record(row_for("cases/_odd", {"cfRef": "CF-\ud800", "reportId": "R-\udfff",
                                           "status": "complete", "files": []}, None))
     assert catalog.search(Query(text="CF-\\ud800"))[0][0].reportId == "R-\\udfff"
