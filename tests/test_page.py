@@ -97,12 +97,14 @@ def test_the_payload_is_text_never_markup() -> None:
 
 def test_links_are_relative_and_nothing_external_is_loaded() -> None:
     page = render_case(manifest([entry("items/001-IT-1.jpg", item=1),
-                                 entry("items/002-IT-2.mp4", item=2, contentType="video/mp4")]),
+                                 entry("items/002-IT-2.mp4", item=2, contentType="video/mp4",
+                                       warning="a video where a picture was expected")]),
                        {"items": [{"cfRef": "IT-1"}, {"cfRef": "IT-2", "stepAction": "VIDEO"}]})
     links = parse(page)
     assert links.urls and all(not re.match(r"[a-z]+:|/", url) for url in links.urls), links.urls
     assert "video" in links.tags and "link" not in links.tags
     assert "https://files.example/case.pdf?sig=1&amp;x=2" in page, "source URLs as text"
+    assert "a video where a picture was expected" in page
 
 
 def test_failed_files_are_shown_failed_with_their_error() -> None:

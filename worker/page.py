@@ -207,6 +207,8 @@ def _file_facts(entry: Entry) -> str:
         pairs += [("size", f"{human_bytes(size)} ({size} bytes)"),
                   ("type", esc(entry.get("contentType"))),
                   ("sha256", f'<span class="mono">{esc(entry.get("sha256"))}</span>')]
+    if entry.get("warning"):
+        pairs.append(("warning", f'<span class="warning">{esc(entry["warning"])}</span>'))
     if entry.get("error"):
         pairs.append(("error", f'<span class="error">{esc(entry["error"])}</span>'))
     pairs.append(("source", f'<span class="mono">{esc(entry.get("sourceUrl"))}</span>'))
