@@ -255,7 +255,7 @@ def test_dashboard_and_scrape_config_match_what_is_exported(
     scrape_config = yaml.safe_load((deploy / "prometheus/prometheus.yml").read_text())
     ports = {job["job_name"]: job["dns_sd_configs"][0]["port"]
              for job in scrape_config["scrape_configs"]}
-    assert ports == {"casefetch-receiver": 8080, "casefetch-worker": 9808}
+    assert ports == {"casefetch-receiver": 9100, "casefetch-worker": 9808}  # the metrics ports
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     monitoring = {name: service for name, service in compose["services"].items()
                   if "monitoring" in service.get("profiles", [])}
