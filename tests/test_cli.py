@@ -143,9 +143,10 @@ def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:
     assert "enqueue failed" in outputs["receiver"]
 
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    worker.process = subprocess.Popen(
-        [sys.executable, "-m", "casefetch", "worker", "--concurrency", "1"], env=env, cwd=ROOT,
-        stdout=worker.log_path.open("wb"), stderr=subprocess.STDOUT)
+    with worker.log_path.open("wb") as log:
+        worker.process = subprocess.Popen(
+            [sys.executable, "-m", "casefetch", "worker", "--concurrency", "1"], env=env,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "Cannot connect to" in worker.log(), timeout=30,
                  message="the worker to report Redis unreachable")
