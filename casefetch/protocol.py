@@ -132,13 +132,44 @@ def _uuid_text(value: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_last_id = 0
+
+
 def new_delivery_id(ms: int | None = None) -> str:
-    """A UUID whose first 48 bits are the time in ms (the UUIDv7 layout): ids sort by arrival."""
+    """A UUID whose first 48 bits are the time in ms (the UUIDv7 layout): ids sort by arrival.
+
+    Within one millisecond a process's ids still sort by arrival: the next id is the last
+    one plus one (RFC 9562's monotonic random), so the receipt order of two deliveries for
+    one cfRef is never left to chance (see :func:`accepted_before`).
+    """
+    global _last_id
     ms = time.time_ns() // 1_000_000 if ms is None else ms
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand & ((1 << 76) - 1))
     value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
+    last = _last_id
+    if value >> 80 == last >> 80 and value <= last and (last + 1) & _RAND_B == (last & _RAND_B) + 1:
+        value = last + 1
+    _last_id = value
     return _uuid_text(value)
+
+
+#: The 62 random bits after the variant: incremented for ids of the same millisecond.
+_RAND_B = (1 << 62) - 1
+
+
+def accepted_before(first: str, second: str) -> bool:
+    """Whether delivery ``first`` was accepted before delivery ``second``, as their ids say.
+
+    Ids made by :func:`new_delivery_id` sort by the time they were accepted. An id that is
+    not one of those (a test's, or from a receiver before ids were time-ordered) says
+    nothing: False, and processing order decides, as it always did for such ids.
+    """
+    return _time_ordered(first) and _time_ordered(second) and first.lower() < second.lower()
+
+
+def _time_ordered(delivery_id: str) -> bool:
+    return len(delivery_id) == 36 and delivery_id[14] == "7" and delivery_id[8] == "-"
 
 
 def _random_uuid() -> str:

@@ -67,22 +67,24 @@ def test_claim_checks_generation_result_and_lock_at_once(client: redis.Redis) ->
     books = Bookkeeping(client, lock_seconds=5)
     case = "cases/CL-1"
     books.start(case, "gen-1", [0, 1])
-    assert books.claim(case, "gen-0", 0, "case.pdf").status == "stale"
+    assert books.claim_many(case, "gen-0", [(0, "case.pdf")])[0].status == "stale"
 
-    claim = books.claim(case, "gen-1", 0, "case.pdf")
+    [claim] = books.claim_many(case, "gen-1", [(0, "case.pdf")])
     assert claim.status == "claimed" and claim.lock is not None and claim.intent is None
-    with pytest.raises(Busy):
-        books.claim(case, "gen-1", 0, "case.pdf")
+    assert books.claim_many(case, "gen-1", [(0, "case.pdf")])[0].status == "busy"
+    assert books.held(case, ["case.pdf", "items/001-A"]) == [True, False]
+    assert books.live_writers() == {f"{case}/case.pdf"}
     with claim.lock:
-        books.intend(case, 0, {"path": "case.pdf", "sha256": "ab"})
-        assert books.record(case, "gen-1", 0, {"status": "stored"}, lock=claim.lock) == 1
+        books.intend_many(case, {0: {"path": "case.pdf", "sha256": "ab"}})
+        assert books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)]) == 1
         # Recorded and released in one step.
         assert not client.exists(lock_key("file", case, "case.pdf"))
-    assert books.claim(case, "gen-1", 0, "case.pdf").status == "done"
+    assert books.claim_many(case, "gen-1", [(0, "case.pdf")])[0].status == "done"
+    assert books.live_writers() == set()
 
     # A worker that died after noting its intent: the next claim hands the intent over.
-    books.intend(case, 1, {"path": "items/001-A.png", "sha256": "cd"})
-    second = books.claim(case, "gen-1", 1, "items/001-A")
+    books.intend_many(case, {1: {"path": "items/001-A.png", "sha256": "cd"}})
+    [second] = books.claim_many(case, "gen-1", [(1, "items/001-A")])
     assert second.intent == {"path": "items/001-A.png", "sha256": "cd"}
     assert second.lock is not None
     with second.lock:
@@ -95,11 +97,11 @@ def test_a_stale_record_still_releases_the_lock(client: redis.Redis) -> None:
     books = Bookkeeping(client, lock_seconds=5)
     case = "cases/CL-2"
     books.start(case, "gen-1", [0])
-    claim = books.claim(case, "gen-1", 0, "case.pdf")
+    [claim] = books.claim_many(case, "gen-1", [(0, "case.pdf")])
     assert claim.lock is not None
     books.start(case, "gen-2", [0])  # a newer delivery took over meanwhile
     with claim.lock:
-        assert books.record(case, "gen-1", 0, {"status": "stored"}, lock=claim.lock) is None
+        assert books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)]) is None
     assert not client.exists(lock_key("file", case, "case.pdf"))
     assert client.hlen(case_key(case, "results")) == 0
 
@@ -108,9 +110,9 @@ def test_a_batch_is_claimed_and_recorded_in_one_step_each(client: redis.Redis) -
     books = Bookkeeping(client, lock_seconds=5)
     case = "cases/CL-3"
     books.start(case, "gen-1", [0, 1, 2, 3])
-    books.record(case, "gen-1", 0, {"status": "stored"})  # done earlier
-    other = books.claim(case, "gen-1", 1, "items/001-B")  # another worker holds it
-    books.intend(case, 2, {"path": "items/002-C.png", "sha256": "ef"})  # a dead worker's
+    books.record_many(case, "gen-1", [(0, {"status": "stored"}, None)])  # done earlier
+    [other] = books.claim_many(case, "gen-1", [(1, "items/001-B")])  # another worker's
+    books.intend_many(case, {2: {"path": "items/002-C.png", "sha256": "ef"}})  # a dead one's
     files = [(0, "case.pdf"), (1, "items/001-B"), (2, "items/002-C"), (3, "items/003-D")]
 
     assert [c.status for c in books.claim_many(case, "gen-0", files)] == ["stale"] * 4

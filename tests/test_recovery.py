@@ -20,7 +20,7 @@ from tests.fileserver import FileServer
 from worker.bookkeeping import Bookkeeping
 from worker.celery_app import fetch_batch
 from worker.download import Fetcher
-from worker.pipeline import Pipeline, file_jobs, resume
+from worker.pipeline import Pipeline, resume
 from worker.settings import DownloadSettings
 from worker.storage import LocalStorage
 
@@ -49,10 +49,23 @@ def delivery_for(file_server: FileServer, cf: str) -> dict[str, Any]:
     return dict(make_delivery(body, {}))
 
 
-def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> None:
-    while sent:
-        for job in file_jobs(sent.pop(0)):
-            pipe.download(job)
+def batch_runtime(pipe: Pipeline) -> Any:
+    """What fetch_batch needs of a worker's runtime: the pipeline and the file threads."""
+    return SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(2))
+
+
+def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> list[str]:
+    """Fetch every queued download message as the download task does."""
+    runtime = batch_runtime(pipe)
+    outcomes: list[str] = []
+    try:
+        while sent:
+            done, postponed = fetch_batch(runtime, sent.pop(0))
+            assert postponed is None
+            outcomes += done
+    finally:
+        runtime.files.shutdown()
+    return outcomes
 
 
 def test_ingest_redelivered_after_a_crash_before_the_manifest(
@@ -102,20 +115,23 @@ def test_download_redelivered_after_the_file_was_put_in_place(
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
-    job = file_jobs(sent[0])[0]
+    [message] = sent
 
     def die(*args: object, **kwargs: object) -> None:
         raise Crash
 
-    # The worker dies right after the rename: its result never reaches the bookkeeping.
+    # The worker dies right after the renames: its results never reach the bookkeeping.
+    runtime = batch_runtime(pipe)
     with monkeypatch.context() as patch:
         patch.setattr(pipe.books, "record_many", die)
         with pytest.raises(Crash):
-            pipe.download(job)
+            fetch_batch(runtime, message)
+    runtime.files.shutdown()
     assert pipe.storage.exists("cases/REC-3/case.pdf")
-    assert pipe.download(job) == "stored"  # adopted, not fetched again
+    for path in ("case.pdf", "items/001-A"):  # the dead worker's locks expire
+        pipe.books.redis.delete(lock_key("file", "cases/REC-3", path))
+    assert run_all(pipe, sent) == ["stored", "stored"]  # adopted, not fetched again
     assert file_server.served["/rec/REC-3/pdf"] == 1
-    run_all(pipe, sent)
 
 
 def test_sweep_resumes_a_case_whose_messages_were_lost(
@@ -142,7 +158,7 @@ def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, An
     changed = dict(make_delivery(samples.body(samples.case(
         "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {}))
     pipe.ingest(changed)  # type: ignore[arg-type]
-    assert [pipe.download(job) for m in old_jobs for job in file_jobs(m)] == ["stale", "stale"]
+    assert run_all(pipe, old_jobs) == ["stale", "stale"]
     run_all(pipe, sent)
     manifest = pipe._read_manifest("cases/REC-5")
     assert manifest is not None and manifest["status"] == "complete"

@@ -50,10 +50,10 @@ from worker.manifest import parse_json
 
 @dataclass
 class Claim:
-    """What :meth:`Bookkeeping.claim` found: ``stale`` (another generation is current),
-    ``done`` (the file has its result), ``busy`` (another worker holds it, from
-    :meth:`Bookkeeping.claim_many` only) or ``claimed`` (``lock`` is ours, and ``intent`` is
-    what a dead worker noted before renaming the file into place, if it did)."""
+    """What :meth:`Bookkeeping.claim_many` found for one file: ``stale`` (another generation
+    is current), ``done`` (the file has its result), ``busy`` (another worker holds it) or
+    ``claimed`` (``lock`` is ours, and ``intent`` is what a dead worker noted before renaming
+    the file into place, if it did)."""
 
     status: str
     lock: HeldLock | None = None
@@ -68,6 +68,7 @@ class Bookkeeping:
         self._record = client.register_script(self._RECORD)
         self._claim = client.register_script(self._CLAIM)
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
+        self._requeue = client.register_script(self._REQUEUE)
 
     def generation(self, case: str) -> str | None:
         value = self.redis.get(case_key(case, "gen"))
@@ -87,9 +88,6 @@ class Bookkeeping:
     def remaining(self, case: str) -> list[int]:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
 
-    def intend(self, case: str, index: int, entry: dict[str, Any]) -> None:
-        self.intend_many(case, {index: entry})
-
     def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
         self.redis.hset(case_key(case, "intents"),
@@ -99,22 +97,12 @@ class Bookkeeping:
         raw = self.redis.hgetall(case_key(case, "results"))
         return {int(k): parse_json(v) for k, v in raw.items()}
 
-    def claim(self, case: str, gen: str, index: int, path: str) -> Claim:
-        """Take the lock on one file of generation ``gen``, unless it is stale or done.
-
-        Raises Busy when another worker holds the file.
-        """
-        found = self.claim_many(case, gen, [(index, path)])[0]
-        if found.status == "busy":
-            raise Busy(f"file:{case}:{path}")
-        return found
-
     def claim_many(self, case: str, gen: str, files: list[tuple[int, str]]) -> list[Claim]:
         """Claim several files of one case, ``(index, path)`` each, in one round trip.
 
         Each claim is ``stale``, ``done``, ``busy`` (another worker holds the file) or
-        ``claimed``, as :meth:`claim` would find it; one script checks the generation, the
-        results and the locks of them all, so nothing can start or record in between.
+        ``claimed`` (see :class:`Claim`); one script checks the generation, the results and
+        the locks of them all, so nothing can start or record in between.
         """
         if not files:
             return []
@@ -155,14 +143,6 @@ class Bookkeeping:
     end
     return out
     """
-
-    def record(self, case: str, gen: str, index: int, entry: dict[str, Any],
-               lock: HeldLock | None = None) -> int | None:
-        """Store a finished entry; return how many remain, or None if ``gen`` is stale.
-
-        ``lock`` (the file's, from :meth:`claim`) is released in the same round trip.
-        """
-        return self.record_many(case, gen, [(index, entry, lock)])
 
     def record_many(self, case: str, gen: str,
                     done: list[tuple[int, dict[str, Any], HeldLock | None]]) -> int | None:
@@ -243,6 +223,20 @@ class Bookkeeping:
             ingest_message(delivery, origin), inbox_entry(delivery), delivery["deliveryId"],
             time.time()))
 
+    def requeue(self, delivery: Delivery, origin: str | None = None) -> bool:
+        """Queue a delivery still in the inbox again, at the head of the ingest queue (it is
+        taken next), and restart its inbox clock; False if it left the inbox meanwhile."""
+        return bool(self._requeue(keys=ENQUEUE_KEYS, args=[
+            ingest_message(delivery, origin), delivery["deliveryId"], time.time()]))
+
+    # KEYS as ENQUEUE_KEYS. kombu pops from the right: RPUSH puts the message first in line.
+    _REQUEUE = """
+    if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return 0 end
+    redis.call('RPUSH', KEYS[1], ARGV[1])
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+    return 1
+    """
+
     def received(self, delivery: Delivery) -> Delivery | None:
         """The whole delivery an ingest task's argument stands for: itself, or when it is a
         reference, what the inbox keeps (None: no longer there, already archived)."""
@@ -253,6 +247,26 @@ class Bookkeeping:
         if not isinstance(entry, bytes):
             return None
         return delivery_from_inbox(delivery_id, entry)
+
+    def held(self, case: str, paths: list[str]) -> list[bool]:
+        """Whether a worker holds the lock of each file (``path`` as in the manifest, without
+        the extension its content gives it), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for path in paths:
+            pipe.exists(lock_key("file", case, path))
+        return [bool(found) for found in pipe.execute()]
+
+    def live_writers(self) -> set[str]:
+        """The files being fetched now, as storage keys without the extension their content
+        gives them (``cases/CF-1/items/001-A``): those whose lock a live worker keeps renewing.
+        A lock is the download's heartbeat: it outlives a dead worker by its TTL at most."""
+        prefix = lock_key("file", "")
+        found = set()
+        for raw in self.redis.scan_iter(match=f"{prefix}*", count=1000):
+            case, _, path = _text(raw)[len(prefix):].partition(":")
+            if path:
+                found.add(f"{case}/{path}")
+        return found
 
     def touch(self, case: str) -> None:
         self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)

@@ -43,8 +43,13 @@ from worker.errors import StorageError
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    import redis
+
     from worker.bookkeeping import Claim
+    from worker.catalog import Catalog
+    from worker.download import Fetcher
     from worker.pipeline import Finished, Pipeline
+    from worker.storage import Storage
 
 log = logging.getLogger("casefetch.worker")
 _ORIGIN = f"casefetch-worker@{socket.gethostname()}"
@@ -59,31 +64,39 @@ COMMIT_EVERY_SECONDS = 0.5
 
 
 class Runtime:
-    """The per-process collaborators, built on first use."""
+    """The per-process collaborators: handed in (a test hands in its own), or built from the
+    settings by :meth:`build`."""
 
-    def __init__(self, app: Celery, settings: WorkerSettings) -> None:
-        import redis
-
+    def __init__(self, client: redis.Redis, storage: Storage, fetcher: Fetcher,
+                 download_threads: int = 8, lock_seconds: float = 60.0,
+                 catalog: Catalog | None = None) -> None:
         from worker.bookkeeping import Bookkeeping
-        from worker.catalog import Catalog
-        from worker.download import Fetcher
         from worker.pipeline import Pipeline
-        from worker.storage import make_storage
 
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                          socket_connect_timeout=5, health_check_interval=30)
-        self.pipeline = Pipeline(
-            storage=make_storage(settings),
-            # A file lock outlives its holder by at most the visibility timeout, so work
-            # redelivered after a crash waits no longer than the message did.
-            books=Bookkeeping(self.redis, lock_seconds=settings.visibility_timeout_seconds),
-            fetcher=Fetcher(settings.download),
-            send_download=self.send_download,
-            catalog=Catalog(settings.catalog_path),
-        )
-        self.files = ThreadPoolExecutor(max_workers=app.download_threads,
+        self.redis = client
+        # A file lock outlives its holder by at most lock_seconds (the visibility timeout),
+        # so work redelivered after a crash waits no longer than the message did.
+        self.pipeline = Pipeline(storage=storage,
+                                 books=Bookkeeping(client, lock_seconds=lock_seconds),
+                                 fetcher=fetcher, send_download=self.send_download,
+                                 catalog=catalog)
+        self.files = ThreadPoolExecutor(max_workers=download_threads,
                                         thread_name_prefix="casefetch-file")
         self._kept = threading.local()
+
+    @classmethod
+    def build(cls, settings: WorkerSettings, download_threads: int) -> Runtime:
+        import redis
+
+        from worker.catalog import Catalog
+        from worker.download import Fetcher
+        from worker.storage import make_storage
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                      socket_connect_timeout=5, health_check_interval=30)
+        return cls(client, make_storage(settings), Fetcher(settings.download),
+                   download_threads, settings.visibility_timeout_seconds,
+                   Catalog(settings.catalog_path))
 
     def send_download(self, job: dict[str, Any]) -> None:
         kept: list[dict[str, Any]] | None = getattr(self._kept, "messages", None)
@@ -132,7 +145,7 @@ class CasefetchCelery(Celery):
     def runtime(self) -> Runtime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = Runtime(self, self.settings)
+                self._runtime = Runtime.build(self.settings, self.download_threads)
             return self._runtime
 
 
@@ -189,33 +202,13 @@ def _register_tasks(app: CasefetchCelery) -> None:
     def ingest(self: Task, delivery: Delivery) -> str:
         from worker.bookkeeping import Busy
 
-        runtime = app.runtime
-        pipeline = runtime.pipeline
         try:
-            received = pipeline.books.received(delivery)
-            if received is None:
-                log.info("delivery %s is no longer in the inbox: already archived",
-                         delivery.get("deliveryId"))
-                return "duplicate"
-            delivery = received
-            logs.bind(cfRef=peek_cf_ref(delivery))
-            with runtime.keep_first_download(app.fetches_downloads) as kept:
-                outcome = pipeline.ingest(delivery)
+            return run_ingest(app.runtime, delivery, app.fetches_downloads)
         except Busy as exc:
             raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
         except INFRA_ERRORS as exc:
             log.warning("ingest of %s postponed: %s", delivery.get("deliveryId"), exc)
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-        except Exception as exc:
-            # A bug must not lose the delivery: keep it where an operator will see it.
-            log.exception("ingest of %s failed unexpectedly", delivery.get("deliveryId"))
-            pipeline.quarantine(delivery, "internal_error",
-                                {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
-            pipeline.books.delivered(delivery["deliveryId"])
-            return "quarantined"
-        for message in kept:
-            _fetch_kept(self, runtime, message)
-        return outcome
 
     @app.task(name=DOWNLOAD_TASK, bind=True, max_retries=None, shared=False)
     def download(self: Task, message: dict[str, Any]) -> str:
@@ -224,7 +217,15 @@ def _register_tasks(app: CasefetchCelery) -> None:
         outcomes, postponed = fetch_batch(app.runtime, message)
         # Retrying the whole message is safe: files already recorded are skipped.
         if isinstance(postponed, Busy):
-            raise self.retry(exc=postponed, countdown=BUSY_RETRY_SECONDS)
+            busy = int(message.get("busyRetries", 0))
+            if busy >= max_busy_retries(app.settings):
+                # Its holder records it; if the holder died, its lock expired by now and the
+                # sweep queues the file again once the case stops moving.
+                log.info("files of %s still held by another worker: left to it",
+                         message.get("case"))
+                return ",".join([*outcomes, "busy"])
+            raise self.retry(args=[{**message, "busyRetries": busy + 1}],
+                             countdown=BUSY_RETRY_SECONDS)
         if postponed is not None:
             raise self.retry(exc=postponed, countdown=_backoff(self.request.retries))
         return ",".join(outcomes)
@@ -234,21 +235,56 @@ def _register_tasks(app: CasefetchCelery) -> None:
         return run_sweep(app)
 
 
-def _fetch_kept(task: Task, runtime: Runtime, message: dict[str, Any]) -> None:
+def max_busy_retries(settings: WorkerSettings) -> int:
+    """How often a download message that found a file held retries it: long enough for the
+    lock of a holder that died to expire (its TTL is the visibility timeout), no longer."""
+    return -(-settings.visibility_timeout_seconds // BUSY_RETRY_SECONDS) + 1
+
+
+def run_ingest(runtime: Runtime, delivery: Delivery, fetch_first: bool = True) -> str:
+    """What the ingest task does: archive or quarantine a delivery (given whole or as its
+    inbox reference), then, with ``fetch_first``, fetch its case's first batch of files
+    (see :meth:`Runtime.keep_first_download`). Raises Busy or one of INFRA_ERRORS when it
+    must be tried again."""
+    from worker.bookkeeping import Busy
+
+    pipeline = runtime.pipeline
+    try:
+        received = pipeline.books.received(delivery)
+        if received is None:
+            log.info("delivery %s is no longer in the inbox: already archived",
+                     delivery.get("deliveryId"))
+            return "duplicate"
+        delivery = received
+        logs.bind(cfRef=peek_cf_ref(delivery))
+        with runtime.keep_first_download(fetch_first) as kept:
+            outcome = pipeline.ingest(delivery)
+    except (Busy, *INFRA_ERRORS):
+        raise
+    except Exception as exc:
+        # A bug must not lose the delivery: keep it where an operator will see it.
+        log.exception("ingest of %s failed unexpectedly", delivery.get("deliveryId"))
+        pipeline.quarantine(delivery, "internal_error",
+                            {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
+        pipeline.books.delivered(delivery["deliveryId"])
+        return "quarantined"
+    for message in kept:
+        _fetch_kept(runtime, message)
+    return outcome
+
+
+def _fetch_kept(runtime: Runtime, message: dict[str, Any]) -> None:
     """Fetch the batch an ingest kept; what must wait goes to the download queue, whose
-    task retries it as usual (the delivery itself is archived: it must not be retried)."""
+    task retries it as usual (the delivery itself is archived: it must not be retried).
+    Raises one of INFRA_ERRORS when the batch can be neither fetched nor queued: the
+    ingest, tried again, finds the case planned and queues what it still needs."""
     try:
         _outcomes, postponed = fetch_batch(runtime, message)
     except Exception:
         log.exception("downloads of %s failed unexpectedly; queued", message.get("case"))
         postponed = RuntimeError("queued")
-    if postponed is None:
-        return
-    try:
+    if postponed is not None:
         runtime.publish_download(message)
-    except INFRA_ERRORS as exc:
-        # Ingest again later: it finds the case planned and queues what it still needs.
-        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
 
 
 def fetch_batch(runtime: Runtime, message: dict[str, Any]
@@ -357,13 +393,19 @@ def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Finish
 
 
 def run_sweep(app: CasefetchCelery) -> list[str]:
-    """Re-queue the work of every case that has made no progress for a while."""
+    return sweep_once(app.runtime, app.settings)
+
+
+def sweep_once(runtime: Runtime, settings: WorkerSettings) -> list[str]:
+    """Re-queue the work of every case that has made no progress for a while (except files a
+    live worker holds), queue again deliveries whose messages were lost, and remove what dead
+    writers left. Returns the cases whose work was queued again."""
     from worker.bookkeeping import Busy
     from worker.pipeline import resume
 
-    runtime = app.runtime
+    books = runtime.pipeline.books
     resumed = []
-    for case in runtime.pipeline.books.stuck(app.settings.stuck_after_seconds):
+    for case in books.stuck(settings.stuck_after_seconds):
         try:
             # Busy: a worker is on it now. Wait only briefly: one busy case must not hold up
             # the others, nor the lost deliveries below.
@@ -377,35 +419,37 @@ def run_sweep(app: CasefetchCelery) -> list[str]:
             log.exception("sweep could not resume %s; the next sweep tries again", case)
     if resumed:
         log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
-    requeue_lost_deliveries(app)
-    stale_after = max(600.0, 10 * app.settings.download.timeout_seconds)
-    removed = runtime.pipeline.storage.remove_stale_temp(stale_after)
+    requeue_lost_deliveries(runtime, settings)
+    # A download's file lock is its heartbeat: what it writes is kept, however slowly it goes.
+    removed = runtime.pipeline.storage.remove_stale_temp(settings.stale_temp_after_seconds,
+                                                         books.live_writers())
     if removed:
         log.info("sweep removed %d temporary file(s) left by dead writers", removed)
     return resumed
 
 
-def requeue_lost_deliveries(app: CasefetchCelery) -> int:
-    """Queue again the accepted deliveries that no worker finished and none is waiting for.
+def requeue_lost_deliveries(runtime: Runtime, settings: WorkerSettings) -> int:
+    """Queue again, at the head of the ingest queue, the accepted deliveries still in the
+    inbox a visibility timeout after they were (last) queued.
 
-    Only when the ingest queue is empty: a delivery still waiting its turn there is not lost,
-    and a long backlog must not be copied into itself. Ingest is idempotent, so a delivery
-    that was merely slow is archived once all the same.
+    By then kombu has handed back what a dead worker held: what is still there was lost
+    (popped by a worker, then Redis died before kombu noted it), or is waiting behind a
+    backlog, or is being retried. Which of these cannot be told cheaply, and need not be:
+    ingest is idempotent, and a message whose delivery was archived meanwhile finds the inbox
+    empty and costs one read. At the head, the delivery is taken next however long the
+    queue, so a lost one is archived within two minutes even under a backlog that never
+    drains; its clock restarts, so no delivery is queued again more than once a timeout.
     """
-    books = app.runtime.pipeline.books
-    if books.redis.llen(INGEST_QUEUE):
-        return 0
-    settings = app.settings
-    older_than = max(settings.stuck_after_seconds, 2.0 * settings.visibility_timeout_seconds)
+    books = runtime.pipeline.books
     requeued = 0
-    for delivery_id, entry in books.undelivered(older_than):
-        # A fresh message (new delivery tag) for the same delivery, through the same script
-        # as the receiver, so the inbox entry's clock restarts with it.
-        books.enqueue(delivery_from_inbox(delivery_id, entry), origin=_ORIGIN)
-        requeued += 1
+    # The oldest last, so that it is first in line.
+    for delivery_id, entry in reversed(books.undelivered(settings.visibility_timeout_seconds)):
+        # A fresh message (new delivery tag) for the same delivery.
+        if books.requeue(delivery_from_inbox(delivery_id, entry), origin=_ORIGIN):
+            requeued += 1
     if requeued:
-        log.warning("sweep queued %d accepted delivery(ies) again: their messages were lost",
-                    requeued)
+        log.warning("sweep queued %d accepted delivery(ies) again, at the head of the queue: "
+                    "their messages were lost or are waiting behind a backlog", requeued)
     return requeued
 
 

@@ -19,7 +19,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from casefetch import logs
-from casefetch.protocol import Delivery, delivery_body
+from casefetch.protocol import Delivery, accepted_before, delivery_body
 from worker import archive
 from worker.bookkeeping import Bookkeeping, Busy, Claim
 from worker.catalog import Catalog, row_for
@@ -112,31 +112,76 @@ class Pipeline:
         return str(json.loads(current).get("cfRef")) if current is not None else None
 
     def _plan(self, case: str, check: CaseCheck, body: bytes, delivery_id: str) -> str:
+        """Make ``body`` the case's payload, unless it is the one the manifest describes
+        already (an identical re-delivery, or this delivery retried) or an older delivery than
+        the one it describes (it goes straight to history).
+
+        The manifest is written last and is what counts: it records the deliveryId and the
+        sha256 of the payload it describes. A ``case.json`` that differs from that is the
+        write of an interrupted delivery, which is still in the inbox and is retried: it is
+        never taken for the payload the manifest describes.
+        """
         previous = self._read_manifest(case)
-        current = self._read(case, archive.CASE_JSON)
-        if current == body and previous is not None:
-            if previous["status"] != CaseStatus.PENDING.value:
-                log.info("identical re-delivery of %s: nothing to do", check.cf_ref)
-                return "duplicate"
-            # Same payload, work under way (or lost): make sure every pending file is queued.
-            self._dispatch(case, previous)
-            return "resumed"
-        if current is not None and current != body:
-            earlier_id = previous.get("deliveryId") if previous else None
-            self.storage.move(archive.case_key(case, archive.CASE_JSON),
-                              archive.case_key(case, archive.history_path(
-                                  earlier_id or f"unknown-{_short_hash(current)}")))
-        if current != body:
-            self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body)
+        digest = _sha256(body)
+        if previous is not None:
+            described, current = self._described(case, previous)
+            if digest == described:
+                return self._same_payload(case, check, previous, delivery_id)
+            if delivery_id != previous["deliveryId"] and accepted_before(
+                    delivery_id, previous.get("latestDeliveryId") or previous["deliveryId"]):
+                self._keep_history(case, delivery_id, body)
+                log.info("delivery %s of %s is older than the archived one: kept in history",
+                         delivery_id, check.cf_ref)
+                return "superseded"
+            if current is not None and _sha256(current) == described:
+                self._keep_history(case, str(previous["deliveryId"]), current)
+        self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body)
         files, warnings = plan(check)
         manifest = new_manifest(check, delivery_id, reuse(files, previous), warnings)
+        manifest["payloadSha256"] = digest
         if previous is not None:
             manifest["replaced"] = _orphans(previous, manifest)
         self._write_manifest(case, manifest)
         self._dispatch(case, manifest)
         return "planned"
 
-    def _dispatch(self, case: str, manifest: Manifest) -> None:
+    def _described(self, case: str, manifest: Manifest) -> tuple[str | None, bytes | None]:
+        """The sha256 of the payload ``manifest`` describes, and ``case.json`` as it is.
+
+        A manifest written before the digest was recorded describes whatever ``case.json``
+        holds (the best there is to go on)."""
+        current = self._read(case, archive.CASE_JSON)
+        described = manifest.get("payloadSha256")
+        if described is None and current is not None:
+            described = _sha256(current)
+        return described, current
+
+    def _same_payload(self, case: str, check: CaseCheck, manifest: Manifest,
+                      delivery_id: str) -> str:
+        latest = manifest.get("latestDeliveryId") or manifest["deliveryId"]
+        if delivery_id != latest and accepted_before(latest, delivery_id):
+            # Accepted after the delivery the manifest names: an older changed payload
+            # processed later must still go to history, not replace this one.
+            manifest = {**manifest, "latestDeliveryId": delivery_id}
+            self._write_manifest(case, manifest)
+        if manifest["status"] != CaseStatus.PENDING.value:
+            log.info("identical re-delivery of %s: nothing to do", check.cf_ref)
+            return "duplicate"
+        # Same payload, work under way (or lost): make sure every pending file is queued.
+        self._dispatch(case, manifest, skip_held=True)
+        return "resumed"
+
+    def _keep_history(self, case: str, delivery_id: str, payload: bytes) -> None:
+        """``history/<deliveryId>.json``, unless it is there already: never overwritten."""
+        key = archive.case_key(case, archive.history_path(delivery_id))
+        if not self.storage.exists(key):
+            self.storage.write_bytes(key, payload)
+
+    def _dispatch(self, case: str, manifest: Manifest, skip_held: bool = False) -> int:
+        """Queue the files of ``manifest`` still to fetch (settle it if there are none);
+        return how many were queued.
+        ``skip_held``: leave out the files a live worker holds the lock of (a resume, a
+        re-delivery): that worker records them, and a message more would only wait."""
         gen = manifest["deliveryId"]
         indices = pending_indices(manifest)
         if self.books.generation(case) != gen:
@@ -147,29 +192,17 @@ class Pipeline:
         if not indices:
             # Callers hold the case lock already (it is not re-entrant).
             self._settle_locked(case, gen)
-            return
+            return 0
         files = [_job(index, manifest["files"][index]) for index in indices]
+        if skip_held:
+            held = self.books.held(case, [f["path"] for f in files])
+            files = [f for f, busy in zip(files, held, strict=True) if not busy]
         for batch in batches(files, BATCH_FILES):
             self.send_download({"case": case, "gen": gen, "cfRef": manifest["cfRef"],
                                 "files": batch})
+        return len(files)
 
     # -- download ---------------------------------------------------------------------------
-
-    def download(self, job: dict[str, Any]) -> str:
-        """Fetch one file of a case (a job of :func:`file_jobs`). Raises Busy when another
-        worker is fetching it."""
-        case, gen, index = job["case"], job["gen"], int(job["index"])
-        claim = self.books.claim(case, gen, index, job["path"])
-        if claim.status == "stale":
-            return "stale"
-        if claim.lock is None:
-            # Already fetched (a redelivered or duplicate job): make sure the case is settled.
-            self.settle_if_done(case, gen)
-            return "done"
-        with claim.lock:
-            finished = self.fetch_claimed(job, claim)
-            self.commit(case, gen, [finished])
-        return str(finished.entry["status"])
 
     def claim_batch(self, jobs: list[dict[str, Any]]) -> list[Claim]:
         """Claim the files of one download message (one case, one generation) at once."""
@@ -243,8 +276,10 @@ class Pipeline:
             return archive.case_key(case, relative)
 
         try:
+            # The file's lock is the download's heartbeat: its key names what it writes.
             result, staged = self.fetcher.fetch_staged(job["sourceUrl"], kind, self.storage,
-                                                       key_for, job.get("stepAction"))
+                                                       key_for, job.get("stepAction"),
+                                                       owner=archive.case_key(case, path))
         except DownloadError as exc:
             attempts = getattr(exc, "attempts", 1)
             log.warning("download failed for %s %s after %d attempt(s): %s",
@@ -417,14 +452,17 @@ def _decode(body: bytes) -> Any:
 
 
 def _orphans(previous: Manifest, manifest: Manifest) -> list[str]:
-    """Files an earlier delivery stored that the new one may no longer reference."""
+    """Files an earlier delivery stored that the new one may no longer reference, with
+    those the earlier one was to remove itself (it may not have settled)."""
     now = {e["path"] for e in manifest["files"]}
-    return [e["path"] for e in previous.get("files", [])
-            if e.get("status") == FileStatus.STORED.value and e["path"] not in now]
+    earlier = [*previous.get("replaced", []),
+               *(e["path"] for e in previous.get("files", [])
+                 if e.get("status") == FileStatus.STORED.value)]
+    return [path for path in dict.fromkeys(earlier) if path not in now]
 
 
-def _short_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _dumps(value: Any) -> bytes:
@@ -445,11 +483,13 @@ __all__ = ["Busy", "Pipeline"]
 
 
 def resume(pipeline: Pipeline, case: str, wait_seconds: float = 30) -> str:
-    """Re-queue what a stuck case still needs (its messages were lost or its worker died)."""
+    """Re-queue what a stuck case still needs (its messages were lost or its worker died),
+    except the files a live worker holds: ``resumed``, ``in hand`` (every file left is held)
+    or ``finished``."""
     with pipeline.books.lock("case", case, wait_seconds=wait_seconds):
         manifest = pipeline._read_manifest(case)
         if manifest is None or manifest["status"] != CaseStatus.PENDING.value:
             pipeline.books.finish(case)
             return "finished"
-        pipeline._dispatch(case, manifest)
-        return "resumed"
+        queued = pipeline._dispatch(case, manifest, skip_held=True)
+        return "resumed" if queued else "in hand"
