@@ -48,6 +48,9 @@ class Route:
     unframed: bool = False
     #: Pause after each 64 KiB written: a slow host (or one that stalls mid-body).
     chunk_delay: float = 0.0
+    #: A trickling host: after ``trickle[0]`` bytes at full speed, ``trickle[1]`` bytes at a
+    #: time, ``trickle[2]`` seconds apart.
+    trickle: tuple[int, int, float] | None = None
 
 
 class FileServer(BackgroundServer):
@@ -138,7 +141,21 @@ class FileServer(BackgroundServer):
                                               struct.pack("ii", 1, 0))
                 request.close_connection = True
                 return
-            if route.chunk_delay:
+            if route.trickle:
+                head, step, pause = route.trickle
+
+                def send(part: bytes) -> None:
+                    request.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                                        if route.chunked else part)
+                    request.wfile.flush()
+
+                send(data[:head])
+                for start in range(head, len(data), step):
+                    time.sleep(pause)
+                    send(data[start:start + step])
+                if route.chunked:
+                    request.wfile.write(b"0\r\n\r\n")
+            elif route.chunk_delay:
                 for start in range(0, len(data), 65536):
                     request.wfile.write(data[start:start + 65536])
                     request.wfile.flush()

@@ -370,3 +370,24 @@ def test_an_unknown_or_false_encoding_is_refused_and_not_stored(storage: LocalSt
         server.stop()
     assert info.value.attempts == 3  # type: ignore[attr-defined]  # retried: it may pass
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_trickling_host_is_cut_off_at_the_attempt_deadline(
+        file_server: FileServer, storage: LocalStorage, chunked: bool) -> None:
+    import time
+
+    # 200 bytes every 0.1 s: never a gap of DOWNLOAD_TIMEOUT_SECONDS, 10 s for the file.
+    data = samples.pdf(20_000)
+    url = file_server.add(f"dl/trickle-{chunked}", data, trickle=(1000, 200, 0.1),
+                          chunked=chunked)
+    fetch, slept = fetcher(attempt_timeout_seconds=0.6, max_attempts=2)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS") as caught:
+        fetch.fetch(url, FileKind.CASE_PDF, storage, key_for(f"x/trickle-{chunked}"))
+    assert caught.value.attempts == 2  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 2 * 0.6 + sum(slept) + 0.5
+    assert list(storage.list("")) == []  # nothing left, not even a temporary file
+    # The same fetcher then fetches a file that comes in time, on a fresh connection.
+    quick = file_server.add("dl/after-trickle", samples.pdf())
+    assert fetch.fetch(quick, FileKind.CASE_PDF, storage, key_for("x/quick")).attempts == 1

@@ -159,6 +159,14 @@ class Response:
         self.raw.close()
         self._connection.close()
 
+    def abort(self) -> None:
+        """Stop the transfer from another thread: a read blocked on it returns at once.
+        Only shut down, not closed: the reading thread closes it (a descriptor closed under
+        a blocked read could be reused by another file's connection meanwhile)."""
+        sock = self._connection.sock
+        if sock is not None:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
 
 class Connections:
     """Each thread's kept-alive connections, one per origin."""

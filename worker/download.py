@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from worker import headers as header_values
 from worker.connections import Connections, Resolve, Response
+from worker.deadline import Watch, Watchdog
 from worker.errors import DownloadError, PermanentDownloadError, RetryableDownloadError
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
@@ -57,6 +58,7 @@ class Fetcher:
         self.connections = Connections(check or address_check(settings),
                                        settings.timeout_seconds, resolve)
         self.sleep = sleep
+        self.watchdog = Watchdog()
         self._buffers = threading.local()
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
@@ -73,16 +75,16 @@ class Fetcher:
         return result
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str], step_action: str | None = None
-                     ) -> tuple[FetchResult, Staged]:
+                     key_for: Callable[[FileType], str], step_action: str | None = None,
+                     owner: str | None = None) -> tuple[FetchResult, Staged]:
         """:meth:`fetch`, up to the file verified and written, but not yet under its name:
         the caller commits it (or discards it). Files committed together cost one round trip
-        for their intents, and one fsync per folder."""
+        for their intents, and one fsync per folder. ``owner``: see :meth:`Storage.stage`."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                stored = self._attempt(url, _Slot(kind, step_action), storage, key_for)
+                stored = self._attempt(url, _Slot(kind, step_action, owner), storage, key_for)
                 return FetchResult(stored.key, stored.file_type, stored.sha256, stored.size,
                                    attempts, stored.warning), stored.staged
             except RetryableDownloadError as exc:
@@ -132,10 +134,15 @@ class Fetcher:
 
     def _attempt(self, url: str, slot: _Slot, storage: Storage,
                  key_for: Callable[[FileType], str]) -> _Stored:
+        # One try, from its request to its last byte, within DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS.
+        deadline = time.monotonic() + self.settings.attempt_timeout_seconds
         response = self._open(url)
         try:
-            length = self._check_status(response, url)
-            stored = self._stream(response, url, slot, storage, key_for, length)
+            with self.watchdog.watch(deadline, response.abort) as watch:
+                if watch.deadline <= time.monotonic():
+                    raise self._too_long(url)
+                length = self._check_status(response, url)
+                stored = self._stream(response, url, slot, storage, key_for, length, watch)
         except BaseException:
             # Unread bytes may remain: this connection must not be reused.
             response.close()
@@ -163,9 +170,28 @@ class Fetcher:
                 url)
         return length
 
-    def _stream(self, response: Response, url: str, slot: _Slot,
-                storage: Storage, key_for: Callable[[FileType], str], length: int | None
+    def _too_long(self, url: str) -> RetryableDownloadError:
+        return RetryableDownloadError(
+            f"timed out: the try took over DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS "
+            f"({self.settings.attempt_timeout_seconds:g} s)", url)
+
+    def _stream(self, response: Response, url: str, slot: _Slot, storage: Storage,
+                key_for: Callable[[FileType], str], length: int | None, watch: Watch
                 ) -> _Stored:
+        try:
+            stored = self._stream_body(response, url, slot, storage, key_for, length)
+        except DownloadError:
+            if watch.expired:  # what the cut connection looked like is not the reason
+                raise self._too_long(url) from None
+            raise
+        if watch.expired:  # cut just as the last bytes came: the try was over its time
+            stored.staged.discard()
+            raise self._too_long(url)
+        return stored
+
+    def _stream_body(self, response: Response, url: str, slot: _Slot,
+                     storage: Storage, key_for: Callable[[FileType], str], length: int | None
+                     ) -> _Stored:
         chunks = self._body(response, url, length)
         first: bytes | memoryview = b""
         short = b""  # first reads under SNIFF_BYTES, copied: the next read reuses the buffer
@@ -191,7 +217,7 @@ class Fetcher:
         key = key_for(file_type)
         digest = hashlib.sha256()
         size = 0
-        with storage.stage(key, cache=False) as staged:
+        with storage.stage(key, cache=False, owner=slot.owner) as staged:
             for chunk in _prepend(first, chunks):
                 size += len(chunk)
                 if size > self.settings.max_bytes:
@@ -252,10 +278,12 @@ class Fetcher:
 
 @dataclass(frozen=True)
 class _Slot:
-    """What the file fetched is for: the case PDF, or an item's file (and its stepAction)."""
+    """What the file fetched is for: the case PDF, or an item's file (and its stepAction);
+    ``owner``: whose heartbeat vouches for it while it is written (see Storage.stage)."""
 
     kind: FileKind
     step_action: str | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)

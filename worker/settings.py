@@ -15,6 +15,9 @@ from worker.urls import InvalidUrl, ascii_host
 class DownloadSettings:
     max_bytes: int = 1024 * 1024 * 1024
     timeout_seconds: float = 60.0
+    #: The longest one try at one file may take, first byte to last (timeout_seconds bounds
+    #: only each wait for bytes); over it the try fails and is retried like a timeout.
+    attempt_timeout_seconds: float = 1800.0
     max_attempts: int = 5
     #: First backoff delay; doubles each attempt, with full jitter, capped by backoff_max.
     backoff_base_seconds: float = 1.0
@@ -47,6 +50,9 @@ class WorkerSettings:
     sweep_interval_seconds: float = 30.0
     #: A pending case with no progress for this long is considered stuck by the sweep.
     stuck_after_seconds: float = 90.0
+    #: A temporary object (a .part file, a multipart upload) whose writer has no heartbeat
+    #: is removed by the sweep once it is this old.
+    stale_temp_after_seconds: float = 600.0
     #: Port of the worker's Prometheus /metrics (0: not served).
     metrics_port: int = 9808
 
@@ -66,6 +72,8 @@ class WorkerSettings:
         download = DownloadSettings(
             max_bytes=config.read_int(env, "DOWNLOAD_MAX_BYTES", 1024**3, 1),
             timeout_seconds=config.read_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 60.0, 0.001),
+            attempt_timeout_seconds=config.read_float(env, "DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS",
+                                                      1800.0, 0.001),
             max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", 5, 1),
             backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS", 1.0),
             backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS", 60.0),
