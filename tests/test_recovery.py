@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
 from casefetch.protocol import make_delivery
@@ -180,6 +181,32 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert storage.remove_stale_temp(600) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_a_live_downloads_file_is_kept_however_long_it_is_untouched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow host's bytes may sit in a buffer for minutes: the file's age says nothing. Its
+    download's heartbeat (the file lock the sweep finds live) keeps it."""
+    import os
+    import time
+
+    from worker.observe import ObservedStorage, WorkerMetrics
+
+    storage = LocalStorage(tmp_path)
+    observed = ObservedStorage(storage, WorkerMetrics(CollectorRegistry()))  # as workers run
+    owner = "cases/SLOW/case.pdf"
+    an_hour_ago = time.time() - 3600
+    with storage.stage("cases/SLOW/case.pdf", owner=owner) as staged:
+        staged.write(b"%PDF-")
+        [part] = storage.tmp.glob("*.part")
+        os.utime(part, (an_hour_ago, an_hour_ago))
+        assert observed.remove_stale_temp(600, {owner, "cases/OTHER/case.pdf"}) == 0
+        assert part.exists()
+        # Its heartbeat stopped (the worker died): removed like any dead writer's.
+        assert observed.remove_stale_temp(600, {"cases/OTHER/case.pdf"}) == 1
+        assert not part.exists()
+    with pytest.raises(OSError):  # its task is retried (an infrastructure error)
+        staged.commit()
 
 
 def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(

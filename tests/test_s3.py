@@ -6,6 +6,7 @@ STORAGE_BACKEND=s3, on their own Redis database so they never take the local wor
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -376,3 +377,58 @@ def test_worker_with_an_unreadable_secret_file_refuses_to_start(tmp_path: Path) 
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "AWS_SECRET_ACCESS_KEY_FILE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_slow_but_steady_upload_outlives_every_sweep(
+        s3_client: Any, bucket: str, file_server: FileServer, redis_server: RedisServer) -> None:
+    """Below about 14 KB/s an 8 MiB part takes over ten minutes: by the upload's age a live
+    download looked dead, was aborted, and started again from zero, for ever. The sweep now
+    asks the download's heartbeat (its file lock), not the age."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Pending
+
+    from casefetch.constants import DOWNLOAD_QUEUE
+    from worker.celery_app import Runtime, fetch_batch, sweep_once
+    from worker.download import Fetcher
+    from worker.settings import DownloadSettings
+
+    client = redis.Redis.from_url(redis_server.db_url(15))
+    client.flushdb()
+    storage = S3Storage(s3_client, bucket, prefix=PREFIX, part_size=MIN_PART_BYTES)
+    runtime = Runtime(client, storage, Fetcher(DownloadSettings(
+        allow_private_networks=True, timeout_seconds=5, max_attempts=1)), download_threads=1)
+    # The first part at full speed, then about 10 KB/s for the rest (three seconds).
+    data = samples.pdf(MIN_PART_BYTES + 30_000)
+    url = file_server.add("s3-slow/pdf", data, trickle=(MIN_PART_BYTES + 1000, 2000, 0.2))
+    delivery = make_delivery(samples.body(samples.case("S3-SLOW", url)), {})
+    assert runtime.pipeline.ingest(delivery) == "planned"
+    [raw] = client.lrange(DOWNLOAD_QUEUE, 0, -1)
+    [message], _, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    # Sweeps that take every temporary object without a live writer for stale at once.
+    eager = WorkerSettings(stale_temp_after_seconds=0, stuck_after_seconds=3600,
+                           visibility_timeout_seconds=3600)
+    sweeps_while_uploading = 0
+    with ThreadPoolExecutor(1) as pool:
+        fetching = pool.submit(fetch_batch, runtime, message)
+        while True:
+            uploads = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+            sweep_once(runtime, eager)
+            sweeps_while_uploading += bool(uploads)
+            try:
+                outcomes, postponed = fetching.result(timeout=0.2)
+                break
+            except Pending:
+                continue
+    runtime.files.shutdown()
+    assert postponed is None and outcomes == ["stored"]
+    assert sweeps_while_uploading >= 3, "no sweep ran while the upload was under way"
+    assert file_server.hits["/s3-slow/pdf"] == 1, "the download started again"
+    manifest = settled_manifest(s3_client, bucket, "S3-SLOW")
+    assert manifest["status"] == "complete" and manifest["files"][0]["sha256"] == sha(data)
+    assert read_object(s3_client, bucket, f"{PREFIX}/cases/S3-SLOW/case.pdf") == data
+
+    # An upload nobody's heartbeat covers (its writer died) is still aborted.
+    s3_client.create_multipart_upload(Bucket=bucket, Key=f"{PREFIX}/cases/S3-SLOW/case.pdf")
+    sweep_once(runtime, eager)
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    client.close()

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from celery import signals
@@ -128,11 +128,12 @@ class ObservedFetcher:
         return getattr(self.inner, name)
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str], step_action: str | None = None
-                     ) -> tuple[FetchResult, Staged]:
+                     key_for: Callable[[FileType], str], step_action: str | None = None,
+                     owner: str | None = None) -> tuple[FetchResult, Staged]:
         started = time.perf_counter()
         try:
-            result, staged = self.inner.fetch_staged(url, kind, storage, key_for, step_action)
+            result, staged = self.inner.fetch_staged(url, kind, storage, key_for, step_action,
+                                                     owner)
         except DownloadError as exc:
             self._failed(kind, started, exc)
             raise
@@ -215,8 +216,13 @@ class ObservedStorage(Storage):
                 status=status, files=len(files), stored=stored,
                 warnings=len(manifest.get("warnings") or [])))
 
-    def stage(self, key: str, cache: bool = True) -> contextlib.AbstractContextManager[Staged]:
-        return self.inner.stage(key, cache)
+    def stage(self, key: str, cache: bool = True, owner: str | None = None
+              ) -> contextlib.AbstractContextManager[Staged]:
+        return self.inner.stage(key, cache, owner)
+
+    def remove_stale_temp(self, older_than_seconds: float,
+                          live_owners: Collection[str] = frozenset()) -> int:
+        return self.inner.remove_stale_temp(older_than_seconds, live_owners)
 
     def sync_folders(self, keys: Iterable[str]) -> None:
         self.inner.sync_folders(keys)

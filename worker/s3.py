@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -89,10 +89,12 @@ class S3Storage(Storage):
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stage(self, key: str, cache: bool = True) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None
+              ) -> Iterator[Staged]:
         # Staged: the parts sent so far, and what is left in memory (under one part). The
         # object appears when the upload is completed (commit), whole, or never (discard).
-        # ``cache`` is for local disks: nothing here goes through a page cache.
+        # ``cache`` is for local disks: nothing here goes through a page cache. ``owner`` is
+        # the key without its extension: an upload's own key tells whose it is.
         upload = _Upload(self, key)
         try:
             yield upload
@@ -157,24 +159,29 @@ class S3Storage(Storage):
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def remove_stale_temp(self, older_than_seconds: float) -> int:
+    def remove_stale_temp(self, older_than_seconds: float,
+                          live_owners: Collection[str] = frozenset()) -> int:
         """Abort multipart uploads left by writers that died (their parts cost storage).
 
-        An upload is stale when neither it nor its last part is younger than the limit: a
-        live writer sends a part at least every ``part_size`` bytes. Should a slow writer be
-        taken for dead, its completion fails and the task is retried: nothing is lost.
+        An upload whose key a live owner covers (its writer's heartbeat goes on) is kept,
+        however slowly its parts come: a part is sent every ``part_size`` bytes, so by its
+        age a download below about 14 KB/s would look dead. Any other upload is aborted once
+        neither it nor its last part is younger than the limit.
         """
         ceiling = time.time() - older_than_seconds
         removed = 0
+        strip = len(self.prefix) + 1 if self.prefix else 0
         with self.translate("list uploads under", self.prefix or "/"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "")
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if self._last_activity(upload) < ceiling:
-                        self.client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                        removed += 1
+                    if (_covered(upload["Key"][strip:], live_owners)
+                            or self._last_activity(upload) >= ceiling):
+                        continue
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    removed += 1
         if removed:
             log.info("aborted %d stale multipart upload(s) in %s", removed, self.describe())
         return removed
@@ -214,6 +221,15 @@ class S3Storage(Storage):
                 f"check the credentials and the bucket policy", key)
         return StorageError(f"S3 {action} of {key} in bucket {self.bucket!r} failed: "
                             f"{code}: {message}", key)
+
+
+def _covered(key: str, owners: Collection[str]) -> bool:
+    """Whether ``key`` is an owner's object: the owner's key itself, or it with an
+    extension (``cases/CF-1/items/001-A`` owns ``cases/CF-1/items/001-A.png``)."""
+    if key in owners:
+        return True
+    stem, dot, extension = key.rpartition(".")
+    return bool(dot) and "/" not in extension and stem in owners
 
 
 class _Upload:

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -72,10 +72,15 @@ class Storage(ABC):
         commit_or_discard(staged)
 
     @abstractmethod
-    def stage(self, key: str, cache: bool = True) -> contextlib.AbstractContextManager[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None
+              ) -> contextlib.AbstractContextManager[Staged]:
         """Stream an object to put under ``key`` later (see :class:`Staged`); discarded if
         the block raises. A writer of many files commits them together and syncs each
         folder once.
+
+        ``owner`` names the heartbeat that says the writer is alive (a download's: its file,
+        see :meth:`remove_stale_temp`). A temporary object with a live owner is never taken
+        for a dead writer's, however long it takes.
 
         ``cache=False`` is for objects nobody here reads again (downloaded files): a local
         disk drops their pages from the page cache once they are durable, instead of
@@ -117,8 +122,13 @@ class Storage(ABC):
         self.write_bytes(destination, self.read_bytes(source))
         self.delete(source)
 
-    def remove_stale_temp(self, older_than_seconds: float) -> int:
-        """Delete what writers killed mid-write left behind; return how many were removed."""
+    def remove_stale_temp(self, older_than_seconds: float,
+                          live_owners: Collection[str] = frozenset()) -> int:
+        """Delete what writers killed mid-write left behind; return how many were removed.
+
+        A writer's object is kept while its owner is in ``live_owners`` (its heartbeat goes
+        on), whatever its age; one with no live owner is removed once it is older than
+        ``older_than_seconds`` (an object written in one go, or its writer died)."""
         return 0
 
     def digest(self, key: str) -> tuple[str, int]:
@@ -141,9 +151,10 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def stage(self, key: str, cache: bool = True) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None
+              ) -> Iterator[Staged]:
         final = self.path(key)
-        fd, tmp_name = self._temp_file()
+        fd, tmp_name = self._temp_file(owner)
         staged = _LocalStaged(key, final, tmp_name, os.fdopen(fd, "wb"))
         try:
             with staged.handle:
@@ -157,11 +168,13 @@ class LocalStorage(Storage):
             staged.discard()
             raise
 
-    def _temp_file(self) -> tuple[int, str]:
-        """A new file of our own (mode 0600, like mkstemp's) in the temporary folder."""
+    def _temp_file(self, owner: str | None) -> tuple[int, str]:
+        """A new file of our own (mode 0600, like mkstemp's) in the temporary folder, named
+        ``<owner tag>.<random>.part`` (see :func:`owner_tag`), or ``<random>.part``."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        tag = f"{owner_tag(owner)}." if owner is not None else ""
         while True:
-            name = os.path.join(self.tmp, f"{secrets.token_hex(8)}.part")
+            name = os.path.join(self.tmp, f"{tag}{secrets.token_hex(8)}.part")
             try:
                 return os.open(name, flags, 0o600), name
             except FileNotFoundError:
@@ -221,14 +234,19 @@ class LocalStorage(Storage):
     def describe(self) -> str:
         return str(self.root)
 
-    def remove_stale_temp(self, older_than_seconds: float) -> int:
-        # A live writer touches its file at least every DOWNLOAD_TIMEOUT_SECONDS; one left
-        # alone far longer belongs to a process that died.
+    def remove_stale_temp(self, older_than_seconds: float,
+                          live_owners: Collection[str] = frozenset()) -> int:
+        # Not by the file's age alone: a live download's file may not change for a long
+        # while (a slow host, bytes still buffered). Its owner's heartbeat says it is alive.
         if not self.tmp.is_dir():
             return 0
+        live = {owner_tag(owner) for owner in live_owners}
         ceiling = time.time() - older_than_seconds
         removed = 0
         for part in self.tmp.glob("*.part"):
+            tag, dot, _rest = part.name.partition(".")
+            if dot and _rest != "part" and tag in live:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if part.stat().st_mtime < ceiling:
                     part.unlink()
@@ -261,6 +279,12 @@ class _LocalStaged:
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp_name)
+
+
+def owner_tag(owner: str) -> str:
+    """A short fixed-length name for an owner (a storage key may be longer than a file name
+    may be)."""
+    return hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _fsync_dir(path: Path) -> None:
