@@ -361,3 +361,33 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
         assert base64.b64decode(broken["bodyBase64"]) == b"\xff{broken"
     finally:
         client.flushdb()
+
+
+def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A file another worker holds is that worker's to record; once a dead holder's lock
+    would have expired, the message stops coming back (the sweep covers the rest)."""
+    from casefetch.constants import DOWNLOAD_TASK
+    from worker.celery_app import BUSY_RETRY_SECONDS, create_celery_app, max_busy_retries
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path,
+                              visibility_timeout_seconds=12)
+    app = create_celery_app(settings)
+    books = app.runtime.pipeline.books
+    books.redis.flushdb()
+    try:
+        books.start("cases/HELD", "g-1", [0])
+        holder = books.locks.acquire(lock_key("file", "cases/HELD", "case.pdf"))
+        message = {"case": "cases/HELD", "gen": "g-1", "cfRef": "HELD",
+                   "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf",
+                              "sourceUrl": "http://127.0.0.1:9/never-fetched"}]}
+        # Eagerly, each retry runs at once, nested: this returns only once they stop.
+        result = app.tasks[DOWNLOAD_TASK].apply(args=[message])
+        assert result.get() == "busy"
+        tries = max_busy_retries(settings)
+        assert tries == 4 and tries * BUSY_RETRY_SECONDS >= settings.visibility_timeout_seconds
+        assert books.redis.get(holder.key) == holder.token.encode()  # left to its holder
+    finally:
+        app.runtime.files.shutdown()
+        books.redis.flushdb()
