@@ -391,3 +391,20 @@ def test_a_trickling_host_is_cut_off_at_the_attempt_deadline(
     # The same fetcher then fetches a file that comes in time, on a fresh connection.
     quick = file_server.add("dl/after-trickle", samples.pdf())
     assert fetch.fetch(quick, FileKind.CASE_PDF, storage, key_for("x/quick")).attempts == 1
+
+
+def test_the_deadline_thread_cuts_only_what_overruns_and_keeps_nothing_after() -> None:
+    import threading
+    import time
+
+    from worker.deadline import Watchdog
+
+    dog = Watchdog()
+    cut = threading.Event()
+    for _ in range(1000):  # tries that end in time: never cut, never kept
+        with dog.watch(time.monotonic() + 60, cut.set) as watch:
+            pass
+    assert not watch.expired and not cut.is_set() and dog._watches == {}
+    with dog.watch(time.monotonic() + 0.05, cut.set) as late:
+        assert cut.wait(5)
+    assert late.expired and dog._watches == {}

@@ -9,7 +9,8 @@
 - the Redis transport's ``visibility_timeout`` (60 s) and a 5 s restore interval: a message
   held by a worker that vanished (SIGKILL, lost host) goes back to the queue within about a
   minute, instead of kombu's default hour. A download outliving it is redelivered to another
-  worker, which finds the file lock held and waits its turn, so nothing runs twice.
+  worker, which finds the file lock held and leaves the file to its holder (retrying only as
+  long as a dead holder's lock could last), so nothing runs twice.
 
 Connections are opened lazily, in the process that uses them (no import-time connections).
 """

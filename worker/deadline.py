@@ -1,17 +1,16 @@
-"""Deadlines for whole tries at a file, kept by one thread per process.
+"""Deadlines for whole tries at a file, kept by one thread per fetcher.
 
 A socket timeout bounds each wait for bytes, never a whole transfer: a host sending a byte
 every few seconds satisfies it for as long as it likes (and a buffered read keeps waiting to
 fill its buffer). When a try outlives DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS, this thread shuts its
 connection down: the read blocked on it returns at once, and the fetcher, seeing the deadline
-passed, fails the try as it would a timeout. One thread serves every try of the process, as
-one renewal thread serves every lock (a thread per try would cost as much as a small file).
+passed, fails the try as it would a timeout. One thread serves every try, as one renewal
+thread serves every lock: a thread per try would cost as much as a small file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import threading
 import time
@@ -25,51 +24,57 @@ class Watch:
         self.deadline = deadline
         self.cut = cut
         self.expired = False
-        self.done = False
 
 
 class Watchdog:
+    """Calls a try's ``cut`` if it is still running at its deadline.
+
+    Every try of a fetcher has the same allowance, so deadlines come in the order tries
+    start: the watches are kept in that order (a dict), each dropped the moment its try ends,
+    and the thread only ever looks at the first.
+    """
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._heap: list[tuple[float, int, Watch]] = []
-        self._order = itertools.count()
+        self._watches: dict[int, Watch] = {}
+        self._ids = itertools.count()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
     def watch(self, deadline: float, cut: Callable[[], None]) -> Iterator[Watch]:
-        """Call ``cut`` (from this thread) if the block is still running at ``deadline``
-        (a :attr:`clock` time)."""
+        """Watch the block until ``deadline`` (a :attr:`clock` time)."""
         watch = Watch(deadline, cut)
+        key = next(self._ids)
         with self._wake:
-            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            self._watches[key] = watch
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="casefetch-deadlines",
                                                 daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is watch:
-                self._wake.notify()
+            elif len(self._watches) == 1:
+                self._wake.notify()  # the thread waits without a time limit
         try:
             yield watch
         finally:
             with self._wake:
-                watch.done = True  # dropped from the heap when it comes up
+                self._watches.pop(key, None)
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)
-                if not self._heap:
+        with self._wake:
+            while True:
+                first = next(iter(self._watches.items()), None)
+                if first is None:
                     self._wake.wait()
                     continue
-                wait = self._heap[0][0] - self.clock()
+                key, watch = first
+                wait = watch.deadline - self.clock()
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
-                _, _, watch = heapq.heappop(self._heap)
                 # Under the lock: a try that ends meanwhile is never cut after it ended
                 # (its connection may be serving the next file by then).
+                del self._watches[key]
                 watch.expired = True
                 with contextlib.suppress(OSError):
                     watch.cut()
