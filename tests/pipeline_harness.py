@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import redis
 
+from casefetch import logs
 from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE, KEY_PREFIX
 from casefetch.protocol import Delivery, make_delivery
 from worker.bookkeeping import Bookkeeping, Busy
@@ -248,6 +249,8 @@ class Harness:
             # nothing holds one): a real worker waits out their time to live.
             self._expire_locks()
             self.broker.lpush(queue, raw)
+        finally:
+            logs.clear()  # as the worker does after every task
         return True
 
     def _died(self) -> None:

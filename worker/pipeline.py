@@ -124,7 +124,11 @@ class Pipeline:
         previous = self._read_manifest(case)
         digest = _sha256(body)
         if previous is not None:
-            described, current = self._described(case, previous)
+            current = None
+            described = previous.get("payloadSha256")
+            if described is None:  # a manifest from before it was recorded: case.json's
+                current = self._read(case, archive.CASE_JSON)
+                described = _sha256(current) if current is not None else None
             if digest == described:
                 return self._same_payload(case, check, previous, delivery_id)
             if delivery_id != previous["deliveryId"] and accepted_before(
@@ -133,6 +137,8 @@ class Pipeline:
                 log.info("delivery %s of %s is older than the archived one: kept in history",
                          delivery_id, check.cf_ref)
                 return "superseded"
+            if current is None:
+                current = self._read(case, archive.CASE_JSON)
             if current is not None and _sha256(current) == described:
                 self._keep_history(case, str(previous["deliveryId"]), current)
         self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body)
@@ -144,17 +150,6 @@ class Pipeline:
         self._write_manifest(case, manifest)
         self._dispatch(case, manifest)
         return "planned"
-
-    def _described(self, case: str, manifest: Manifest) -> tuple[str | None, bytes | None]:
-        """The sha256 of the payload ``manifest`` describes, and ``case.json`` as it is.
-
-        A manifest written before the digest was recorded describes whatever ``case.json``
-        holds (the best there is to go on)."""
-        current = self._read(case, archive.CASE_JSON)
-        described = manifest.get("payloadSha256")
-        if described is None and current is not None:
-            described = _sha256(current)
-        return described, current
 
     def _same_payload(self, case: str, check: CaseCheck, manifest: Manifest,
                       delivery_id: str) -> str:
