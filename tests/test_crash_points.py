@@ -40,8 +40,8 @@ def payloads(file_server: FileServer) -> dict[str, bytes]:
 
 def snapshot(root: Path) -> dict[str, Any]:
     """The archive as an operator sees it: every file's bytes (manifests without the times
-    and try counts that differ from run to run). Temporary files of killed writers are the
-    sweep's to remove later, not part of the archive."""
+    and try counts that differ from run to run, pages without the time). Temporary files of
+    killed writers are the sweep's to remove later, not part of the archive."""
     found: dict[str, Any] = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
@@ -53,6 +53,9 @@ def snapshot(root: Path) -> dict[str, Any]:
             for entry in manifest["files"]:
                 entry.pop("attempts")
             found[relative] = manifest
+        elif path.name == "index.html":
+            updated = json.loads((path.parent / "manifest.json").read_bytes())["updatedAt"]
+            found[relative] = path.read_bytes().replace(updated.encode(), b"(time)")
         else:
             found[relative] = path.read_bytes()
     return found
