@@ -415,7 +415,7 @@ psutil CPU of every process on the machine, and /proc/stat sampled every 20 ms:
   `--only receiver,fetch`. Within one run, later rounds are slower for both sides (curl
   439 to 356 MiB/s, casefetch 292 to 248): every case frees one inode, its pending
   manifest, which the next files skip in turn; a production archive on this file system
-  would pay the same (README, "Archive disk").
+  would pay the same (docs/scaling.md, "Archive disk").
 - Where this leaves benchmark 2: 0.71x, 0.72x and 0.77x in three full `make bench` runs
   after a quiet machine (the first: ours 292, 285, 294, 248, 260 MiB/s; curl 439, 443, 403,
   381, 356), five rounds instead of three since the median of three moved by a tenth

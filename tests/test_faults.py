@@ -2,7 +2,7 @@
 
 Each scenario prints a summary line (sent, accepted, archived, quarantined, lost, duplicate
 writes) at the end of the run. Recovery here is quick because the workers run with a 10 s
-visibility timeout; production uses 60 s (see the README's reliability section).
+visibility timeout; production uses 60 s (see docs/reliability.md).
 """
 
 from __future__ import annotations
