@@ -23,9 +23,14 @@ run: install
 	DOWNLOAD_ALLOW_PRIVATE_NETWORKS="$${DOWNLOAD_ALLOW_PRIVATE_NETWORKS:-true}" \
 	$(BIN)/casefetch run
 
-# Every test, the slow fault-injection ones included. Each session starts its own redis-server.
+# Every test, the slow fault-injection, container and browser ones included, with branch
+# coverage of the code and of the receivers and workers the tests start (the gate is in
+# pyproject.toml). Each session starts its own redis-server.
 test: install
-	$(BIN)/pytest
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
