@@ -25,6 +25,7 @@ RUN pip install --require-hashes --no-deps -r requirements.lock
 # already holds every dependency, and `pip check` fails the build if one is missing.
 COPY pyproject.toml README.md ./
 COPY casefetch ./casefetch
+COPY casefetch_tools ./casefetch_tools
 COPY receiver ./receiver
 COPY worker ./worker
 RUN pip install --no-deps . \

@@ -36,7 +36,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check casefetch receiver worker tests bench
+	$(BIN)/ruff check casefetch casefetch_tools receiver worker tests bench
 
 typecheck: install
 	$(BIN)/mypy

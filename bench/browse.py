@@ -22,7 +22,7 @@ from pathlib import Path
 import urllib3
 
 from bench.harness import ROOT
-from casefetch.redis_server import free_port
+from casefetch_tools.redis_server import free_port
 from worker.catalog import Catalog, row_for
 from worker.page import render_case
 from worker.storage import LocalStorage
@@ -68,7 +68,7 @@ def timed(call: Callable[[], object], rounds: int) -> list[float]:
 def serve(root: Path, catalog: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ARCHIVE_DIR": str(root), "ARCHIVE_INDEX": str(catalog),
            "STORAGE_BACKEND": "local"}
-    process = subprocess.Popen([sys.executable, "-m", "casefetch", "archive", "serve",
+    process = subprocess.Popen([sys.executable, "-m", "casefetch_tools", "archive", "serve",
                                 "--port", str(port)], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from casefetch.background_server import QuietHandler
+from casefetch_tools.background_server import QuietHandler
 
 BLOCK = 1024 * 1024
 CACHE_LIMIT = 64 * 1024 * 1024

@@ -18,8 +18,8 @@ from typing import Any
 import psutil
 import urllib3
 
-from casefetch.polling import poll
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.polling import poll
+from casefetch_tools.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HMAC_KEY, HMAC_SECRET = "bench-api-key", "bench-api-secret"
@@ -160,7 +160,7 @@ class Bench:
     def start_receiver(self, name: str = "receiver", argv: list[str] | None = None,
                        **env: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        argv = argv or [self.python, "-m", "casefetch", "receiver"]
+        argv = argv or [self.python, "-m", "casefetch_tools", "receiver"]
         child = self.procs.start(name, [*argv, "--host", "127.0.0.1", "--port", str(port)],
                                  self.env(**env))
         url = f"http://127.0.0.1:{port}"
@@ -176,7 +176,7 @@ class Bench:
     def start_worker(self, name: str, archive: Path, concurrency: int | None = None,
                      **env: str) -> subprocess.Popen[bytes]:
         """``casefetch worker`` as deployed (INFO logs, default pool), once it consumes."""
-        argv = [self.python, "-m", "casefetch", "worker"]
+        argv = [self.python, "-m", "casefetch_tools", "worker"]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
         child = self.procs.start(name, argv, self.env(ARCHIVE_DIR=str(archive), **env))

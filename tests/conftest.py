@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from casefetch.polling import poll
-from casefetch.redis_server import RedisServer
+from casefetch_tools.polling import poll
+from casefetch_tools.redis_server import RedisServer
 from tests.fileserver import FileServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch", "worker", "--concurrency", "8", *self.args],
+            [sys.executable, "-m", "casefetch_tools", "worker", "--concurrency", "8", *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
 
@@ -134,7 +134,7 @@ class WorkerProcess:
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, archive_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    from casefetch.redis_server import free_port
+    from casefetch_tools.redis_server import free_port
 
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
     env = worker_env(redis_server.url, archive_dir, WORKER_METRICS_PORT=str(free_port()))
@@ -201,7 +201,7 @@ class ReceiverProcess:
     """``casefetch receiver`` as a child process on a free port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        from casefetch.redis_server import free_port
+        from casefetch_tools.redis_server import free_port
 
         self.port = free_port()
         self.env = env
@@ -218,7 +218,7 @@ class ReceiverProcess:
 
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch", "receiver", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "casefetch_tools", "receiver", "--host", "127.0.0.1", "--port",
              str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
 

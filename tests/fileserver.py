@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
 
-from casefetch.background_server import BackgroundServer
+from casefetch_tools.background_server import BackgroundServer
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
-from casefetch.background_server import BackgroundServer
+from casefetch_tools.background_server import BackgroundServer
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from casefetch.constants import DOWNLOAD_QUEUE
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from worker.celery_app import create_celery_app
 from worker.pipeline import BATCH_FILES, batches, file_jobs
 from worker.settings import WorkerSettings

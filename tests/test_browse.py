@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from casefetch.browse import BrowseSettings, create_app, is_loopback
 from casefetch.errors import ConfigError
+from casefetch_tools.browse import BrowseSettings, create_app, is_loopback
 from tests import samples
 from tests.conftest import ROOT, worker_env
 from worker.catalog import Catalog, Query, row_for
@@ -207,7 +207,7 @@ def test_loopback_only_without_credentials() -> None:
 def test_serve_refuses_to_start_open_without_credentials(tmp_path: Path, host: str) -> None:
     env = worker_env("redis://127.0.0.1:1/0", tmp_path / "archive")
     env.pop("ARCHIVE_SERVE_USERS", None)
-    result = subprocess.run([sys.executable, "-m", "casefetch", "archive", "serve", "--host",
+    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "archive", "serve", "--host",
                              host, "--port", "0"], env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2, result

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, wait_for, worker_env
 from tests.fileserver import Fault, FileServer
@@ -182,7 +182,7 @@ def served(redis_server: RedisServer, archive_dir: Path, certified: Certified,
     log_path = tmp_path_factory.mktemp("logs") / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch", "archive", "serve", "--port", str(port)],
+            [sys.executable, "-m", "casefetch_tools", "archive", "serve", "--port", str(port)],
             env=worker_env(redis_server.url, archive_dir), cwd=ROOT, stdout=log,
             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

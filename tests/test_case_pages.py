@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, wait_for, worker_env
 from tests.fileserver import FileServer
@@ -23,7 +23,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture
 def cli(redis_server: RedisServer, archive_dir: Path) -> Cli:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "casefetch", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
                               text=True, env=worker_env(redis_server.url, archive_dir),
                               cwd=ROOT, timeout=120)
 

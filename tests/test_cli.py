@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from casefetch.cli import choose_redis
-from casefetch.redis_server import RedisServer, answers, free_port
+from casefetch_tools.cli import choose_redis
+from casefetch_tools.redis_server import RedisServer, answers, free_port
 from tests import samples
 from tests.conftest import (
     BASIC_PASSWORD,
@@ -33,7 +33,7 @@ from tests.fileserver import FileServer
 
 
 def casefetch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "casefetch", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=60)
 
 
@@ -145,7 +145,8 @@ def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:
     worker = WorkerProcess(env, tmp_path / "worker.log")
     with worker.log_path.open("wb") as log:
         worker.process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch", "worker", "--concurrency", "1"], env=env,
+            [sys.executable, "-m", "casefetch_tools", "worker", "--concurrency", "1"],
+            env=env,
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "Cannot connect to" in worker.log(), timeout=30,
@@ -182,15 +183,15 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> None:
 
 def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileServer,
                                        tmp_path: Path, unique: Callable[[str], str]) -> None:
-    from casefetch.redis_server import RedisServer
+    from casefetch_tools.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     port = free_port()
     own_db = redis_server.db_url(5)  # apart from the session's worker
     env = {**worker_env(own_db, tmp_path / "archive"),
            **{k: v for k, v in receiver_env(own_db).items() if k.startswith("WEBHOOK")}}
-    process = subprocess.Popen([sys.executable, "-m", "casefetch", "run", "--port", str(port)],
-                               env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "casefetch_tools", "run",
+                                "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         receiver = ReceiverProcess(env, tmp_path / "unused.log")
@@ -230,7 +231,7 @@ def test_a_broken_worker_starts_again_in_the_same_process() -> None:
     # restart_worker replaces the process with a fresh `casefetch <same arguments>`; here the
     # arguments are `--version`, so the fresh process prints it and exits.
     code = ("import sys; sys.argv = ['casefetch', '--version'];"
-            "from casefetch.cli import restart_worker; restart_worker(1)")
+            "from casefetch_tools.cli import restart_worker; restart_worker(1)")
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": "0"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=60)
@@ -246,7 +247,7 @@ def test_failures_in_a_row_back_off_and_a_steady_run_starts_afresh(
     # time.sleep replaced: the delay is read from the log line, not waited for.
     code = ("import sys, time; sys.argv = ['casefetch', '--version'];"
             "time.sleep = lambda s: print('slept', s);"
-            f"from casefetch.cli import restart_worker; restart_worker(1, {ran_seconds})")
+            f"from casefetch_tools.cli import restart_worker; restart_worker(1, {ran_seconds})")
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": str(restarts)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=60)
@@ -256,7 +257,7 @@ def test_failures_in_a_row_back_off_and_a_steady_run_starts_afresh(
 
 def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
                                                      tmp_path: Path) -> None:
-    from casefetch.redis_server import RedisServer
+    from casefetch_tools.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     own_db = redis_server.db_url(6)
@@ -278,13 +279,13 @@ def start(self):
     raise AttributeError("'NoneType' object has no attribute 'hostname'")
 
 Consumer.start = start
-from casefetch.cli import main
+from casefetch_tools.cli import main
 main(sys.argv[1:])
 """
 
 
 def test_a_worker_celery_gave_up_on_starts_again(redis_server: object, tmp_path: Path) -> None:
-    from casefetch.redis_server import RedisServer
+    from casefetch_tools.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     log_path = tmp_path / "w.log"

@@ -15,9 +15,9 @@ import pytest
 import redis
 from rich.console import Console
 
-from casefetch.cli_archive import each_with_progress
 from casefetch.protocol import make_delivery
-from casefetch.redis_server import RedisServer
+from casefetch_tools.cli_archive import each_with_progress
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, worker_env
 from tests.fileserver import Fault, FileServer
@@ -31,7 +31,7 @@ from worker.storage import LocalStorage
 def cli(redis_server: RedisServer, archive_dir: Path
         ) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(*args: str, archive: Path = archive_dir) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "casefetch", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
                               text=True, env=worker_env(redis_server.url, archive), cwd=ROOT,
                               timeout=60)
 
@@ -269,11 +269,12 @@ def test_progress_is_drawn_only_on_a_terminal() -> None:
 
 
 def test_commands_fail_in_one_line_when_redis_is_down(tmp_path: Path) -> None:
-    from casefetch.redis_server import free_port
+    from casefetch_tools.redis_server import free_port
 
     env = worker_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
-    result = subprocess.run([sys.executable, "-m", "casefetch", "quarantine", "replay", "--all"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "quarantine", "replay",
+                             "--all"], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=60)
     one_line_failure(result)
     assert "cannot reach Redis" in result.stderr
 
@@ -285,7 +286,7 @@ def test_commands_work_on_an_s3_archive(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.server import ThreadedMotoServer
 
-    from casefetch.redis_server import free_port
+    from casefetch_tools.redis_server import free_port
     from worker.settings import WorkerSettings
     from worker.storage import make_storage
 
@@ -312,7 +313,7 @@ def test_commands_work_on_an_s3_archive(
         env = {**worker_env(redis_server.url, archive.root), **s3_env}
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "casefetch", *args], env=env,
+            return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], env=env,
                                   capture_output=True, text=True, cwd=ROOT, timeout=60)
 
         listed = {c["cfRef"]: c["status"] for c in as_json(run("archive", "list", "--json"))}

@@ -7,7 +7,7 @@ import pytest
 from casefetch import config
 from casefetch.config import redact_url
 from casefetch.errors import ConfigError
-from casefetch.sender import auth_headers
+from casefetch_tools.sender import auth_headers
 from receiver.auth import Credentials, authenticate
 from receiver.settings import PLACEHOLDER_MARKER, ReceiverSettings
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from casefetch.polling import poll
+from casefetch_tools.polling import poll
 from tests import samples
 from tests.samples import key_for
 from worker.download import Fetcher

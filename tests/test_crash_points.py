@@ -16,7 +16,7 @@ import pytest
 
 from casefetch.constants import ACTIVE_CASES_KEY, INBOX_KEY
 from casefetch.protocol import new_delivery_id
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
 from tests.pipeline_harness import Faults, harness

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from casefetch import demo
-from casefetch.redis_server import free_port
+from casefetch_tools import demo
+from casefetch_tools.redis_server import free_port
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, receiver_env, wait_for
 from tests.samples import ends_whole
 from worker.sniff import sniff
@@ -56,8 +56,9 @@ def test_demo_fills_the_archive_through_the_real_pipeline(
     env = receiver_env(receiver.env["REDIS_URL"])  # the receiver's credentials: HMAC first
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch", "demo", "--receiver", f"{receiver.url}/webhooks",
-             "--port", str(free_port()), "--cases", "2", "--interval", "0"],
+            [sys.executable, "-m", "casefetch_tools", "demo", "--receiver",
+             f"{receiver.url}/webhooks", "--port", str(free_port()), "--cases", "2",
+             "--interval", "0"],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         def sent() -> list[str]:
@@ -85,7 +86,7 @@ def test_demo_fills_the_archive_through_the_real_pipeline(
 def test_demo_without_credentials_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in receiver_env("redis://127.0.0.1:1/0").items()
            if not k.startswith("WEBHOOK_")}
-    result = subprocess.run([sys.executable, "-m", "casefetch", "demo", "--port", "0"],
+    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "demo", "--port", "0"],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "no credential" in result.stderr and "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE, MAINTENANCE_QUEUE
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.conftest import (
     Archive,

@@ -27,7 +27,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from casefetch.constants import INGEST_QUEUE
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from receiver import create_app
 from tests import receiver_helpers as rh
 from tests import samples

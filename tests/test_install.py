@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from casefetch.demo import certificate_pdf, photo_png
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.demo import certificate_pdf, photo_png
+from casefetch_tools.redis_server import RedisServer, free_port
 from tests.conftest import ROOT, TOKEN, wait_for
 from tests.fileserver import FileServer
 from worker.archive import case_dir
@@ -28,7 +28,7 @@ from worker.archive import case_dir
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 #: What a clean clone holds that the build needs (tests and tooling are not installed).
-SOURCES = ("pyproject.toml", "README.md", "casefetch", "receiver", "worker")
+SOURCES = ("pyproject.toml", "README.md", "casefetch", "casefetch_tools", "receiver", "worker")
 
 
 def _constraints(lock: Path, target: Path) -> Path:

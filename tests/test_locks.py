@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from casefetch.constants import case_key, lock_key
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests.conftest import wait_for
 from worker.bookkeeping import Bookkeeping, Busy
 from worker.locks import Locks

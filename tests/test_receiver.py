@@ -16,7 +16,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE, INGEST_TASK
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.redis_server import RedisServer, free_port
 from receiver import create_app
 from tests import receiver_helpers as rh
 from tests import samples

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
 from casefetch.protocol import make_delivery
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
 from worker.bookkeeping import Bookkeeping

@@ -12,7 +12,7 @@ import pytest
 
 from casefetch.constants import INGEST_QUEUE
 from casefetch.protocol import accepted_before, new_delivery_id
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
 from tests.pipeline_harness import Harness, harness

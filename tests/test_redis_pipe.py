@@ -10,7 +10,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.redis_server import RedisServer, free_port
 from receiver.redis_pipe import RedisPipe
 
 

@@ -21,7 +21,7 @@ import urllib3
 
 from casefetch.constants import INGEST_QUEUE, INGEST_TASK
 from casefetch.protocol import make_delivery, task_message
-from casefetch.redis_server import RedisServer, free_port
+from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
 from tests.conftest import (
     ROOT,
@@ -255,7 +255,7 @@ def test_webhook_becomes_verified_objects(
 
 async def test_archive_serve_reads_a_bucket(aiohttp_client: Any, s3_client: Any, bucket: str,
                                             tmp_path: Path) -> None:
-    from casefetch.browse import BrowseSettings, create_app
+    from casefetch_tools.browse import BrowseSettings, create_app
     from worker.catalog import Catalog
 
     storage = S3Storage(s3_client, bucket, prefix=PREFIX)
@@ -350,7 +350,7 @@ def test_a_large_file_streams_to_s3_with_bounded_memory(
 def test_worker_refuses_to_start_without_a_bucket(tmp_path: Path) -> None:
     env = worker_env("redis://127.0.0.1:1/0", tmp_path, STORAGE_BACKEND="s3")
     env.pop("S3_BUCKET", None)
-    result = subprocess.run([sys.executable, "-m", "casefetch", "worker"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "worker"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "S3_BUCKET" in result.stderr and "Traceback" not in result.stderr
@@ -373,7 +373,7 @@ def test_worker_with_an_unreadable_secret_file_refuses_to_start(tmp_path: Path) 
     env = worker_env("redis://127.0.0.1:1/0", tmp_path, STORAGE_BACKEND="s3",
                      S3_BUCKET="casefetch", AWS_ACCESS_KEY_ID="x",
                      AWS_SECRET_ACCESS_KEY_FILE=str(tmp_path / "missing"))
-    result = subprocess.run([sys.executable, "-m", "casefetch", "worker"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "worker"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "AWS_SECRET_ACCESS_KEY_FILE" in result.stderr and "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from casefetch.constants import lock_key
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests.conftest import wait_for
 from worker.bookkeeping import Bookkeeping
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.pipeline_harness import Harness, harness
 from tests.recording_server import RecordingServer, Reply

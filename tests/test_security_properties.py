@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from receiver.auth import AuthError, Credentials, Scheme, authenticate
 from tests import samples
 from tests.conftest import HMAC_KEY, HMAC_SECRET, TOKEN

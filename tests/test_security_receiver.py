@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 
 from casefetch.constants import INBOX_KEY, INGEST_QUEUE
 from casefetch.protocol import make_delivery, safe_headers
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from receiver import create_app
 from receiver.app import MAX_JSON_DEPTH
 from tests import receiver_helpers as rh

@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from casefetch.demo import certificate_pdf, photo_png, signature_jpeg
-from casefetch.redis_server import free_port
-from casefetch.sender import auth_headers
+from casefetch_tools.demo import certificate_pdf, photo_png, signature_jpeg
+from casefetch_tools.redis_server import free_port
+from casefetch_tools.sender import auth_headers
 from tests.conftest import ROOT, wait_for
 from worker.archive import case_dir
 

@@ -15,7 +15,7 @@ import redis
 
 from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE
 from casefetch.protocol import make_delivery
-from casefetch.redis_server import RedisServer
+from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.conftest import Archive, WorkerProcess, wait_for, worker_env
 from tests.fileserver import FileServer

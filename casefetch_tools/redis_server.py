@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from casefetch.errors import CasefetchError
-from casefetch.polling import poll
+from casefetch_tools.polling import poll
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
-from casefetch.polling import poll
+from casefetch_tools.polling import poll
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -330,7 +330,7 @@ def archive_serve(host: str, port: int) -> None:
     from aiohttp import web
 
     from casefetch import logs
-    from casefetch.browse import BrowseSettings, create_app
+    from casefetch_tools.browse import BrowseSettings, create_app
     from worker.catalog import Catalog
 
     try:
@@ -342,7 +342,7 @@ def archive_serve(host: str, port: int) -> None:
     store = storage()
     catalog = Catalog(config.catalog_path)
     logs.setup("INFO")
-    log = logging.getLogger("casefetch.browse")
+    log = logging.getLogger("casefetch_tools.browse")
     if not catalog.exists():
         log.info("no catalog at %s: building it from the manifests", catalog.path)
         with expected_failures():

@@ -26,8 +26,8 @@ from typing import Any
 from aiohttp import web
 
 from casefetch import config
-from casefetch.browse_pages import NAV, STATUSES, render_list, render_quarantine
 from casefetch.errors import ConfigError
+from casefetch_tools.browse_pages import NAV, STATUSES, render_list, render_quarantine
 from receiver.auth import AuthError, Credentials, authenticate_headers
 from receiver.settings import refuse_placeholders
 from worker import archive

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from casefetch import cli_archive
 from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
+from casefetch_tools import cli_archive
 
 if TYPE_CHECKING:
-    from casefetch.redis_server import RedisServer
+    from casefetch_tools.redis_server import RedisServer
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -159,7 +159,7 @@ def restart_worker(code: int, ran_seconds: float = 0.0) -> NoReturn:
         code, delay)
     time.sleep(delay)
     os.environ["CASEFETCH_WORKER_RESTARTS"] = str(restarts + 1)
-    os.execv(sys.executable, [sys.executable, "-m", "casefetch", *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", "casefetch_tools", *sys.argv[1:]])
 
 
 @main.command()
@@ -177,9 +177,9 @@ def run(host: str, port: int, concurrency: int | None) -> None:
         click.echo(f"started a private redis-server at {redact_url(redis_server.url)} "
                    f"(data in {redis_server.directory})")
     archive = env.get("ARCHIVE_DIR", "./archive")
-    commands = [[sys.executable, "-m", "casefetch", "receiver", "--host", host, "--port",
+    commands = [[sys.executable, "-m", "casefetch_tools", "receiver", "--host", host, "--port",
                  str(port)],
-                [sys.executable, "-m", "casefetch", "worker"]
+                [sys.executable, "-m", "casefetch_tools", "worker"]
                 + (["--concurrency", str(concurrency)] if concurrency else [])]
     children = [subprocess.Popen(cmd, env=env) for cmd in commands]
     shown = "127.0.0.1" if host == "0.0.0.0" else host
@@ -203,7 +203,7 @@ def run(host: str, port: int, concurrency: int | None) -> None:
 def choose_redis(env: dict[str, str], default_port: int = 6379,
                  data_dir: Path = Path(".run/redis")) -> tuple[str, RedisServer | None]:
     """REDIS_URL if set; else a Redis answering on localhost; else a private redis-server."""
-    from casefetch.redis_server import RedisServer, answers
+    from casefetch_tools.redis_server import RedisServer, answers
 
     if env.get("REDIS_URL"):
         return env["REDIS_URL"], None
@@ -259,7 +259,7 @@ def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
     """Send PAYLOAD to URL exactly as the certificate platform would."""
     import urllib3
 
-    from casefetch.sender import auth_headers
+    from casefetch_tools.sender import auth_headers
 
     if sum(x is not None for x in (bearer, hmac_pair, basic)) != 1:
         fail("give exactly one of --bearer, --hmac or --basic")
@@ -307,7 +307,7 @@ def demo(receiver_url: str, host: str, port: int, public_url: str | None, cases:
     WEBHOOK_BEARER_TOKENS or WEBHOOK_BASIC_USERS).
     """
     from casefetch import config
-    from casefetch import demo as platform
+    from casefetch_tools import demo as platform
 
     try:
         if sum(x is not None for x in (bearer, hmac_pair, basic)) > 1:

@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from casefetch import config
-from casefetch.background_server import BackgroundServer
 from casefetch.errors import CasefetchError
-from casefetch.sender import auth_headers
+from casefetch_tools.background_server import BackgroundServer
+from casefetch_tools.sender import auth_headers
 
 FILES_PATH = "/files"
 #: (file name, content type) of the files every demo case has.
@@ -229,7 +229,7 @@ def _lookup(path: str) -> tuple[bytes, str] | None:
 
 @dataclass(frozen=True)
 class Credentials:
-    """One way of authenticating, as ``casefetch.sender.auth_headers`` takes it."""
+    """One way of authenticating, as ``casefetch_tools.sender.auth_headers`` takes it."""
 
     bearer: str | None = None
     hmac_pair: str | None = None

@@ -1,3 +1,0 @@
-from casefetch.cli import main
-
-main()

@@ -1,0 +1,3 @@
+from casefetch_tools.cli import main
+
+main()
