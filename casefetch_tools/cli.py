@@ -17,7 +17,7 @@ import click
 
 from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
-from casefetch_tools import cli_archive
+from casefetch_tools import archive as archive_commands
 
 if TYPE_CHECKING:
     from casefetch_tools.redis_server import RedisServer
@@ -321,5 +321,5 @@ def demo(receiver_url: str, host: str, port: int, public_url: str | None, cases:
         fail(str(exc), code=1)
 
 
-main.add_command(cli_archive.archive)
-main.add_command(cli_archive.quarantine)
+main.add_command(archive_commands.archive)
+main.add_command(archive_commands.quarantine)
