@@ -50,6 +50,7 @@ def bare_app(redis_url: str) -> web.Application:
 
 
 def celery_app(redis_url: str, hmac_keys: str) -> web.Application:
+    # Optional heavy import: the bare variant stays a bare aiohttp process, as it is measured.
     from celery import Celery
 
     celery = Celery("bench", broker=redis_url, set_as_current=False)

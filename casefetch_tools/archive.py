@@ -1,127 +1,44 @@
-"""``casefetch archive ...`` and ``casefetch quarantine ...``: what operators run.
+"""``casefetch archive ...``: list, show, verify, retry, reindex and serve the archive.
 
 The commands read the archive through the Storage interface (local or S3, from the same
-settings as the worker) and reach Redis only to re-queue work (retry, replay).
+settings as the worker) and reach Redis only to re-queue work (retry).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
+import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from aiohttp import web
 from rich.table import Table
 
-from casefetch.config import redact_url
+from casefetch import logs
 from casefetch.errors import CasefetchError
+from casefetch_tools.browse import BrowseSettings, create_app
+from casefetch_tools.browse_pages import STATUSES
 from casefetch_tools.polling import poll
-
-if TYPE_CHECKING:
-    from worker.settings import WorkerSettings
-    from worker.storage import Storage
-
-T = TypeVar("T")
-STATUSES = ("complete", "incomplete", "pending")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"casefetch: {message}", err=True)
-    sys.exit(code)
-
-
-def console() -> Console:
-    """Rich on a terminal; wide, colourless plain text otherwise (sha256 must not be cut)."""
-    out = Console()
-    return out if out.is_terminal else Console(width=240, no_color=True, highlight=False)
-
-
-def settings() -> WorkerSettings:
-    from worker.settings import WorkerSettings
-
-    try:
-        return WorkerSettings.from_env()
-    except CasefetchError as exc:
-        fail(str(exc))
-
-
-@contextlib.contextmanager
-def expected_failures() -> Iterator[None]:
-    """Turn the failures an operator can meet (bad input, missing service) into one line."""
-    import redis
-
-    from worker.bookkeeping import Busy
-
-    try:
-        yield
-    except Busy:
-        fail("the case is being worked on right now; try again in a moment", 1)
-    except redis.exceptions.RedisError as exc:
-        fail(f"cannot use Redis: {exc}", 1)
-    except CasefetchError as exc:
-        fail(str(exc), 1)
-    except OSError as exc:
-        fail(f"cannot read the archive: {exc}", 1)
-    except sqlite3.Error as exc:
-        fail(f"cannot use the catalog of cases: {exc}", 1)
-    except Exception as exc:
-        # An S3 failure the backend did not translate (without importing botocore up front).
-        if type(exc).__module__.startswith(("botocore", "boto3")):
-            fail(f"cannot use S3: {exc}", 1)
-        raise
-
-
-def storage() -> Storage:
-    from worker.storage import make_storage
-
-    with expected_failures():
-        return make_storage(settings())
-    raise AssertionError("unreachable")
-
-
-def redis_client() -> Any:
-    import redis
-
-    client = redis.Redis.from_url(settings().redis_url, socket_timeout=10,
-                                  socket_connect_timeout=5)
-    try:
-        client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {redact_url(settings().redis_url)}: {exc}", 1)
-    return client
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def each_with_progress(items: Sequence[T], label: str, out: Console) -> Iterator[T]:
-    """Yield ``items``, with a progress bar on a terminal and nothing extra otherwise."""
-    if not out.is_terminal or len(items) < 2:
-        yield from items
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=out, transient=True) as progress:
-        task = progress.add_task(label, total=len(items))
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+from casefetch_tools.terminal import (
+    console,
+    each_with_progress,
+    expected_failures,
+    fail,
+    human_bytes,
+    print_json,
+    redis_client,
+    settings,
+    storage,
+)
+from worker import archive as layout
+from worker.catalog import Catalog
+from worker.celery_app import create_celery_app
+from worker.inspection import find_case, list_cases, show_case, verify_file, verify_targets
+from worker.manifest import CaseStatus, FileStatus
+from worker.page import render_case
+from worker.retry import retry_case
 
 
 def parse_since(value: str | None) -> str | None:
@@ -139,7 +56,6 @@ def parse_since(value: str | None) -> str | None:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- archive ----------------------------------------------------------------------------------
 
 @click.group()
 def archive() -> None:
@@ -155,8 +71,6 @@ def archive() -> None:
 def archive_list(status: str | None, since: str | None, with_warnings: bool,
                  as_json: bool) -> None:
     """One row per case, newest first."""
-    from worker.inspection import list_cases
-
     threshold = parse_since(since)
     with expected_failures():
         cases = list_cases(storage(), status=status, since=threshold,
@@ -178,7 +92,8 @@ def archive_list(status: str | None, since: str | None, with_warnings: bool,
 
 
 def _status(status: str) -> str:
-    colour = {"complete": "green", "incomplete": "red", "pending": "yellow"}.get(status)
+    colour = {CaseStatus.COMPLETE.value: "green", CaseStatus.INCOMPLETE.value: "red",
+              CaseStatus.PENDING.value: "yellow"}.get(status)
     return f"[{colour}]{status}[/]" if colour else status
 
 
@@ -187,8 +102,6 @@ def _status(status: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def archive_show(cf_ref: str, as_json: bool) -> None:
     """A case, its items and files (status, size, sha256), warnings and errors."""
-    from worker.inspection import show_case
-
     with expected_failures():
         shown = show_case(storage(), cf_ref)
     if as_json:
@@ -229,15 +142,14 @@ def archive_show(cf_ref: str, as_json: bool) -> None:
 
 def _file_status(entry: dict[str, Any]) -> str:
     status = str(entry.get("status"))
-    return {"stored": "[green]stored[/]", "failed": "[red]failed[/]"}.get(status, status)
+    return {FileStatus.STORED.value: "[green]stored[/]",
+            FileStatus.FAILED.value: "[red]failed[/]"}.get(status, status)
 
 
 @archive.command("verify")
 @click.argument("cf_ref", metavar="[CFREF]", required=False)
 def archive_verify(cf_ref: str | None) -> None:
     """Re-hash every stored file against its manifest; exit 1 on any mismatch or missing file."""
-    from worker.inspection import verify_file, verify_targets
-
     out = console()
     store = storage()
     with expected_failures():
@@ -265,10 +177,6 @@ def archive_verify(cf_ref: str | None) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Longest wait, in seconds.")
 def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
     """Re-queue the failed downloads of an incomplete case."""
-    from worker.celery_app import create_celery_app
-    from worker.inspection import find_case
-    from worker.retry import retry_case
-
     redis_client()  # a clear message when Redis is down, before anything else
     with expected_failures():
         pipeline = create_celery_app(settings()).runtime.pipeline
@@ -282,14 +190,14 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
 
     def settled() -> str | None:
         status = str(find_case(pipeline.storage, cf_ref)[1].get("status"))
-        return None if status == "pending" else status
+        return None if status == CaseStatus.PENDING else status
 
     with expected_failures():
         status = poll(settled, timeout, interval=0.5)
     if status is None:
         fail(f"{cf_ref}: still pending after {timeout:.0f}s", 1)
     click.echo(f"{cf_ref}: {status}")
-    if status != "complete":
+    if status != CaseStatus.COMPLETE:
         sys.exit(1)
 
 
@@ -299,10 +207,6 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
                    "before pages existed).")
 def archive_reindex(pages: bool) -> None:
     """Rebuild the catalog of cases (what `archive serve` lists) from the manifests."""
-    from worker import archive as layout
-    from worker.catalog import Catalog
-    from worker.page import render_case
-
     config = settings()
     catalog = Catalog(config.catalog_path)
     store = storage()
@@ -310,7 +214,7 @@ def archive_reindex(pages: bool) -> None:
 
     def write_missing_page(folder: str, manifest: dict[str, Any], payload: Any) -> None:
         key = layout.case_key(folder, layout.INDEX_HTML)
-        if manifest.get("status") != "pending" and not store.exists(key):
+        if manifest.get("status") != CaseStatus.PENDING and not store.exists(key):
             store.write_bytes(key, render_case(manifest, payload).encode("utf-8"))
             written.append(folder)
 
@@ -325,14 +229,6 @@ def archive_reindex(pages: bool) -> None:
 @click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535))
 def archive_serve(host: str, port: int) -> None:
     """A read-only web page of the archive: cases, search, each case's page, quarantine."""
-    import logging
-
-    from aiohttp import web
-
-    from casefetch import logs
-    from casefetch_tools.browse import BrowseSettings, create_app
-    from worker.catalog import Catalog
-
     try:
         browse = BrowseSettings.from_env()
         browse.check_host(host)
@@ -353,88 +249,3 @@ def archive_serve(host: str, port: int) -> None:
                     access_log=None, handle_signals=True)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1)
-
-
-# -- quarantine -------------------------------------------------------------------------------
-
-@click.group()
-def quarantine() -> None:
-    """Inspect and replay quarantined deliveries."""
-
-
-@quarantine.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def quarantine_list(as_json: bool) -> None:
-    """One row per quarantined delivery, newest first."""
-    from worker.quarantine import list_records
-
-    with expected_failures():
-        records = list_records(storage())
-    if as_json:
-        print_json(records)
-        return
-    table = Table(title=f"{len(records)} quarantined deliver{'y' if len(records) == 1 else 'ies'}",
-                  title_justify="left")
-    for column in ("deliveryId", "receivedAt", "reason", "bytes", "errors"):
-        table.add_column(column, no_wrap=column != "errors", overflow="fold")
-    for record in records:
-        errors = record["errors"]
-        shown = "; ".join(errors[:3]) + (f" (+{len(errors) - 3})" if len(errors) > 3 else "")
-        table.add_row(str(record["deliveryId"]), str(record["receivedAt"]),
-                      str(record["reason"]), str(record["bytes"]), shown)
-    console().print(table, markup=False)
-
-
-@quarantine.command("show")
-@click.argument("delivery_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def quarantine_show(delivery_id: str, as_json: bool) -> None:
-    """A quarantined delivery: why, when, its headers and its raw body."""
-    from casefetch.protocol import delivery_body
-    from worker.quarantine import read_record, summarise
-
-    with expected_failures():
-        record = read_record(storage(), delivery_id)
-    if as_json:
-        print_json(record)
-        return
-    summary = summarise(record)
-    out = console()
-    out.print(f"delivery {summary['deliveryId']}  received {summary['receivedAt']}  "
-              f"reason {summary['reason']}", markup=False, highlight=False)
-    if summary["replayOf"]:
-        out.print(f"replay of {summary['replayOf']}", markup=False)
-    for line in summary["errors"]:
-        out.print(f"  error: {line}", markup=False, highlight=False)
-    for name, value in (record.get("headers") or {}).items():
-        out.print(f"  {name}: {value}", markup=False, highlight=False)
-    body = delivery_body(record)
-    click.echo(f"body ({len(body)} bytes):")
-    click.echo(body.decode("utf-8", "backslashreplace"))
-
-
-@quarantine.command("replay")
-@click.argument("delivery_id", metavar="ID", required=False)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every quarantined delivery.")
-def quarantine_replay(delivery_id: str | None, replay_all: bool) -> None:
-    """Re-enqueue quarantined bodies as new deliveries (the old record is then removed)."""
-    from worker.quarantine import record_ids, replay
-
-    if bool(delivery_id) == replay_all:
-        fail("give one ID or --all")
-    store = storage()
-    client = redis_client()
-    out = console()
-    with expected_failures():
-        ids = record_ids(store) if replay_all else [str(delivery_id)]
-        done = _replay_each(ids, lambda old: replay(store, client, old), out)
-    click.echo(f"replayed {done} deliver{'y' if done == 1 else 'ies'}")
-
-
-def _replay_each(ids: list[str], replay_one: Callable[[str], str], out: Console) -> int:
-    done = 0
-    for old in each_with_progress(ids, "replaying", out):
-        new = replay_one(old)
-        done += 1
-        click.echo(f"{old} -> {new}")
-    return done

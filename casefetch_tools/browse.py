@@ -34,6 +34,7 @@ from worker import archive
 from worker.catalog import Catalog, Query
 from worker.errors import NotFound
 from worker.inspection import read_manifest, read_payload
+from worker.manifest import FileStatus
 from worker.page import render_case
 from worker.quarantine import list_records
 from worker.storage import LocalStorage, Storage
@@ -223,7 +224,7 @@ def _servable(manifest: dict[str, Any], path: str) -> tuple[str, int | None]:
     if path in {archive.CASE_JSON, archive.MANIFEST} or _HISTORY.fullmatch(path):
         return "application/json", None
     for entry in manifest.get("files") or []:
-        if entry.get("path") == path and entry.get("status") == "stored":
+        if entry.get("path") == path and entry.get("status") == FileStatus.STORED:
             return str(entry.get("contentType") or "application/octet-stream"), (
                 entry.get("bytes") if isinstance(entry.get("bytes"), int) else None)
     raise web.HTTPNotFound(text="no such file\n")

@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from worker.catalog import Query, Row
+from worker.manifest import CaseStatus
 from worker.page import META_POLICY, badge, document, esc, human_bytes
 
-STATUSES = ("complete", "incomplete", "pending")
+#: In the order lists and filters show them.
+STATUSES = (CaseStatus.COMPLETE.value, CaseStatus.INCOMPLETE.value, CaseStatus.PENDING.value)
 
 NAV = '<nav><a href="/">Cases</a> · <a href="/quarantine">Quarantine</a></nav>'
 

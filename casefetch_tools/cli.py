@@ -11,26 +11,32 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
+import urllib3
+from aiohttp import web
+from celery import signals
 
+from casefetch import config, logs
 from casefetch.config import redact_url
+from casefetch.constants import ALL_QUEUES
 from casefetch.errors import CasefetchError
 from casefetch_tools import archive as archive_commands
-
-if TYPE_CHECKING:
-    from casefetch_tools.redis_server import RedisServer
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"casefetch: {message}", err=True)
-    sys.exit(code)
+from casefetch_tools import demo as platform
+from casefetch_tools import quarantine as quarantine_commands
+from casefetch_tools.redis_server import RedisServer, answers
+from casefetch_tools.sender import auth_headers
+from casefetch_tools.terminal import fail
+from receiver import ReceiverSettings, create_app
+from receiver.app import server_options
+from worker.celery_app import create_celery_app, install_sweeper, worker_argv
+from worker.observe import install
+from worker.settings import WorkerSettings
+from worker.storage import make_storage
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    from casefetch import logs
-
     logs.setup(level.upper())
 
 
@@ -45,11 +51,6 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def receiver(host: str, port: int) -> None:
     """Serve the webhook receiver."""
-    from aiohttp import web
-
-    from receiver import ReceiverSettings, create_app
-    from receiver.app import server_options
-
     try:
         settings = ReceiverSettings.from_env()
     except CasefetchError as exc:
@@ -80,11 +81,6 @@ def receiver(host: str, port: int) -> None:
                                 case_sensitive=False))
 def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker."""
-    from casefetch.constants import ALL_QUEUES
-    from worker.celery_app import create_celery_app, install_sweeper, worker_argv
-    from worker.settings import WorkerSettings
-    from worker.storage import make_storage
-
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     unknown = set(chosen or []) - set(ALL_QUEUES)
     if unknown:
@@ -97,7 +93,6 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     _setup_logging(loglevel)
     app = create_celery_app(settings)
     install_sweeper(app)
-    from worker.observe import install
     install(app, settings.metrics_port)
     ending = watch_worker_end()
     started = time.monotonic()
@@ -126,8 +121,6 @@ class WorkerEnd:
 
 
 def watch_worker_end() -> WorkerEnd:
-    from celery import signals
-
     ending = WorkerEnd()
 
     def on_shutting_down(**kwargs: Any) -> None:
@@ -203,8 +196,6 @@ def run(host: str, port: int, concurrency: int | None) -> None:
 def choose_redis(env: dict[str, str], default_port: int = 6379,
                  data_dir: Path = Path(".run/redis")) -> tuple[str, RedisServer | None]:
     """REDIS_URL if set; else a Redis answering on localhost; else a private redis-server."""
-    from casefetch_tools.redis_server import RedisServer, answers
-
     if env.get("REDIS_URL"):
         return env["REDIS_URL"], None
     if answers("127.0.0.1", default_port):
@@ -257,10 +248,6 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
 def send(url: str, payload: Path, bearer: str | None, hmac_pair: str | None,
          basic: str | None, timeout: float) -> None:
     """Send PAYLOAD to URL exactly as the certificate platform would."""
-    import urllib3
-
-    from casefetch_tools.sender import auth_headers
-
     if sum(x is not None for x in (bearer, hmac_pair, basic)) != 1:
         fail("give exactly one of --bearer, --hmac or --basic")
     try:
@@ -306,9 +293,6 @@ def demo(receiver_url: str, host: str, port: int, public_url: str | None, cases:
     Without --bearer/--hmac/--basic it uses the receiver's own settings (WEBHOOK_HMAC_KEYS,
     WEBHOOK_BEARER_TOKENS or WEBHOOK_BASIC_USERS).
     """
-    from casefetch import config
-    from casefetch_tools import demo as platform
-
     try:
         if sum(x is not None for x in (bearer, hmac_pair, basic)) > 1:
             fail("give at most one of --bearer, --hmac or --basic")
@@ -322,4 +306,4 @@ def demo(receiver_url: str, host: str, port: int, public_url: str | None, cases:
 
 
 main.add_command(archive_commands.archive)
-main.add_command(archive_commands.quarantine)
+main.add_command(quarantine_commands.quarantine)

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
+
 from casefetch import config
 from casefetch.errors import CasefetchError
 from casefetch_tools.background_server import BackgroundServer
@@ -258,8 +260,6 @@ class Credentials:
 def send(url: str, payload: bytes, credentials: Credentials, timeout: float = 60.0,
          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """POST one webhook; retry while the receiver is unreachable or busy, up to ``timeout``."""
-    import urllib3
-
     headers = {**credentials.headers(payload), "Content-Type": "application/json"}
     deadline = time.monotonic() + timeout
     while True:

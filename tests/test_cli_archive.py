@@ -16,8 +16,8 @@ import redis
 from rich.console import Console
 
 from casefetch.protocol import make_delivery
-from casefetch_tools.archive import each_with_progress
 from casefetch_tools.redis_server import RedisServer
+from casefetch_tools.terminal import each_with_progress
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, worker_env
 from tests.fileserver import Fault, FileServer
