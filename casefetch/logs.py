@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -18,8 +17,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-import orjson
-
+from casefetch import codec
 from casefetch.protocol import utc_iso
 
 #: Fields added to every line logged in this context (a task, a request).
@@ -63,15 +61,6 @@ def _milliseconds(timestamp: float) -> int:
     return (seconds * 1_000_000 + round((timestamp - seconds) * 1_000_000)) // 1000
 
 
-def _encode(line: dict[str, Any]) -> bytes:
-    try:
-        # orjson: the receiver writes one of these per accepted webhook.
-        return orjson.dumps(line, default=str)
-    except TypeError:
-        # Text orjson refuses (a lone surrogate in a cfRef, say) is escaped instead.
-        return json.dumps(line, default=str).encode()
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -84,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             line.setdefault(key, value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _encode(line).decode()
+        return codec.compact(line, default=str).decode()
 
 
 class BatchedLines:
@@ -146,7 +135,7 @@ class BatchedLines:
                   else own)
         for key, value in merged.items():
             line.setdefault(key, value)
-        data = _encode(line) + b"\n"
+        data = codec.compact(line, default=str) + b"\n"
         self._lines.append(data)
         self._size += len(data)
         if self._size >= self.max_buffered:

@@ -33,8 +33,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
-import orjson
-
+from casefetch import codec
 from casefetch.constants import (
     CREDENTIAL_HEADERS,
     INBOX_INDEX_KEY,
@@ -100,7 +99,7 @@ def is_ref(delivery: Mapping[str, Any]) -> bool:
 
 def inbox_entry(delivery: Delivery) -> bytes:
     """A delivery as the inbox keeps it."""
-    return compact_json(delivery)
+    return codec.compact(delivery)
 
 
 def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
@@ -259,10 +258,11 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
     Push it with ``LPUSH <queue> <message>`` (kombu pops from the right: first in, first out).
     """
     task_id = task_id or str(uuid.uuid4())
-    body = base64.b64encode(compact_json([args, {}, _EMBED]))
+    body = base64.b64encode(codec.compact([args, {}, _EMBED]))
     # The envelope is the same for every message but three values: it is serialised once, and
-    # a message is its pieces joined around them (the 7 KiB of base64 are not scanned again).
-    values = {b"body": b'"' + body + b'"', b"id": compact_json(task_id),
+    # a message is its pieces joined around them: the base64 body is not scanned again
+    # (docs/benchmarks.md#the-celery-message).
+    values = {b"body": b'"' + body + b'"', b"id": codec.compact(task_id),
               b"tag": b'"' + _random_uuid().encode() + b'"'}
     parts = _envelope_parts(task, queue, origin)
     return b"".join(values[part] if i % 2 else part for i, part in enumerate(parts))
@@ -310,16 +310,5 @@ _PLACEHOLDER = re.compile(rb'"\\u0000(body|id|tag)"')
 @functools.lru_cache(maxsize=16)
 def _envelope_parts(task: str, queue: str, origin: str) -> tuple[bytes, ...]:
     """The serialised envelope split around its variable values: literal, name, literal..."""
-    template = compact_json(_envelope(task, queue, "\0id", "\0body", "\0tag", origin))
+    template = codec.compact(_envelope(task, queue, "\0id", "\0body", "\0tag", origin))
     return tuple(_PLACEHOLDER.split(template))
-
-
-def compact_json(value: Any) -> bytes:
-    """Compact JSON in UTF-8: the receiver's messages and inbox entries, the worker's Redis
-    entries. orjson is 5 to 40 times faster than json here (a 5 KiB body escaped, a 7 KiB
-    base64 string scanned); json takes what orjson refuses (a header value holding a lone
-    surrogate from undecodable bytes, an integer over 64 bits), ASCII-escaped."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from casefetch.codec import pretty as _dumps
 from worker import archive
 from worker.errors import StorageError
 from worker.manifest import case_status
-from worker.pipeline import _dumps
 from worker.storage import LocalStorage, check_key
 
 

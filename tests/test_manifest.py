@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from casefetch.protocol import compact_json
-from worker.manifest import parse_json
+from casefetch.codec import compact as compact_json
+from casefetch.codec import loads as parse_json
 
 
 @pytest.mark.parametrize("value", [

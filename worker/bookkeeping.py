@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from casefetch.codec import compact as compact_json
 from casefetch.constants import (
     ACTIVE_CASES_KEY,
     INBOX_INDEX_KEY,
@@ -37,7 +38,6 @@ from casefetch.protocol import (
     ENQUEUE_KEYS,
     ENQUEUE_SCRIPT,
     Delivery,
-    compact_json,
     delivery_from_inbox,
     enqueue_args,
     inbox_entry,
