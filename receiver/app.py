@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from casefetch import codec
 from casefetch.errors import ConfigError
 from casefetch.logs import BatchedLines
 from casefetch.protocol import make_delivery, safe_headers
@@ -68,8 +69,8 @@ class _CfRefOnly(msgspec.Struct):
     cfRef: Any = None
 
 
-#: Reads a JSON object's cfRef and only checks the rest is JSON: four times faster than
-#: building the whole object, which the receiver does not need.
+#: Reads a JSON object's cfRef and only checks the rest is JSON, much cheaper than building the
+#: whole object, which the receiver does not need (docs/benchmarks.md#json).
 _CF_REF_ONLY = msgspec.json.Decoder(_CfRefOnly)
 
 
@@ -90,9 +91,9 @@ def _json_object(body: bytes, utf8: bool) -> tuple[bool, Any, str | None]:
         else:
             return True, found.cfRef, None
     try:
-        # orjson parses a case three times faster than json. It is stricter (no NaN, no BOM,
-        # no UTF-16), so what it refuses gets json's verdict: both sides accept exactly what
-        # the worker's json.loads accepts.
+        # orjson parses a case faster than json (docs/benchmarks.md#json). It is stricter (no
+        # NaN, no BOM, no UTF-16), so what it refuses gets json's verdict: both sides accept
+        # exactly what the worker's json.loads accepts.
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         parsed, problem = _json_verdict(body)
@@ -230,7 +231,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         cfRef=cf_ref if isinstance(cf_ref, str) else None, scheme=scheme.value,
         bytes=len(body))
     return web.Response(
-        body=orjson.dumps({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
+        body=codec.compact({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
         status=202, headers=_JSON)
 
 

@@ -95,6 +95,17 @@ def test_markdown_table_has_one_row_per_result() -> None:
     assert "FAIL" in table[2] and "pass" in table[3]
 
 
+def test_a_run_rewrites_the_table_and_keeps_the_written_sections(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nold table\n\n## How it is measured\n\nBy hand.\n\n"
+                    "## Why\n\nKept.\n\n## Machine\n\n- old\n")
+    results = [Result("a", 1.0, 2.0, "req/s", 0.5, "≥ 0.8x", True)]
+    report.write_markdown(page, results, 1.0, "python -m bench", str(tmp_path))
+    text = page.read_text()
+    assert "old table" not in text and "- old" not in text and "| a |" in text
+    assert "## How it is measured\n\nBy hand.\n\n## Why\n\nKept.\n\n## Machine" in text
+
+
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "bench.md"
     code = cli.main(["--quick", "--only", "growth,payload,memory", "--output", str(output),

@@ -126,9 +126,10 @@ class Catalog:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
         # A rollback journal, not a write-ahead log: the catalog is one file, which can be
         # deleted or replaced under running workers (a WAL file, shared by name, would then
-        # be checkpointed or removed by connections to the old one). And no fsync: a row
-        # costs 0.15 ms instead of 3; a process crash still cannot tear a transaction, and
-        # after a power cut `casefetch archive reindex` rebuilds what the manifests say.
+        # be checkpointed or removed by connections to the old one). And no fsync, the most
+        # of a row's cost (docs/benchmarks.md#the-archive-browser-issue-16); a process crash
+        # still cannot tear a transaction, and after a power cut `casefetch archive reindex`
+        # rebuilds what the manifests say.
         connection.execute("PRAGMA journal_mode = DELETE")
         connection.execute("PRAGMA synchronous = OFF")
         if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:

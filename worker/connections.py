@@ -7,8 +7,8 @@ connect time (see :mod:`worker.guard`): the host name is resolved once, every ad
 resolves to is checked, and the socket connects to a checked one, while the Host header, TLS
 SNI and certificate verification keep the name.
 
-urllib3's pool manager did the same for about a sixth more CPU per file than this, in the
-workers where downloads are CPU-bound (docs/benchmarks.md).
+urllib3's pool manager did the same for more CPU per file than this, in workers where
+downloads are CPU-bound (docs/benchmarks.md#worker-connections).
 """
 
 from __future__ import annotations

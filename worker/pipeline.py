@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 
-from casefetch import logs
+from casefetch import codec, logs
 from casefetch.protocol import Delivery, accepted_before, delivery_body
 from worker import archive
 from worker.bookkeeping import Bookkeeping, Busy, Claim
@@ -48,9 +47,9 @@ log = logging.getLogger("casefetch.worker")
 #: How download work is handed on: one message per batch of a case's files (see batches).
 SendDownload = Callable[[dict[str, Any]], None]
 
-#: Files per download message. Celery costs about 2 ms of CPU per task, as much as fetching
-#: a small file: a batch pays it once for several files, while a large case still spreads
-#: over many messages, hence over every worker.
+#: Files per download message. Celery's cost per task is as much as fetching a small file
+#: (docs/benchmarks.md#download-batches): a batch pays it once for several files, while a
+#: large case still spreads over many messages, hence over every worker.
 BATCH_FILES = 16
 
 
@@ -369,7 +368,7 @@ class Pipeline:
             record["bodyBase64"] = delivery.get("bodyBase64")
         record["headers"] = delivery.get("headers", {})
         self.storage.write_bytes(archive.quarantine_key(delivery["deliveryId"]),
-                                 _dumps(record))
+                                 codec.pretty(record))
         log.warning("delivery %s quarantined: %s", delivery["deliveryId"], reason)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -385,7 +384,7 @@ class Pipeline:
         return parse_json(raw) if raw is not None else None
 
     def _write_manifest(self, case: str, manifest: Manifest) -> None:
-        self.storage.write_bytes(archive.case_key(case, archive.MANIFEST), _dumps(manifest))
+        self.storage.write_bytes(archive.case_key(case, archive.MANIFEST), codec.pretty(manifest))
 
 
 def batches(files: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -458,20 +457,6 @@ def _orphans(previous: Manifest, manifest: Manifest) -> list[str]:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        # The same bytes as json.dumps(ensure_ascii=False, indent=2), for a fifth of the CPU
-        # (a case's manifest is written twice, and the quarantine records too).
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2)
-    except TypeError:
-        pass  # what orjson refuses (a lone surrogate, an integer over 64 bits): json's way
-    text = json.dumps(value, ensure_ascii=False, indent=2)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): keep it escaped
-        return json.dumps(value, indent=2).encode("ascii")
 
 
 __all__ = ["Busy", "Pipeline"]

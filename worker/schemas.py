@@ -151,9 +151,9 @@ _WARM_UP_CASE = {"cfRef": "warm-up", "reportId": "warm-up", "caseUrl": "https://
 def warm_up() -> None:
     """Validate one case now, so that the first deliveries do not pay for it.
 
-    marshmallow builds its URL expression on first use (about 40 ms of CPU), and without a
-    lock: the eight task threads of a worker that meet their first cases together each built
-    their own, a third of a CPU-second while those cases waited."""
+    marshmallow builds its URL expression on first use, and without a lock: the task threads
+    of a worker that meet their first cases together each built their own while those cases
+    waited (docs/benchmarks.md#schemas-warm-up)."""
     check_case(_WARM_UP_CASE)
 
 
