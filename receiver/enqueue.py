@@ -1,8 +1,8 @@
 """The enqueue path: one Redis round trip, acknowledged before the receiver answers 2xx.
 
 It queues the message (the delivery's reference) and keeps the delivery in the inbox
-(:data:`casefetch.constants.INBOX_KEY`) in one atomic step: a MULTI/EXEC transaction through
-the pipe, the same commands as a script through redis-py.
+(:data:`casefetch.constants.INBOX_KEY`) in one atomic step: the MULTI/EXEC transaction of
+:func:`casefetch.protocol.enqueue_commands`, through the pipe or through redis-py.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from casefetch.protocol import (
-    ENQUEUE_KEYS,
-    ENQUEUE_SCRIPT,
     Delivery,
-    enqueue_args,
     enqueue_commands,
     inbox_entry,
     ingest_message,
@@ -42,7 +39,6 @@ class Enqueuer:
                  pipe: RedisPipe | None = None) -> None:
         self.redis = redis
         self.timeout_seconds = timeout_seconds
-        self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
         self.pipe = pipe
 
     @classmethod
@@ -60,17 +56,16 @@ class Enqueuer:
 
     async def enqueue(self, delivery: Delivery) -> None:
         message, entry = ingest_message(delivery), inbox_entry(delivery)
-        delivery_id = delivery["deliveryId"]
+        commands = enqueue_commands(message, entry, delivery["deliveryId"], time.time())
         try:
             if self.pipe is not None:  # the pipe times out itself, for less than a Timeout
-                await self.pipe.transaction(
-                    *enqueue_commands(message, entry, delivery_id, time.time()),
-                    timeout=self.timeout_seconds)
+                await self.pipe.transaction(*commands, timeout=self.timeout_seconds)
             else:
                 async with asyncio.timeout(self.timeout_seconds):
-                    await self._enqueue(keys=ENQUEUE_KEYS,
-                                        args=enqueue_args(message, entry, delivery_id,
-                                                          time.time()))
+                    async with self.redis.pipeline(transaction=True) as transaction:
+                        for command in commands:
+                            transaction.execute_command(*command)
+                        await transaction.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE
+from casefetch.protocol import enqueue_commands, inbox_entry, make_delivery
 from casefetch_tools.redis_server import RedisServer, free_port
+from receiver.enqueue import Enqueuer
 from receiver.redis_pipe import RedisPipe
 
 
@@ -173,21 +177,42 @@ async def test_a_transaction_is_answered_by_its_exec(redis_server: RedisServer) 
         client.close()
 
 
-async def test_the_transaction_writes_what_the_script_writes(redis_server: RedisServer) -> None:
-    from casefetch.protocol import ENQUEUE_KEYS, ENQUEUE_SCRIPT, enqueue_commands
-
+async def test_the_pipe_and_redis_py_write_the_same_enqueue(redis_server: RedisServer) -> None:
     url = redis_server.db_url(6)
     client = redis.Redis.from_url(url)
     pipe = RedisPipe.from_url(url)
+    commands = enqueue_commands(b"m\xff", b"e\xfe", "d-1", 12.5)
+    keys = (INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY)
     try:
         client.flushdb()
-        client.register_script(ENQUEUE_SCRIPT)(keys=ENQUEUE_KEYS, args=[b"m\xff", "d-1", 12.5,
-                                                                      b"e\xfe"])
-        by_script = {key: client.dump(key) for key in ENQUEUE_KEYS}
+        transaction = client.pipeline(transaction=True)
+        for command in commands:
+            transaction.execute_command(*command)
+        transaction.execute()
+        by_redis_py = {key: client.dump(key) for key in keys}
+        assert all(by_redis_py.values())
         client.flushdb()
-        await pipe.transaction(*enqueue_commands(b"m\xff", b"e\xfe", "d-1", 12.5))
-        assert {key: client.dump(key) for key in ENQUEUE_KEYS} == by_script
+        await pipe.transaction(*commands)
+        assert {key: client.dump(key) for key in keys} == by_redis_py
     finally:
         await pipe.close()
+        client.flushdb()
+        client.close()
+
+
+async def test_the_receiver_enqueues_through_redis_py_where_the_pipe_cannot(
+        redis_server: RedisServer) -> None:
+    url = redis_server.db_url(6)
+    client = redis.Redis.from_url(url)
+    enqueuer = Enqueuer(aioredis.Redis.from_url(url), timeout_seconds=5.0)  # no pipe
+    delivery = make_delivery(b'{"cfRef": "CF-1"}', {"Content-Type": "application/json"})
+    try:
+        client.flushdb()
+        await enqueuer.enqueue(delivery)
+        assert client.llen(INGEST_QUEUE) == 1
+        assert client.hget(INBOX_KEY, delivery["deliveryId"]) == inbox_entry(delivery)
+        assert client.zscore(INBOX_INDEX_KEY, delivery["deliveryId"]) is not None
+    finally:
+        await enqueuer.close()
         client.flushdb()
         client.close()

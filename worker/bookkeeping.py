@@ -31,15 +31,14 @@ from casefetch.constants import (
     ACTIVE_CASES_KEY,
     INBOX_INDEX_KEY,
     INBOX_KEY,
+    INGEST_QUEUE,
     case_key,
     lock_key,
 )
 from casefetch.protocol import (
-    ENQUEUE_KEYS,
-    ENQUEUE_SCRIPT,
     Delivery,
     delivery_from_inbox,
-    enqueue_args,
+    enqueue_commands,
     inbox_entry,
     ingest_message,
     is_ref,
@@ -67,7 +66,6 @@ class Bookkeeping:
         self.locks = Locks(client, lock_seconds)
         self._record = client.register_script(self._RECORD)
         self._claim = client.register_script(self._CLAIM)
-        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self._requeue = client.register_script(self._REQUEUE)
 
     def generation(self, case: str) -> str | None:
@@ -219,17 +217,20 @@ class Bookkeeping:
     def enqueue(self, delivery: Delivery, origin: str | None = None) -> None:
         """Queue a delivery (its message, and the delivery in the inbox), as the receiver
         does."""
-        self._enqueue(keys=ENQUEUE_KEYS, args=enqueue_args(
-            ingest_message(delivery, origin), inbox_entry(delivery), delivery["deliveryId"],
-            time.time()))
+        transaction: Any = self.redis.pipeline(transaction=True)  # execute_command: untyped
+        for command in enqueue_commands(ingest_message(delivery, origin), inbox_entry(delivery),
+                                        delivery["deliveryId"], time.time()):
+            transaction.execute_command(*command)
+        transaction.execute()
 
     def requeue(self, delivery: Delivery, origin: str | None = None) -> bool:
         """Queue a delivery still in the inbox again, at the head of the ingest queue (it is
         taken next), and restart its inbox clock; False if it left the inbox meanwhile."""
-        return bool(self._requeue(keys=ENQUEUE_KEYS, args=[
+        return bool(self._requeue(keys=[INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY], args=[
             ingest_message(delivery, origin), delivery["deliveryId"], time.time()]))
 
-    # KEYS as ENQUEUE_KEYS. kombu pops from the right: RPUSH puts the message first in line.
+    # KEYS: the ingest queue, the inbox, its index. kombu pops from the right: RPUSH puts the
+    # message first in line.
     _REQUEUE = """
     if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return 0 end
     redis.call('RPUSH', KEYS[1], ARGV[1])
