@@ -30,6 +30,7 @@ from casefetch_tools.sender import auth_headers
 from casefetch_tools.terminal import fail
 from receiver import ReceiverSettings, create_app
 from receiver.app import server_options
+from receiver.settings import read_port
 from worker.celery_app import create_celery_app, install_sweeper, worker_argv
 from worker.observe import install
 from worker.settings import WorkerSettings
@@ -162,6 +163,11 @@ def restart_worker(code: int, ran_seconds: float = 0.0) -> NoReturn:
 def run(host: str, port: int, concurrency: int | None) -> None:
     """Run the whole pipeline on this machine: receiver + worker (+ a private Redis)."""
     env = dict(os.environ)
+    try:  # the settings the worker will read, for what is shown below: wrong ones stop here
+        settings = WorkerSettings.from_env(env)
+        receiver_metrics = read_port(env, "RECEIVER_METRICS_PORT") or port
+    except CasefetchError as exc:
+        fail(str(exc))
     try:
         env["REDIS_URL"], redis_server = choose_redis(env)
     except CasefetchError as exc:
@@ -169,24 +175,19 @@ def run(host: str, port: int, concurrency: int | None) -> None:
     if redis_server is not None:
         click.echo(f"started a private redis-server at {redact_url(redis_server.url)} "
                    f"(data in {redis_server.directory})")
-    archive = env.get("ARCHIVE_DIR", "./archive")
     commands = [[sys.executable, "-m", "casefetch_tools", "receiver", "--host", host, "--port",
                  str(port)],
                 [sys.executable, "-m", "casefetch_tools", "worker"]
                 + (["--concurrency", str(concurrency)] if concurrency else [])]
     children = [subprocess.Popen(cmd, env=env) for cmd in commands]
     shown = "127.0.0.1" if host == "0.0.0.0" else host
-    if env.get("STORAGE_BACKEND", "").lower() == "s3":
-        archive = f"s3://{env.get('S3_BUCKET', '')}/{env.get('S3_PREFIX', '')}"
-    else:
-        archive = str(Path(archive).resolve())
+    archive = (f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+               if settings.storage_backend == "s3" else str(settings.archive_dir.resolve()))
     click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
                f"files land in {archive}. Ctrl-C stops.")
-    metrics_port = env.get("WORKER_METRICS_PORT", "9808")
-    receiver_metrics = env.get("RECEIVER_METRICS_PORT") or port
     click.echo(f"metrics: http://{shown}:{receiver_metrics}/metrics (receiver)"
-               + (f", http://{shown}:{metrics_port}/metrics (worker)"
-                  if metrics_port != "0" else ""))
+               + (f", http://{shown}:{settings.metrics_port}/metrics (worker)"
+                  if settings.metrics_port else ""))
     code = _supervise(children)
     if redis_server is not None:
         redis_server.stop()

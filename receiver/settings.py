@@ -48,10 +48,11 @@ class ReceiverSettings:
         return cls(
             redis_url=config.redis_url(env),
             credentials=credentials,
-            max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", 5 * 1024 * 1024, 1),
-            redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS", 3.0),
-            read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS", 30.0,
-                                                   0.1),
+            max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", cls.max_body_bytes, 1),
+            redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS",
+                                                    cls.redis_timeout_seconds),
+            read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS",
+                                                   cls.read_timeout_seconds, 0.1),
             metrics_port=read_port(env, "RECEIVER_METRICS_PORT"),
         )
 

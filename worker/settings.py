@@ -63,22 +63,27 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> WorkerSettings:
         env = config.environ() if env is None else env
-        backend = config.read_str(env, "STORAGE_BACKEND", "local").lower()
+        backend = config.read_str(env, "STORAGE_BACKEND", cls.storage_backend).lower()
         if backend not in {"local", "s3"}:
             raise ConfigError("STORAGE_BACKEND", f"expected local or s3, got {backend!r}")
         bucket = config.read(env, "S3_BUCKET")
         if backend == "s3" and not bucket:
             raise ConfigError("S3_BUCKET", "required when STORAGE_BACKEND=s3")
+        d = DownloadSettings
         download = DownloadSettings(
-            max_bytes=config.read_int(env, "DOWNLOAD_MAX_BYTES", 1024**3, 1),
-            timeout_seconds=config.read_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 60.0, 0.001),
+            max_bytes=config.read_int(env, "DOWNLOAD_MAX_BYTES", d.max_bytes, 1),
+            timeout_seconds=config.read_float(env, "DOWNLOAD_TIMEOUT_SECONDS", d.timeout_seconds,
+                                              0.001),
             attempt_timeout_seconds=config.read_float(env, "DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS",
-                                                      1800.0, 0.001),
-            max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", 5, 1),
-            backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS", 1.0),
-            backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS", 60.0),
+                                                      d.attempt_timeout_seconds, 0.001),
+            max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", d.max_attempts, 1),
+            backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS",
+                                                   d.backoff_base_seconds),
+            backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS",
+                                                  d.backoff_max_seconds),
             allowed_hosts=read_hosts(env, "DOWNLOAD_ALLOWED_HOSTS"),
-            allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS", False),
+            allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS",
+                                                   d.allow_private_networks),
             private_hosts=read_hosts(env, "DOWNLOAD_PRIVATE_HOSTS"),
             extra_headers=config.read_json_object(env, "DOWNLOAD_HEADERS"),
         )
@@ -88,16 +93,19 @@ class WorkerSettings:
         return cls(
             redis_url=config.redis_url(env),
             storage_backend=backend,
-            archive_dir=Path(config.read_str(env, "ARCHIVE_DIR", "./archive")),
+            archive_dir=Path(config.read_str(env, "ARCHIVE_DIR", str(cls.archive_dir))),
             s3_bucket=bucket,
-            s3_prefix=config.read_str(env, "S3_PREFIX", ""),
+            s3_prefix=config.read_str(env, "S3_PREFIX", cls.s3_prefix),
             s3_endpoint_url=config.read(env, "S3_ENDPOINT_URL"),
             download=download,
             index_path=_optional_path(config.read(env, "ARCHIVE_INDEX")),
-            visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT", 60, 5),
-            sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS", 30.0, 0.1),
-            stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS", 90.0, 0.1),
-            metrics_port=config.read_int(env, "WORKER_METRICS_PORT", 9808, 0),
+            visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT",
+                                                       cls.visibility_timeout_seconds, 5),
+            sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS",
+                                                     cls.sweep_interval_seconds, 0.1),
+            stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS",
+                                                  cls.stuck_after_seconds, 0.1),
+            metrics_port=config.read_int(env, "WORKER_METRICS_PORT", cls.metrics_port, 0),
         )
 
 
