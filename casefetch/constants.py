@@ -39,3 +39,6 @@ ACTIVE_CASES_KEY = f"{KEY_PREFIX}:active"
 #: it as unacknowledged. The sweep queues again what stays here too long.
 INBOX_KEY = f"{KEY_PREFIX}:inbox"
 INBOX_INDEX_KEY = f"{KEY_PREFIX}:inbox:index"
+
+#: Held by the one worker whose sweep runs this interval (the others skip it).
+SWEEP_LOCK_KEY = f"{KEY_PREFIX}:sweep"

@@ -37,6 +37,7 @@ from casefetch.constants import (
     INGEST_QUEUE,
     INGEST_TASK,
     MAINTENANCE_QUEUE,
+    SWEEP_LOCK_KEY,
     SWEEP_TASK,
 )
 from casefetch.protocol import Delivery, delivery_from_inbox, peek_cf_ref, task_message
@@ -475,7 +476,7 @@ class Sweeper(threading.Thread):
         while not self.stopping.wait(interval):
             try:
                 client = self.app.runtime.redis
-                if client.set("casefetch:sweep", "1", nx=True, px=int(interval * 1000 * 0.9)):
+                if client.set(SWEEP_LOCK_KEY, "1", nx=True, px=int(interval * 1000 * 0.9)):
                     run_sweep(self.app)
             except Exception:  # the sweeper must outlive a Redis outage
                 log.warning("sweep failed; will try again", exc_info=True)

@@ -30,14 +30,14 @@ from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, ING
 from worker import archive
 from worker.download import FetchResult
 from worker.errors import DownloadError, StorageError
-from worker.manifest import parse_json
+from worker.manifest import CaseStatus, FileStatus, parse_json
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
 
 log = logging.getLogger("casefetch.worker")
 
 QUARANTINE_REFRESH_SECONDS = 60.0
-_FINAL_STATUSES = frozenset({"complete", "incomplete"})
+_FINAL_STATUSES = frozenset({CaseStatus.COMPLETE.value, CaseStatus.INCOMPLETE.value})
 
 
 class WorkerMetrics:
@@ -142,16 +142,16 @@ class ObservedFetcher:
 
     def _failed(self, kind: FileKind, started: float, exc: DownloadError) -> None:
         attempts = int(getattr(exc, "attempts", 1))
-        self._count("failed", kind, started, attempts)
+        self._count(FileStatus.FAILED.value, kind, started, attempts)
         log.warning("file failed", extra=logs.fields(
-            kind=kind.value, status="failed", attempts=attempts, error=exc.message,
+            kind=kind.value, status=FileStatus.FAILED.value, attempts=attempts, error=exc.message,
             seconds=round(time.perf_counter() - started, 3)))
 
     def _stored(self, kind: FileKind, started: float, result: FetchResult) -> None:
-        self._count("stored", kind, started, result.attempts)
+        self._count(FileStatus.STORED.value, kind, started, result.attempts)
         self.metrics.bytes.inc(result.size)
         log.info("file stored", extra=logs.fields(
-            kind=kind.value, status="stored", key=result.key, bytes=result.size,
+            kind=kind.value, status=FileStatus.STORED.value, key=result.key, bytes=result.size,
             sha256=result.sha256, attempts=result.attempts,
             seconds=round(time.perf_counter() - started, 3)))
 
@@ -209,7 +209,7 @@ class ObservedStorage(Storage):
             return
         self.metrics.cases.labels(outcome=status).inc()
         files = manifest.get("files", [])
-        stored = sum(1 for f in files if f.get("status") == "stored")
+        stored = sum(1 for f in files if f.get("status") == FileStatus.STORED)
         with logs.bound(path=None):  # the file whose download settled it is not the point
             log.info("case settled", extra=logs.fields(
                 cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"),
