@@ -17,27 +17,16 @@ from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from casefetch_tools.background_server import QuietHandler
+from casefetch_tools.samples import filler, head_and_tail, padded
 
 BLOCK = 1024 * 1024
 CACHE_LIMIT = 64 * 1024 * 1024
 CONTENT_TYPES = {"pdf": "application/pdf", "jpg": "image/jpeg", "png": "image/png"}
-_FILL = bytes(range(33, 127)) * (BLOCK // 94 + 1)
-
-
-def head_and_tail(kind: str) -> tuple[bytes, bytes]:
-    if kind == "pdf":
-        return (b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%",
-                b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
-    if kind == "png":
-        return (b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82")
-    return b"\xff\xd8\xff\xe0", b"\xff\xd9"
 
 
 @functools.lru_cache(maxsize=64)
 def whole(kind: str, size: int) -> bytes:
-    head, tail = head_and_tail(kind)
-    middle = size - len(head) - len(tail)
-    return head + (_FILL * (middle // len(_FILL) + 1))[:middle] + tail
+    return padded(kind, size)
 
 
 def stream(kind: str, size: int) -> Iterator[bytes | memoryview]:
@@ -45,7 +34,7 @@ def stream(kind: str, size: int) -> Iterator[bytes | memoryview]:
     head, tail = head_and_tail(kind)
     yield head
     left = size - len(head) - len(tail)
-    block = memoryview(_FILL[:BLOCK])
+    block = memoryview(filler(BLOCK))
     while left > 0:
         part = block[:min(left, BLOCK)]
         yield part

@@ -1,38 +1,24 @@
-"""Real file bytes and payloads for the tests."""
+"""Real file bytes and payloads for the tests (the file builders are casefetch_tools.samples)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
-import zlib
 from collections.abc import Callable
 from typing import Any
 
+from casefetch_tools.samples import jpeg as samples_jpeg
+from casefetch_tools.samples import padded
+from casefetch_tools.samples import png as png  # the tests build PNGs as the demo does
+
 
 def pdf(size: int = 2048) -> bytes:
-    head = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
-    tail = b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
-    filler = b"%" + b"x" * 77 + b"\n"
-    body = (filler * (max(0, size - len(head) - len(tail)) // len(filler) + 1))
-    return head + body[: max(0, size - len(head) - len(tail))] + tail
-
-
-def png(width: int = 2, height: int = 2, seed: int = 0) -> bytes:
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-    rows = b"".join(b"\x00" + bytes((seed + x + y) % 256 for x in range(width * 3))
-                    for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return padded("pdf", size)
 
 
 def jpeg(size: int = 1024, seed: int = 0) -> bytes:
-    body = bytes((seed + i) % 251 for i in range(max(0, size - 6)))
-    return b"\xff\xd8\xff\xe0" + body + b"\xff\xd9"
+    return padded("jpg", size, seed)
 
 
 def item(cf_ref: str, image_url: str | None = None, step: str = "PHOTOGRAPHY",
@@ -81,27 +67,10 @@ def key_for(stem: str) -> Callable[[Any], str]:
 
 # -- media as phones and cameras write them ------------------------------------------------
 
-def _segment(marker: int, payload: bytes) -> bytes:
-    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
-
-
 def real_jpeg(thumbnail: bool = False) -> bytes:
-    """A valid baseline JPEG (8x8, grey) that any decoder reads: one Huffman code per table,
-    so the scan is two bits, "DC difference 0" and "end of block". With ``thumbnail``, an
-    EXIF segment holds a smaller JPEG, end marker (FFD9) included, as cameras write them."""
-    exif = b""
-    if thumbnail:
-        exif = _segment(0xE1, b"Exif\x00\x00MM\x00*\x00\x00\x00\x08" + b"\x00" * 6 + real_jpeg())
-    frame = struct.pack(">BHHB", 8, 8, 8, 1) + b"\x01\x11\x00"
-    return (b"\xff\xd8"
-            + _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00") + exif
-            + _segment(0xDB, b"\x00" + b"\x01" * 64)
-            + _segment(0xC0, frame)
-            + _segment(0xC4, b"\x00" + b"\x01" + b"\x00" * 15 + b"\x00")  # DC: symbol 0
-            + _segment(0xC4, b"\x10" + b"\x01" + b"\x00" * 15 + b"\x00")  # AC: EOB
-            + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-            + b"\x3f"  # "0" (DC 0), "0" (EOB), then 1-bits to the byte's end
-            + b"\xff\xd9")
+    """A valid baseline JPEG (8x8, grey) that any decoder reads; with ``thumbnail``, an EXIF
+    segment holds a smaller JPEG, end marker (FFD9) included, as cameras write them."""
+    return samples_jpeg(8, 8, thumbnail=thumbnail)
 
 
 def box(kind: bytes, payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from casefetch_tools import samples as sample_files
 from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, wait_for, worker_env
@@ -36,32 +37,7 @@ HOSTILE = ("<img src=x onerror=\"document.title='pwned'\">"
 BROWSER_INTERNAL = ("chrome:", "chrome-extension:", "data:", "about:")
 
 
-def certificate_pdf(lines: list[str]) -> bytes:
-    """A small PDF a viewer really draws: one A4 page of text."""
-    text = " ".join(f"({line}) Tj 0 -28 Td" for line in lines)
-    stream = f"BT /F1 20 Tf 72 770 Td {text} ET".encode("latin-1")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
-
-
-PDF = certificate_pdf(["Certificate RPT-2026-0042", "12 rue de la Paix, Paris",
+PDF = sample_files.pdf(["Certificate RPT-2026-0042", "12 rue de la Paix, Paris",
                        "Inspection of 27 November 2026", "Verdict: compliant"])
 
 

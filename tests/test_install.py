@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from casefetch_tools.demo import certificate_pdf, photo_png
+from casefetch_tools import samples as sample_files
+from casefetch_tools.demo import certificate_pdf
 from casefetch_tools.redis_server import RedisServer, free_port
 from tests.conftest import ROOT, TOKEN, wait_for
 from tests.fileserver import FileServer
@@ -135,7 +136,7 @@ def pipeline(installed: Path, tmp_path: Path, file_server: FileServer
 def test_a_clean_install_archives_a_case(pipeline: tuple[int, Path],
                                          file_server: FileServer) -> None:
     port, archive = pipeline
-    pdf, png = certificate_pdf("CF-INSTALL", "R-1"), photo_png(7)
+    pdf, png = certificate_pdf("CF-INSTALL", "R-1"), sample_files.png(160, 120, 7)
     payload = {"cfRef": "CF-INSTALL", "reportId": "R-1",
                "caseUrl": file_server.add("install/case.pdf", pdf),
                "createdAt": "2026-12-07T10:00:00.000Z",

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from casefetch_tools.demo import certificate_pdf, photo_png, signature_jpeg
+from casefetch_tools import samples as sample_files
+from casefetch_tools.demo import certificate_pdf
 from casefetch_tools.redis_server import free_port
 from casefetch_tools.sender import auth_headers
 from tests.conftest import ROOT, wait_for
@@ -273,8 +274,8 @@ def _send_cases(stack: Stack, prefix: str, count: int, slow: bool = False
     for n in range(count):
         cf_ref = f"{prefix}-{n}"
         pdf = _slow_pdf(cf_ref) if slow else certificate_pdf(cf_ref, f"R-{cf_ref}")
-        files = {"case.pdf": pdf, "items/001-IT-1.png": photo_png(n),
-                 "items/002-IT-2.jpg": signature_jpeg(n)}
+        files = {"case.pdf": pdf, "items/001-IT-1.png": sample_files.png(160, 120, n),
+                 "items/002-IT-2.jpg": sample_files.jpeg(seed=n)}
         pdf_url = stack.serve(f"{cf_ref}.pdf", pdf) + (f"?rate={SLOW_RATE}" if slow else "")
         images = [stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
                   stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"])]
