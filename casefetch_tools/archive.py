@@ -33,8 +33,8 @@ from casefetch_tools.terminal import (
     storage,
 )
 from worker import archive as layout
+from worker.app import build_worker
 from worker.catalog import Catalog
-from worker.celery_app import create_celery_app
 from worker.inspection import find_case, list_cases, show_case, verify_file, verify_targets
 from worker.manifest import CaseStatus, FileStatus
 from worker.page import render_case
@@ -179,7 +179,7 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
     """Re-queue the failed downloads of an incomplete case."""
     redis_client()  # a clear message when Redis is down, before anything else
     with expected_failures():
-        pipeline = create_celery_app(settings()).runtime.pipeline
+        pipeline = build_worker(settings()).casefetch.runtime.pipeline
         paths = retry_case(pipeline, cf_ref)
     if not paths:
         click.echo(f"{cf_ref}: no failed download to retry")

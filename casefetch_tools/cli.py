@@ -31,10 +31,8 @@ from casefetch_tools.terminal import fail
 from receiver import ReceiverSettings, create_app
 from receiver.app import server_options
 from receiver.settings import read_port
-from worker.celery_app import create_celery_app, install_sweeper, worker_argv
-from worker.observe import install
+from worker.app import build_worker, make_storage, worker_argv
 from worker.settings import WorkerSettings
-from worker.storage import make_storage
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -92,9 +90,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     except CasefetchError as exc:
         fail(str(exc))
     _setup_logging(loglevel)
-    app = create_celery_app(settings)
-    install_sweeper(app)
-    install(app, settings.metrics_port)
+    app = build_worker(settings)
     ending = watch_worker_end()
     started = time.monotonic()
     returned = app.start(worker_argv(chosen, concurrency, loglevel))

@@ -17,9 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
+from worker.app import make_storage
 from worker.bookkeeping import Busy
 from worker.settings import WorkerSettings
-from worker.storage import Storage, make_storage
+from worker.storage import Storage
 
 T = TypeVar("T")
 

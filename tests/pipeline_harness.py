@@ -25,12 +25,15 @@ import redis
 from casefetch import logs
 from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE, KEY_PREFIX
 from casefetch.protocol import Delivery, make_delivery
+from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping, Busy
-from worker.celery_app import INFRA_ERRORS, Runtime, fetch_batch, run_ingest, sweep_once
 from worker.download import Fetcher
-from worker.errors import StorageError
+from worker.errors import INFRA_ERRORS, StorageError
+from worker.runtime import Runtime
 from worker.settings import DownloadSettings, WorkerSettings
 from worker.storage import LocalStorage, Staged, Storage
+from worker.sweep import sweep_once
+from worker.tasks import run_ingest
 
 #: The sweep as the harness runs it once the queues are empty: every case and delivery left
 #: is taken for stuck or lost at once (the time a real sweeper would wait, passed).

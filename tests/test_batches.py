@@ -6,7 +6,7 @@ from pathlib import Path
 
 from casefetch.constants import DOWNLOAD_QUEUE
 from casefetch_tools.redis_server import RedisServer
-from worker.celery_app import create_celery_app
+from worker.app import build_worker
 from worker.pipeline import BATCH_FILES, batches, file_jobs
 from worker.settings import WorkerSettings
 
@@ -45,7 +45,7 @@ def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
 def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
         redis_server: RedisServer, tmp_path: Path) -> None:
     url = redis_server.db_url(9)
-    runtime = create_celery_app(WorkerSettings(redis_url=url, archive_dir=tmp_path)).runtime
+    runtime = build_worker(WorkerSettings(redis_url=url, archive_dir=tmp_path)).casefetch.runtime
     runtime.redis.flushdb()
     messages = [{"case": "cases/K", "gen": "g", "files": [{"index": i}]} for i in range(3)]
     with runtime.keep_first_download() as kept:

@@ -218,10 +218,10 @@ def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileSe
 
 def test_celery_cli_consumes_every_queue_by_default() -> None:
     from casefetch.constants import ALL_QUEUES
-    from worker.celery_app import create_celery_app
+    from worker.app import build_worker
     from worker.settings import WorkerSettings
 
-    app = create_celery_app(WorkerSettings())
+    app = build_worker(WorkerSettings())
     assert [queue.name for queue in app.conf.task_queues] == list(ALL_QUEUES)
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.broker_transport_options["visibility_timeout"] == 60

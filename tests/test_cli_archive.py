@@ -287,8 +287,8 @@ def test_commands_work_on_an_s3_archive(
     from moto.server import ThreadedMotoServer
 
     from casefetch_tools.redis_server import free_port
+    from worker.app import make_storage
     from worker.settings import WorkerSettings
-    from worker.storage import make_storage
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

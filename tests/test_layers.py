@@ -24,23 +24,12 @@ FORBIDDEN = {
 }
 
 #: Imports allowed inside a function: (module path, imported module). Each is an optional
-#: heavy import or waits for the worker's redesign (one assembly point, issue 13); add none.
+#: heavy import; add none.
 FUNCTION_IMPORTS = {
     ("bench/servers.py", "celery"),  # the bare comparison server never loads Celery
-    ("worker/s3.py", "boto3"),  # boto3 is loaded only when S3 is the storage
-    ("worker/s3.py", "botocore.config"),
-    ("worker/storage.py", "worker.s3"),
-    # Until the worker is assembled in one place:
-    ("worker/__init__.py", "casefetch.errors"),
-    ("worker/__init__.py", "worker.celery_app"),
-    ("worker/__init__.py", "worker.observe"),
-    ("worker/celery_app.py", "redis"),
-    ("worker/celery_app.py", "worker.bookkeeping"),
-    ("worker/celery_app.py", "worker.catalog"),
-    ("worker/celery_app.py", "worker.download"),
-    ("worker/celery_app.py", "worker.pipeline"),
-    ("worker/celery_app.py", "worker.schemas"),
-    ("worker/celery_app.py", "worker.storage"),
+    # `celery -A worker` builds the app on first access: importing worker.storage alone
+    # must not load Celery.
+    ("worker/__init__.py", "worker.app"),
 }
 
 

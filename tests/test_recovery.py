@@ -18,8 +18,8 @@ from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
+from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping
-from worker.celery_app import fetch_batch
 from worker.download import Fetcher
 from worker.pipeline import Pipeline, resume
 from worker.settings import DownloadSettings
@@ -212,14 +212,15 @@ def test_a_live_downloads_file_is_kept_however_long_it_is_untouched(
 def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
         redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from casefetch.constants import ACTIVE_CASES_KEY, INGEST_QUEUE
-    from worker.celery_app import create_celery_app, run_sweep
+    from worker.app import build_worker
     from worker.settings import WorkerSettings
+    from worker.sweep import sweep_once
 
     settings = WorkerSettings(redis_url=redis_server.db_url(8),
                               archive_dir=tmp_path / "archive", stuck_after_seconds=0,
                               visibility_timeout_seconds=0)
-    app = create_celery_app(settings)
-    client = app.runtime.redis
+    app = build_worker(settings)
+    client = app.casefetch.runtime.redis
     client.flushdb()
     # A stuck case whose manifest cannot be read (a disk fault, an operator's edit) ...
     broken = tmp_path / "archive" / "cases" / "BROKEN"
@@ -228,20 +229,20 @@ def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
     client.zadd(ACTIVE_CASES_KEY, {"cases/BROKEN": 0})
     # ... and an accepted delivery whose message was lost.
     delivery = make_delivery(samples.body(samples.case("LOST-1", "http://x.test/a.pdf")), {})
-    app.runtime.pipeline.books.enqueue(delivery)
+    app.casefetch.runtime.pipeline.books.enqueue(delivery)
     client.delete(INGEST_QUEUE)
 
-    run_sweep(app)
+    sweep_once(app.casefetch.runtime, settings)
     assert client.llen(INGEST_QUEUE) == 1, "the lost delivery was not queued again"
     assert "could not resume cases/BROKEN" in caplog.text
     client.flushdb()
 
 
 def test_work_postponed_by_an_outage_comes_back_within_half_a_minute() -> None:
-    from worker.celery_app import _backoff
+    from worker.tasks import backoff
 
-    assert [_backoff(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
-    assert _backoff(500) == 30  # retries count the "file busy" ones too
+    assert [backoff(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff(500) == 30  # retries count the "file busy" ones too
 
 def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_that(
         pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
@@ -331,23 +332,23 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
 
     from casefetch.constants import INGEST_QUEUE, INGEST_TASK
     from worker import archive
-    from worker.celery_app import create_celery_app
+    from worker.app import build_worker
     from worker.settings import WorkerSettings
 
-    app = create_celery_app(WorkerSettings(redis_url=redis_server.db_url(9),
+    app = build_worker(WorkerSettings(redis_url=redis_server.db_url(9),
                                            archive_dir=tmp_path / "archive"))
-    client = app.runtime.redis
+    client = app.casefetch.runtime.redis
     client.flushdb()
     try:
         unarchivable = make_delivery(b'{"cfRef": "NO-PDF"}', {})
-        app.runtime.pipeline.books.enqueue(unarchivable)
+        app.casefetch.runtime.pipeline.books.enqueue(unarchivable)
         [message] = client.lrange(INGEST_QUEUE, 0, -1)
         [ref], _, _ = json.loads(base64.b64decode(json.loads(message)["body"]))
         assert ref == {"deliveryId": unarchivable["deliveryId"],
                        "receivedAt": unarchivable["receivedAt"]}
         ingest = app.tasks[INGEST_TASK]
         assert ingest.apply(args=[ref]).get() == "quarantined"
-        storage = app.runtime.pipeline.storage
+        storage = app.casefetch.runtime.pipeline.storage
         record = storage.read_bytes(archive.quarantine_key(unarchivable["deliveryId"]))
         assert json.loads(record)["body"] == unarchivable["body"]
         assert client.hlen(INBOX_KEY) == 0 and client.zcard(INBOX_INDEX_KEY) == 0
@@ -368,13 +369,14 @@ def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
     """A file another worker holds is that worker's to record; once a dead holder's lock
     would have expired, the message stops coming back (the sweep covers the rest)."""
     from casefetch.constants import DOWNLOAD_TASK
-    from worker.celery_app import BUSY_RETRY_SECONDS, create_celery_app, max_busy_retries
+    from worker.app import build_worker
     from worker.settings import WorkerSettings
+    from worker.tasks import BUSY_RETRY_SECONDS, max_busy_retries
 
     settings = WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path,
                               visibility_timeout_seconds=12)
-    app = create_celery_app(settings)
-    books = app.runtime.pipeline.books
+    app = build_worker(settings)
+    books = app.casefetch.runtime.pipeline.books
     books.redis.flushdb()
     try:
         books.start("cases/HELD", "g-1", [0])
@@ -389,5 +391,5 @@ def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
         assert tries == 4 and tries * BUSY_RETRY_SECONDS >= settings.visibility_timeout_seconds
         assert books.redis.get(holder.key) == holder.token.encode()  # left to its holder
     finally:
-        app.runtime.files.shutdown()
+        app.casefetch.runtime.files.shutdown()
         books.redis.flushdb()

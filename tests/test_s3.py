@@ -388,9 +388,11 @@ def test_a_slow_but_steady_upload_outlives_every_sweep(
     from concurrent.futures import TimeoutError as Pending
 
     from casefetch.constants import DOWNLOAD_QUEUE
-    from worker.celery_app import Runtime, fetch_batch, sweep_once
+    from worker.batch import fetch_batch
     from worker.download import Fetcher
+    from worker.runtime import Runtime
     from worker.settings import DownloadSettings
+    from worker.sweep import sweep_once
 
     client = redis.Redis.from_url(redis_server.db_url(15))
     client.flushdb()

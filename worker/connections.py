@@ -20,6 +20,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -177,6 +178,9 @@ class Connections:
         self.timeout = timeout
         self.resolve = resolve or socket.getaddrinfo
         self._local = threading.local()
+        #: Every thread's kept connections, for close(); a thread adds its own once.
+        self._every: list[dict[Origin, http.client.HTTPConnection]] = []
+        self._every_lock = threading.Lock()
 
     def get(self, parts: SplitResult, headers: dict[str, str]) -> Response:
         """Send ``GET`` for a URL (split, http or https) and read the response's head.
@@ -220,4 +224,22 @@ class Connections:
                                                                          None)
         if kept is None:
             kept = self._local.kept = {}
+            with self._every_lock:
+                self._every.append(kept)
         return kept
+
+    def close(self) -> None:
+        """Close the connections every thread keeps (none may be in use)."""
+        with self._every_lock:
+            every, self._every = self._every, []
+        for kept in every:
+            while kept:
+                kept.pop(next(iter(kept))).close()
+        self._local = threading.local()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

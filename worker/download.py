@@ -15,6 +15,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from worker import headers as header_values
@@ -46,6 +48,16 @@ class FetchResult:
     warning: str | None = None
 
 
+class FileFetcher(Protocol):
+    """What the pipeline fetches with: a :class:`Fetcher`, or one wrapped (metrics)."""
+
+    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
+                     key_for: Callable[[FileType], str], step_action: str | None = None,
+                     owner: str | None = None) -> tuple[FetchResult, Staged]: ...
+
+    def close(self) -> None: ...
+
+
 class Fetcher:
     def __init__(self, settings: DownloadSettings, check: AddressCheck | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -60,6 +72,17 @@ class Fetcher:
         self.sleep = sleep
         self.watchdog = Watchdog()
         self._buffers = threading.local()
+
+    def close(self) -> None:
+        """Close every kept-alive connection, of every thread (no fetch may be under way)."""
+        self.connections.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     def fetch(self, url: str, kind: FileKind, storage: Storage,
               key_for: Callable[[FileType], str], step_action: str | None = None

@@ -12,6 +12,8 @@ WorkerError (casefetch.errors.CasefetchError)
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
 from casefetch.errors import CasefetchError
 
 
@@ -53,3 +55,7 @@ class BucketMissing(StorageError):
 
 class AccessRefused(StorageError):
     pass
+
+
+#: Failures of the infrastructure (Redis, the archive): the task is retried until they pass.
+INFRA_ERRORS = (RedisError, StorageError, OSError)

@@ -3,7 +3,8 @@ delivery, per file and per settled case.
 
 Nothing here changes what the pipeline does. It hooks in from the outside: Celery signals
 bind ``deliveryId`` and ``cfRef`` to every log line of a task and count deliveries and task
-retries; the pipeline's fetcher and storage are wrapped to time downloads and see manifests
+retries; :func:`worker.app.build_worker` wraps the pipeline's fetcher and storage in
+:class:`ObservedFetcher` and :class:`ObservedStorage` to time downloads and see manifests
 settle. The worker runs Celery's threads pool in one process, so one registry sees it all.
 
 Queue depth, cases in progress and quarantine size are read at scrape time; the quarantine is
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 from casefetch import logs
 from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, INGEST_TASK
 from worker import archive
-from worker.download import FetchResult
+from worker.download import FetchResult, FileFetcher
 from worker.errors import DownloadError, StorageError
 from worker.manifest import CaseStatus, FileStatus, parse_json
 from worker.sniff import FileKind, FileType
@@ -120,12 +121,12 @@ class BacklogCollector(Collector):
 class ObservedFetcher:
     """The pipeline's fetcher, timed and counted, logging one line per file."""
 
-    def __init__(self, inner: Any, metrics: WorkerMetrics) -> None:
+    def __init__(self, inner: FileFetcher, metrics: WorkerMetrics) -> None:
         self.inner = inner
         self.metrics = metrics
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def close(self) -> None:
+        self.inner.close()
 
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
                      key_for: Callable[[FileType], str], step_action: str | None = None,
@@ -261,14 +262,12 @@ def _on_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
         logs.bind(deliveryId=first.get("gen"), cfRef=first.get("cfRef"), path=first.get("path"))
 
 
-def install(app: Any, port: int, addr: str = "0.0.0.0") -> WorkerMetrics:
-    """Instrument ``app``; when its worker starts, wrap its pipeline and serve ``/metrics``
-    on ``port`` (0: not served)."""
-    metrics = WorkerMetrics(CollectorRegistry())
+def install(app: Any, metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") -> None:
+    """Count ``app``'s deliveries and retries, bind its tasks' log context, and when its
+    worker starts, serve ``/metrics`` on ``port`` (0: not served)."""
 
     def starting(sender: Any = None, **kw: Any) -> None:
         if getattr(sender, "app", None) is app:
-            instrument(app, metrics)
             serve(metrics, port, addr)
 
     def prerun(sender: Any = None, task: Any = None, args: Any = None, **kw: Any) -> None:
@@ -293,17 +292,6 @@ def install(app: Any, port: int, addr: str = "0.0.0.0") -> WorkerMetrics:
     signals.task_prerun.connect(prerun, weak=False)
     signals.task_postrun.connect(postrun, weak=False)
     signals.task_retry.connect(retried, weak=False)
-    return metrics
-
-
-def instrument(app: Any, metrics: WorkerMetrics) -> None:
-    """Wrap the pipeline's storage and fetcher, and collect the backlog gauges."""
-    runtime = app.runtime
-    pipeline = runtime.pipeline
-    backlog = BacklogCollector(runtime.redis, pipeline.storage)
-    metrics.registry.register(backlog)
-    pipeline.storage = ObservedStorage(pipeline.storage, metrics, backlog)
-    pipeline.fetcher = ObservedFetcher(pipeline.fetcher, metrics)
 
 
 def serve(metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") -> None:

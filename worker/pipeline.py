@@ -22,7 +22,7 @@ from casefetch.protocol import Delivery, accepted_before, delivery_body
 from worker import archive
 from worker.bookkeeping import Bookkeeping, Busy, Claim
 from worker.catalog import Catalog, row_for
-from worker.download import Fetcher, FetchResult
+from worker.download import FetchResult, FileFetcher
 from worker.errors import DownloadError, NotFound
 from worker.locks import HeldLock
 from worker.manifest import (
@@ -68,7 +68,7 @@ class Finished:
 class Pipeline:
     storage: Storage
     books: Bookkeeping
-    fetcher: Fetcher
+    fetcher: FileFetcher
     send_download: SendDownload
     #: Where settled cases are listed for the archive browser (None: not kept).
     catalog: Catalog | None = None

@@ -19,6 +19,8 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from casefetch import config
@@ -59,9 +61,6 @@ class S3Storage(Storage):
     def from_settings(cls, settings: WorkerSettings,
                       env: config.Env | None = None) -> S3Storage:
         """A storage on a boto3 client; ConfigError when the settings cannot make one."""
-        import boto3
-        from botocore.config import Config
-
         if not settings.s3_bucket:
             raise ConfigError("S3_BUCKET", "required when STORAGE_BACKEND=s3")
         env = config.environ() if env is None else env

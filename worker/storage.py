@@ -17,7 +17,6 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
 from worker.errors import NotFound, StorageError
-from worker.settings import WorkerSettings
 
 TMP_DIR = ".tmp"
 HASH_CHUNK = 1024 * 1024
@@ -293,12 +292,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def make_storage(settings: WorkerSettings) -> Storage:
-    if settings.storage_backend == "s3":
-        from worker.s3 import S3Storage  # boto3 is only loaded when it is used
-
-        s3: Storage = S3Storage.from_settings(settings)
-        return s3
-    return LocalStorage(settings.archive_dir)
