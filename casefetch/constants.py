@@ -6,13 +6,10 @@ from __future__ import annotations
 INGEST_QUEUE = "casefetch.ingest"
 #: One file download (slow, I/O-bound).
 DOWNLOAD_QUEUE = "casefetch.download"
-#: Periodic housekeeping (sweeps).
-MAINTENANCE_QUEUE = "casefetch.maintenance"
-ALL_QUEUES = (INGEST_QUEUE, DOWNLOAD_QUEUE, MAINTENANCE_QUEUE)
+ALL_QUEUES = (INGEST_QUEUE, DOWNLOAD_QUEUE)
 
 INGEST_TASK = "casefetch.ingest"
 DOWNLOAD_TASK = "casefetch.download"
-SWEEP_TASK = "casefetch.sweep"
 
 #: Every bookkeeping key lives under this prefix, so one Redis can be shared.
 KEY_PREFIX = "casefetch"

@@ -16,8 +16,7 @@ A *delivery* is one accepted webhook request::
      "bodyBase64": str | None, "headers": {name: value}}
 
 ``body`` is the raw request body as text; ``bodyBase64`` replaces it when the bytes are not
-UTF-8 (quarantine replays may carry such bodies). The ingest task also takes a whole
-delivery as its argument (the tests, and messages queued before the inbox held payloads).
+UTF-8 (quarantine replays may carry such bodies).
 """
 
 from __future__ import annotations
@@ -78,32 +77,19 @@ def delivery_ref(delivery: Mapping[str, Any]) -> dict[str, str]:
             "receivedAt": str(delivery.get("receivedAt") or "")}
 
 
-def is_ref(delivery: Mapping[str, Any]) -> bool:
-    """Whether an ingest task's argument is a reference (not a whole delivery)."""
-    return "headers" not in delivery and "body" not in delivery and "bodyBase64" not in delivery
-
-
 def inbox_entry(delivery: Delivery) -> bytes:
     """A delivery as the inbox keeps it."""
     return codec.compact(delivery)
 
 
 def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
-    """The delivery an inbox entry holds.
-
-    Receivers before the inbox held payloads kept the whole task message there: its delivery
-    is read out of it. An entry that cannot be read at all is kept as the body of a delivery
-    (bodyBase64), which the worker quarantines: nothing accepted is dropped.
+    """The delivery an inbox entry holds. An entry that cannot be read is kept as the body of
+    a delivery (bodyBase64), which the worker quarantines: nothing accepted is dropped.
     """
     try:
         value = json.loads(entry)
     except ValueError:
         value = None
-    if isinstance(value, dict) and isinstance(value.get("properties"), dict):
-        try:
-            return delivery_from_message(entry)
-        except (ValueError, TypeError, KeyError, IndexError):
-            value = None  # a message, but not one with a delivery inside: keep its bytes
     if isinstance(value, dict) and value.get("deliveryId") == delivery_id:
         delivery: Delivery = value  # type: ignore[assignment]
         return delivery
@@ -227,14 +213,6 @@ def peek_cf_ref(delivery: Delivery) -> str | None:
         return None
     value = payload.get("cfRef") if isinstance(payload, dict) else None
     return value if isinstance(value, str) else None
-
-
-def delivery_from_message(message: bytes) -> Delivery:
-    """The delivery inside a message written by :func:`task_message`."""
-    envelope = json.loads(message)
-    args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-    delivery: Delivery = args[0]
-    return delivery
 
 
 def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None,

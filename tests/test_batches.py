@@ -27,7 +27,7 @@ def test_a_large_case_spreads_over_many_messages() -> None:
     assert max(len(b) for b in cut) <= BATCH_FILES
 
 
-def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
+def test_file_jobs_of_a_batch() -> None:
     message = {"case": "cases/B", "gen": "g", "cfRef": "B",
                "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf",
                           "sourceUrl": "http://h/p"},
@@ -36,10 +36,6 @@ def test_file_jobs_of_a_batch_and_of_an_older_one_file_message() -> None:
     jobs = file_jobs(message)
     assert [j["index"] for j in jobs] == [0, 2]
     assert all(j["case"] == "cases/B" and j["gen"] == "g" and "files" not in j for j in jobs)
-    # Queued before batches existed (a rolling upgrade): still one file job.
-    single = {"case": "cases/B", "gen": "g", "index": 1, "path": "items/001-Y",
-              "kind": "item_image", "sourceUrl": "http://h/y", "cfRef": "B"}
-    assert file_jobs(single) == [single]
 
 
 def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(

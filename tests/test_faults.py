@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE, MAINTENANCE_QUEUE
+from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.conftest import (
@@ -112,7 +112,7 @@ def settle_or_explain(settled: Callable[[], bool], tally: Tally, stack: dict[str
         try:
             client = redis.Redis.from_url(stack["redis"].url)
             queues = {name: client.llen(name)
-                      for name in (INGEST_QUEUE, DOWNLOAD_QUEUE, MAINTENANCE_QUEUE)}
+                      for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)}
             queues["inbox"] = client.hlen(INBOX_KEY)
         except redis.RedisError as error:
             queues = {"redis": str(error)}
@@ -315,7 +315,7 @@ def test_sweep_finishes_a_case_whose_messages_were_lost(
     receiver: ReceiverProcess = stack["receiver"]
     archive: Archive = stack["archive"]
     client = redis.Redis.from_url(stack["redis"].url)
-    stack["add_worker"]("--queues", f"{INGEST_QUEUE},{MAINTENANCE_QUEUE}",
+    stack["add_worker"]("--queues", INGEST_QUEUE,
                         SWEEP_STUCK_AFTER_SECONDS="2")
     pdf, png = samples.pdf(), samples.png()
     cf = "SWEEP-1"

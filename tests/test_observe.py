@@ -115,7 +115,7 @@ def test_worker_metrics_move_with_traffic(receiver: ReceiverProcess, worker: Wor
     assert moved("casefetch_worker_downloaded_bytes_total") >= len(pdf) + len(png)
     assert moved("casefetch_worker_download_seconds_count", outcome="stored") >= 2
     assert moved("casefetch_worker_download_retries_total") >= 1
-    for queue in ("casefetch.ingest", "casefetch.download", "casefetch.maintenance"):
+    for queue in ("casefetch.ingest", "casefetch.download"):
         assert ("casefetch_queue_depth", (("queue", queue),)) in now
     assert value(now, "casefetch_quarantine_records") >= 1
     assert ("casefetch_cases_in_progress", ()) in now

@@ -8,12 +8,13 @@ from typing import Any
 
 import redis
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK, lock_key
-from casefetch.protocol import make_delivery, task_message
+from casefetch.constants import lock_key
+from casefetch.protocol import make_delivery
 from tests import samples
 from tests.conftest import Archive, ReceiverProcess, WorkerProcess, wait_for
 from tests.fileserver import Fault, FileServer
 from tests.samples import sha
+from worker.bookkeeping import Bookkeeping
 
 
 def test_webhook_becomes_a_verified_archive(receiver: ReceiverProcess, worker: WorkerProcess,
@@ -55,8 +56,7 @@ def test_webhook_becomes_a_verified_archive(receiver: ReceiverProcess, worker: W
 def enqueue_raw(redis_client: redis.Redis, body: bytes) -> str:
     """Write a delivery as the receiver does, bypassing its checks (as a replay would)."""
     delivery = make_delivery(body, {"Content-Type": "application/json"})
-    redis_client.lpush(INGEST_QUEUE, task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
-                                                  delivery["deliveryId"]))
+    Bookkeeping(redis_client).enqueue(delivery)
     return delivery["deliveryId"]
 
 

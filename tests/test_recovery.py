@@ -309,14 +309,10 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
 def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
     import base64
 
-    from casefetch.constants import INGEST_QUEUE, INGEST_TASK
-    from casefetch.protocol import delivery_from_inbox, inbox_entry, task_message
+    from casefetch.protocol import delivery_from_inbox, inbox_entry
 
     delivery = make_delivery("{\"cfRef\": \"é\"}".encode(), {"X-Trace": "1"})
     assert delivery_from_inbox(delivery["deliveryId"], inbox_entry(delivery)) == delivery
-    # What receivers kept before the inbox held payloads: the whole task message.
-    whole = task_message(INGEST_TASK, INGEST_QUEUE, [delivery], task_id=delivery["deliveryId"])
-    assert delivery_from_inbox(delivery["deliveryId"], whole) == delivery
     # Bytes nobody can read are kept as the body, for the quarantine, not dropped.
     kept = delivery_from_inbox("d-9", b"\xff{broken")
     assert kept["deliveryId"] == "d-9" and kept.get("body") is None

@@ -19,8 +19,7 @@ import pytest
 import redis
 import urllib3
 
-from casefetch.constants import INGEST_QUEUE, INGEST_TASK
-from casefetch.protocol import make_delivery, task_message
+from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
 from tests.conftest import (
@@ -33,6 +32,7 @@ from tests.conftest import (
 )
 from tests.fileserver import FileServer
 from tests.samples import sha
+from worker.bookkeeping import Bookkeeping
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
 from worker.settings import WorkerSettings
@@ -291,8 +291,7 @@ def test_case_waits_for_a_missing_bucket_then_completes(
         pdf = samples.pdf(5_000)
         body = samples.body(samples.case(cf, file_server.add(f"{cf}/report", pdf)))
         delivery = make_delivery(body, {"Content-Type": "application/json"})
-        client.lpush(INGEST_QUEUE, task_message(INGEST_TASK, INGEST_QUEUE, [delivery],
-                                                delivery["deliveryId"]))
+        Bookkeeping(client).enqueue(delivery)  # as the receiver does
         wait_for(lambda: f"S3 bucket '{bucket}' does not exist" in worker.log(),
                  message="the worker to report the missing bucket")
         assert "postponed" in worker.log()

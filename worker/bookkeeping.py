@@ -41,7 +41,6 @@ from casefetch.protocol import (
     enqueue_commands,
     inbox_entry,
     ingest_message,
-    is_ref,
 )
 from worker.locks import Busy, HeldLock, Locks, new_token
 from worker.manifest import parse_json
@@ -239,10 +238,8 @@ class Bookkeeping:
     """
 
     def received(self, delivery: Delivery) -> Delivery | None:
-        """The whole delivery an ingest task's argument stands for: itself, or when it is a
-        reference, what the inbox keeps (None: no longer there, already archived)."""
-        if not is_ref(delivery):
-            return delivery
+        """The whole delivery an ingest task's argument (its reference) stands for, as the
+        inbox keeps it (None: no longer there, already archived)."""
         delivery_id = delivery["deliveryId"]
         entry = self.redis.hget(INBOX_KEY, delivery_id)
         if not isinstance(entry, bytes):

@@ -397,10 +397,7 @@ def batches(files: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]
 
 
 def file_jobs(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The one-file jobs of a download message. A message without ``files`` is a one-file
-    job already (the format queued before batches, still accepted after an upgrade)."""
-    if "files" not in message:
-        return [message]
+    """The one-file jobs of a download message."""
     common = {k: v for k, v in message.items() if k != "files"}
     return [{**common, **entry} for entry in message["files"]]
 
