@@ -11,6 +11,7 @@ from typing import Any
 from casefetch_tools.samples import jpeg as samples_jpeg
 from casefetch_tools.samples import padded
 from casefetch_tools.samples import png as png  # the tests build PNGs as the demo does
+from worker.storage import commit_or_discard
 
 
 def pdf(size: int = 2048) -> bytes:
@@ -63,6 +64,15 @@ def ends_whole(file_type: Any, data: bytes, chunk: int = 4096) -> bool:
 def key_for(stem: str) -> Callable[[Any], str]:
     """A fetcher's ``key_for``: the stem plus the extension the bytes gave."""
     return lambda file_type: f"{stem}.{file_type.extension}"
+
+
+def fetch_file(fetcher: Any, url: str, kind: Any, storage: Any,
+               key_for: Callable[[Any], str], step_action: str | None = None) -> Any:
+    """One file fetched as the pipeline fetches it: staged by the fetcher, then put in place
+    (dropped if that fails). Returns the FetchResult; raises the DownloadError."""
+    result, staged = fetcher.fetch_staged(url, kind, storage, key_for, step_action)
+    commit_or_discard(staged)
+    return result
 
 
 # -- media as phones and cameras write them ------------------------------------------------

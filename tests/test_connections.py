@@ -11,7 +11,7 @@ import pytest
 
 from casefetch_tools.polling import poll
 from tests import samples
-from tests.samples import key_for
+from tests.samples import fetch_file, key_for
 from worker.download import Fetcher
 from worker.errors import DownloadError, RetryableDownloadError
 from worker.settings import DownloadSettings
@@ -92,7 +92,7 @@ def test_a_thread_fetches_file_after_file_over_one_connection(storage: LocalStor
     fetch = fetcher(slept)
     with CountingServer() as server:
         for i in range(5):
-            fetch.fetch(server.url(f"f{i}"), FileKind.ITEM_IMAGE, storage, key_for(f"x/{i}"))
+            fetch_file(fetch, server.url(f"f{i}"), FileKind.ITEM_IMAGE, storage, key_for(f"x/{i}"))
         assert server.answered == 5
         assert server.accepted == 1
 
@@ -100,12 +100,12 @@ def test_a_thread_fetches_file_after_file_over_one_connection(storage: LocalStor
 def test_threads_do_not_share_a_connection(storage: LocalStorage, slept: list[float]) -> None:
     fetch = fetcher(slept)
     with CountingServer() as server:
-        fetch.fetch(server.url("main"), FileKind.ITEM_IMAGE, storage, key_for("x/main"))
-        other = threading.Thread(target=fetch.fetch, args=(
-            server.url("other"), FileKind.ITEM_IMAGE, storage, key_for("x/other")))
+        fetch_file(fetch, server.url("main"), FileKind.ITEM_IMAGE, storage, key_for("x/main"))
+        other = threading.Thread(target=fetch_file, args=(
+            fetch, server.url("other"), FileKind.ITEM_IMAGE, storage, key_for("x/other")))
         other.start()
         other.join()
-        fetch.fetch(server.url("again"), FileKind.ITEM_IMAGE, storage, key_for("x/again"))
+        fetch_file(fetch, server.url("again"), FileKind.ITEM_IMAGE, storage, key_for("x/again"))
         assert server.answered == 3
         assert server.accepted == 2
     assert (storage.root / "x/other.png").read_bytes() == PNG
@@ -115,9 +115,9 @@ def test_a_connection_the_host_closed_while_kept_is_replaced_at_once(
         storage: LocalStorage, slept: list[float]) -> None:
     fetch = fetcher(slept)
     with CountingServer(drop=True) as server:
-        first = fetch.fetch(server.url("a"), FileKind.ITEM_IMAGE, storage, key_for("x/a"))
+        first = fetch_file(fetch, server.url("a"), FileKind.ITEM_IMAGE, storage, key_for("x/a"))
         assert poll(lambda: server.dropped == 1, 5.0)  # the kept connection is dead now
-        second = fetch.fetch(server.url("b"), FileKind.ITEM_IMAGE, storage, key_for("x/b"))
+        second = fetch_file(fetch, server.url("b"), FileKind.ITEM_IMAGE, storage, key_for("x/b"))
         assert server.accepted == 2
     # Not a failed attempt: the request never reached the host, so no back-off either.
     assert (first.attempts, second.attempts, slept) == (1, 1, [])
@@ -130,7 +130,8 @@ def test_a_malformed_chunked_body_is_a_retried_network_error(storage: LocalStora
              b"\r\n%x\r\n" % 16 + PNG[:16] + b"\r\nnot-a-size\r\n")
     with CountingServer(drop=True, reply=reply) as server, \
             pytest.raises(RetryableDownloadError, match="network error: IncompleteRead") as info:
-        fetcher(slept).fetch(server.url("bad"), FileKind.ITEM_IMAGE, storage, key_for("x/bad"))
+        fetch_file(fetcher(slept), server.url("bad"), FileKind.ITEM_IMAGE, storage,
+                   key_for("x/bad"))
     assert info.value.attempts == 3  # type: ignore[attr-defined]
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
 
@@ -143,7 +144,7 @@ def test_a_redirect_is_drained_for_reuse_only_when_its_length_is_ascii_digits(
     with CountingServer() as server:
         server.replies.append(b"HTTP/1.1 302 Found\r\nLocation: /b.png\r\nContent-Length: "
                               + length.encode() + b"\r\n\r\nx")
-        result = fetcher(slept).fetch(server.url("a"), FileKind.ITEM_IMAGE, storage,
+        result = fetch_file(fetcher(slept), server.url("a"), FileKind.ITEM_IMAGE, storage,
                                       key_for("x/redirected"))
         assert server.answered == 2 and server.accepted == connections
     assert result.attempts == 1
@@ -202,7 +203,7 @@ def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
                                          timeout_seconds=timeout),
                         resolve=two_addresses("127.0.0.2", "127.0.0.1"))  # type: ignore[arg-type]
         started = time.monotonic()
-        result = fetch.fetch(f"http://two-addresses.test:{server.port}/a.png",
+        result = fetch_file(fetch, f"http://two-addresses.test:{server.port}/a.png",
                              FileKind.ITEM_IMAGE, storage, key_for("x/two"))
         elapsed = time.monotonic() - started
         assert server.accepted == 1
@@ -224,7 +225,7 @@ def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
                     resolve=two_addresses("127.0.0.2", "127.0.0.3"))  # type: ignore[arg-type]
     started = time.monotonic()
     with pytest.raises(DownloadError, match="timed out"):
-        fetch.fetch(f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,
+        fetch_file(fetch, f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,
                     key_for("x/dead"))
     # One timeout shared by both addresses (a timeout each would be twice as long).
     assert timeout * 0.9 <= time.monotonic() - started < timeout * 1.5

@@ -16,7 +16,7 @@ from casefetch.errors import ConfigError
 from tests import samples
 from tests.fileserver import Fault, FileServer
 from tests.recording_server import RecordingServer, Reply
-from tests.samples import key_for
+from tests.samples import fetch_file, key_for
 from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
@@ -37,7 +37,7 @@ def fetcher(**overrides: object) -> tuple[Fetcher, list[float]]:
 def test_streams_hashes_and_stores(file_server: FileServer, storage: LocalStorage) -> None:
     data = samples.jpeg(3 * 1024 * 1024)
     url = file_server.add("dl/big", data, chunked=True)
-    result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("x/big"))
+    result = fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for("x/big"))
     assert result.key == "x/big.jpg" and result.size == len(data) and result.attempts == 1
     assert (storage.root / "x/big.jpg").read_bytes() == data
 
@@ -74,7 +74,7 @@ def test_a_downloaded_file_leaves_no_page_cache_behind(file_server: FileServer,
     if cached == 0:
         pytest.skip("this file system keeps no page cache for a file just written")
     url = file_server.add("dl/nocache", data)
-    fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("x/fetched"))
+    fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for("x/fetched"))
     stored = storage.root / "x/fetched.jpg"
     assert cached > len(data) // mmap.PAGESIZE // 2
     assert resident_pages(stored) == 0
@@ -86,7 +86,7 @@ def test_retry_after_is_honoured(file_server: FileServer, storage: LocalStorage)
                           faults=[Fault(status=429, headers={"Retry-After": "0.2"}),
                                   Fault(status=429, headers={"Retry-After": "0"})])
     fetch, slept = fetcher(backoff_max_seconds=5)
-    result = fetch.fetch(url, FileKind.CASE_PDF, storage, key_for("r"))
+    result = fetch_file(fetch, url, FileKind.CASE_PDF, storage, key_for("r"))
     assert result.attempts == 3
     assert len(slept) == 2
 
@@ -97,7 +97,7 @@ def test_short_bodies_are_retried_and_never_stored(file_server: FileServer,
                                                    storage: LocalStorage, fault: Fault) -> None:
     url = file_server.add(f"dl/short-{fault.truncate}", samples.pdf(20_000), always=fault)
     with pytest.raises(DownloadError) as info:
-        fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("s"))
+        fetch_file(fetcher()[0], url, FileKind.CASE_PDF, storage, key_for("s"))
     assert getattr(info.value, "attempts", 0) == 3
     assert not list(storage.root.rglob("*.pdf"))
     assert not list((storage.root / ".tmp").glob("*"))
@@ -108,7 +108,7 @@ def test_chunked_body_cut_short_is_not_stored(file_server: FileServer,
     url = file_server.add("dl/chunk-cut", samples.pdf(300_000), chunked=True,
                           always=Fault(truncate=150_000))
     with pytest.raises(DownloadError):
-        fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("c"))
+        fetch_file(fetcher()[0], url, FileKind.CASE_PDF, storage, key_for("c"))
     assert not list(storage.root.rglob("*.pdf"))
 
 
@@ -118,7 +118,7 @@ def test_the_transfer_says_a_body_is_whole_not_the_format(
     # Whole by its Content-Length or its chunks: stored as served, whatever its last bytes.
     data = samples.pdf()[:-20]
     url = file_server.add(f"dl/no-eof-{framing}", data, chunked=framing == "chunked")
-    result = fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("n"))
+    result = fetch_file(fetcher()[0], url, FileKind.CASE_PDF, storage, key_for("n"))
     assert result.attempts == 1 and (storage.root / "n.pdf").read_bytes() == data
 
 
@@ -134,7 +134,7 @@ def test_bytes_after_a_formats_end_are_stored(
         kind: FileKind, extension: str, framing: str) -> None:
     url = file_server.add(f"dl/after-end/{name}-{framing}", data,
                           chunked=framing == "chunked", unframed=framing == "unframed")
-    result = fetcher()[0].fetch(url, kind, storage, key_for(f"t/{name}-{framing}"))
+    result = fetch_file(fetcher()[0], url, kind, storage, key_for(f"t/{name}-{framing}"))
     stored = storage.root / result.key
     assert result.key.endswith(f".{extension}") and result.attempts == 1
     assert result.warning is None
@@ -155,7 +155,7 @@ def test_an_unframed_body_cut_before_its_formats_end_is_retried_and_not_stored(
     url = file_server.add(f"dl/unframed-cut/{name}", data, unframed=True,
                           always=Fault(truncate=cut))
     with pytest.raises(DownloadError, match="cut short") as info:
-        fetcher()[0].fetch(url, FileKind.ITEM_IMAGE if name != "pdf" else FileKind.CASE_PDF,
+        fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE if name != "pdf" else FileKind.CASE_PDF,
                            storage, key_for(f"u/{name}"))
     assert getattr(info.value, "attempts", 0) == 3
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
@@ -172,7 +172,7 @@ def test_wrong_content_fails_at_once(file_server: FileServer, storage: LocalStor
                                      data: bytes, kind: FileKind) -> None:
     url = file_server.add(f"dl/wrong-{kind.value}-{samples.sha(data)[:8]}", data)
     with pytest.raises(PermanentDownloadError, match="expected") as info:
-        fetcher()[0].fetch(url, kind, storage, key_for("w"))
+        fetch_file(fetcher()[0], url, kind, storage, key_for("w"))
     assert getattr(info.value, "attempts", 0) == 1
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
 
@@ -194,7 +194,7 @@ def test_recognised_media_of_another_type_are_kept_with_a_warning(
         file_server: FileServer, storage: LocalStorage, name: str, data: bytes, step: str,
         extension: str, warned: bool) -> None:
     url = file_server.add(f"dl/media/{name}", data)
-    result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for(f"m/{name}"),
+    result = fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for(f"m/{name}"),
                                 step_action=step)
     assert result.key == f"m/{name}.{extension}"
     assert (storage.root / result.key).read_bytes() == data
@@ -212,13 +212,13 @@ def test_a_content_length_that_is_not_a_length_is_a_retried_protocol_error(
     data = samples.png(seed=9)
     url = file_server.add(f"dl/bad-length-{samples.sha(repr(header).encode())[:8]}", data,
                           faults=[Fault(headers=header)])
-    result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("l"))
+    result = fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for("l"))
     assert result.attempts == 2 and (storage.root / result.key).read_bytes() == data
 
     always = file_server.add(f"dl/always-bad-length-{samples.sha(repr(header).encode())[:8]}",
                              data, always=Fault(headers=header))
     with pytest.raises(DownloadError, match="protocol error: Content-Length") as info:
-        fetcher()[0].fetch(always, FileKind.ITEM_IMAGE, storage, key_for("l2"))
+        fetch_file(fetcher()[0], always, FileKind.ITEM_IMAGE, storage, key_for("l2"))
     assert getattr(info.value, "attempts", 0) == 3
 
 
@@ -228,7 +228,7 @@ def test_a_retry_after_that_is_not_a_number_is_ignored(file_server: FileServer,
                           faults=[Fault(status=503, headers={"Retry-After": "\u00b9"}),
                                   Fault(status=429, headers={"Retry-After": "\u0661\u0662"})])
     fetch, slept = fetcher(backoff_base_seconds=0.001, backoff_max_seconds=5)
-    result = fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("ra"))
+    result = fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("ra"))
     assert result.attempts == 3
     # Ignored: the backoff alone (at most 2 ms here), not the 1 or 12 seconds they would say.
     assert len(slept) == 2 and max(slept) <= 0.002
@@ -249,7 +249,7 @@ def test_a_non_ascii_url_is_requested_as_a_browser_would(storage: LocalStorage) 
         url = f"http://bücher.test:{server.port}/rapport-été.pdf?nom=Ça va#page=2"
         values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 1}
         fetch = Fetcher(DownloadSettings(**values), resolve=resolve)  # type: ignore[arg-type]
-        result = fetch.fetch(url, FileKind.CASE_PDF, storage, key_for("idn"))
+        result = fetch_file(fetch, url, FileKind.CASE_PDF, storage, key_for("idn"))
         [request] = server.received("/rapport-%C3%A9t%C3%A9.pdf")
     finally:
         server.stop()
@@ -273,9 +273,9 @@ def test_an_internationalised_host_can_be_allowed(storage: LocalStorage) -> None
         server.add("/photo.png", Reply(body=samples.png()))
         fetch = Fetcher(settings, resolve=resolve)  # type: ignore[arg-type]
         url = f"http://BÜCHER.test:{server.port}/photo.png"
-        assert fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("a")).attempts == 1
+        assert fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("a")).attempts == 1
         with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):
-            fetch.fetch(f"http://bucher.test:{server.port}/photo.png", FileKind.ITEM_IMAGE,
+            fetch_file(fetch, f"http://bucher.test:{server.port}/photo.png", FileKind.ITEM_IMAGE,
                         storage, key_for("b"))
     finally:
         server.stop()
@@ -289,31 +289,32 @@ def test_an_internationalised_host_can_be_allowed(storage: LocalStorage) -> None
 def test_a_url_that_cannot_become_a_request_fails_at_once(storage: LocalStorage,
                                                          url: str) -> None:
     with pytest.raises(PermanentDownloadError, match="invalid URL") as info:
-        fetcher()[0].fetch(url, FileKind.CASE_PDF, storage, key_for("bad"))
+        fetch_file(fetcher()[0], url, FileKind.CASE_PDF, storage, key_for("bad"))
     assert getattr(info.value, "attempts", 0) == 1
 
 
 def test_over_the_size_limit_is_refused(file_server: FileServer, storage: LocalStorage) -> None:
     declared = file_server.add("dl/declared", samples.pdf(100_000))
     with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
-        fetcher(max_bytes=50_000)[0].fetch(declared, FileKind.CASE_PDF, storage, key_for("a"))
+        fetch_file(fetcher(max_bytes=50_000)[0], declared, FileKind.CASE_PDF, storage, key_for("a"))
     undeclared = file_server.add("dl/undeclared", samples.pdf(100_000), chunked=True)
     with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
-        fetcher(max_bytes=50_000)[0].fetch(undeclared, FileKind.CASE_PDF, storage, key_for("b"))
+        fetch_file(fetcher(max_bytes=50_000)[0], undeclared, FileKind.CASE_PDF, storage,
+                   key_for("b"))
     assert not list(storage.root.rglob("*.pdf"))
 
 
 def test_redirects_are_followed(file_server: FileServer, storage: LocalStorage) -> None:
     target = file_server.add("dl/target", samples.png())
     url = file_server.add("dl/moved", b"", redirect_to=target)
-    assert fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("m")).key == "m.png"
+    assert fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for("m")).key == "m.png"
 
 
 def test_private_addresses_are_refused_by_default(file_server: FileServer,
                                                   storage: LocalStorage) -> None:
     url = file_server.add("dl/private", samples.png())
     with pytest.raises(PermanentDownloadError, match="non-public"):
-        fetcher(allow_private_networks=False)[0].fetch(url, FileKind.ITEM_IMAGE, storage,
+        fetch_file(fetcher(allow_private_networks=False)[0], url, FileKind.ITEM_IMAGE, storage,
                                                        key_for("p"))
     assert file_server.hits["/dl/private"] == 0
 
@@ -330,14 +331,14 @@ def test_https_is_verified(tmp_path: Path, storage: LocalStorage,
         fetch = fetcher(max_attempts=1)[0]
         # Not trusted: refused, and said why.
         with pytest.raises(DownloadError, match="certificate verify failed"):
-            fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("t0"))
+            fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("t0"))
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted from now on
-        assert fetch.fetch(url, FileKind.ITEM_IMAGE, storage, key_for("t1")).size == len(png)
-        assert fetch.fetch(hop, FileKind.ITEM_IMAGE, storage, key_for("t2")).size == len(png)
+        assert fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("t1")).size == len(png)
+        assert fetch_file(fetch, hop, FileKind.ITEM_IMAGE, storage, key_for("t2")).size == len(png)
         # The certificate names localhost: an address is not that name.
         by_address = url.replace("localhost", "127.0.0.1")
         with pytest.raises(DownloadError, match="certificate verify failed"):
-            fetch.fetch(by_address, FileKind.ITEM_IMAGE, storage, key_for("t3"))
+            fetch_file(fetch, by_address, FileKind.ITEM_IMAGE, storage, key_for("t3"))
     finally:
         server.stop()
 
@@ -351,7 +352,7 @@ def test_a_deflate_encoded_file_is_stored_decoded(storage: LocalStorage, wbits: 
     server = RecordingServer().start()
     try:
         url = server.add("deflated", Reply(headers={"Content-Encoding": "deflate"}, body=body))
-        result = fetcher()[0].fetch(url, FileKind.ITEM_IMAGE, storage, key_for("d"))
+        result = fetch_file(fetcher()[0], url, FileKind.ITEM_IMAGE, storage, key_for("d"))
     finally:
         server.stop()
     assert (storage.root / result.key).read_bytes() == png
@@ -363,9 +364,9 @@ def test_an_unknown_or_false_encoding_is_refused_and_not_stored(storage: LocalSt
         brotli = server.add("br", Reply(headers={"Content-Encoding": "br"}, body=samples.png()))
         liar = server.add("liar", Reply(headers={"Content-Encoding": "gzip"}, body=samples.png()))
         with pytest.raises(PermanentDownloadError, match="unsupported Content-Encoding 'br'"):
-            fetcher()[0].fetch(brotli, FileKind.ITEM_IMAGE, storage, key_for("b"))
+            fetch_file(fetcher()[0], brotli, FileKind.ITEM_IMAGE, storage, key_for("b"))
         with pytest.raises(DownloadError, match=r"could not be decoded \(gzip\)") as info:
-            fetcher()[0].fetch(liar, FileKind.ITEM_IMAGE, storage, key_for("l"))
+            fetch_file(fetcher()[0], liar, FileKind.ITEM_IMAGE, storage, key_for("l"))
     finally:
         server.stop()
     assert info.value.attempts == 3  # type: ignore[attr-defined]  # retried: it may pass
@@ -384,13 +385,13 @@ def test_a_trickling_host_is_cut_off_at_the_attempt_deadline(
     fetch, slept = fetcher(attempt_timeout_seconds=0.6, max_attempts=2)
     started = time.monotonic()
     with pytest.raises(DownloadError, match="DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS") as caught:
-        fetch.fetch(url, FileKind.CASE_PDF, storage, key_for(f"x/trickle-{chunked}"))
+        fetch_file(fetch, url, FileKind.CASE_PDF, storage, key_for(f"x/trickle-{chunked}"))
     assert caught.value.attempts == 2  # type: ignore[attr-defined]
     assert time.monotonic() - started < 2 * 0.6 + sum(slept) + 0.5
     assert list(storage.list("")) == []  # nothing left, not even a temporary file
     # The same fetcher then fetches a file that comes in time, on a fresh connection.
     quick = file_server.add("dl/after-trickle", samples.pdf())
-    assert fetch.fetch(quick, FileKind.CASE_PDF, storage, key_for("x/quick")).attempts == 1
+    assert fetch_file(fetch, quick, FileKind.CASE_PDF, storage, key_for("x/quick")).attempts == 1
 
 
 def test_the_deadline_thread_cuts_only_what_overruns_and_keeps_nothing_after() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from tests import samples
 from tests.fileserver import Fault, FileServer
+from tests.samples import fetch_file
 from worker.download import Fetcher
 from worker.errors import DownloadError
 from worker.settings import DownloadSettings
@@ -23,7 +24,7 @@ def fetch(url: str, tmp_path: Path, **overrides: object) -> tuple[object, list[f
     fetcher = Fetcher(DownloadSettings(**values), sleep=slept.append)  # type: ignore[arg-type]
     storage = LocalStorage(tmp_path)
     try:
-        return fetcher.fetch(url, FileKind.CASE_PDF, storage, lambda t: "f.pdf"), slept
+        return fetch_file(fetcher, url, FileKind.CASE_PDF, storage, lambda t: "f.pdf"), slept
     except DownloadError as exc:
         return exc, slept
 

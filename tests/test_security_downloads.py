@@ -16,7 +16,7 @@ import pytest
 from casefetch.errors import ConfigError
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
-from tests.samples import key_for
+from tests.samples import fetch_file, key_for
 from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import PermanentDownloadError
@@ -87,7 +87,7 @@ def test_download_headers_go_to_allowed_hosts_over_https(secure: RecordingServer
                                                          storage: LocalStorage) -> None:
     target = https(secure_elsewhere, "allowed/target", Reply(body=PNG))
     start = https(secure, "allowed/start", Reply(302, {"Location": target}))
-    result = fetcher(allowed_hosts=ALLOWED).fetch(start, FileKind.ITEM_IMAGE, storage,
+    result = fetch_file(fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage,
                                                   key_for("a"))
     assert result.size == len(PNG)
     # The host is what the allowlist names: another port of it gets the headers too.
@@ -102,10 +102,10 @@ def test_download_headers_never_go_over_plain_http(secure: RecordingServer,
     plain = origin.add("plain/target", Reply(body=PNG), host="localhost")
     assert plain.startswith("http://localhost:")
     fetch = fetcher(allowed_hosts=ALLOWED)
-    fetch.fetch(plain, FileKind.ITEM_IMAGE, storage, key_for("p"))
+    fetch_file(fetch, plain, FileKind.ITEM_IMAGE, storage, key_for("p"))
     # ...nor to an http URL an https one redirects to: fetched, without them.
     start = https(secure, "downgrade/start", Reply(302, {"Location": plain}))
-    fetch.fetch(start, FileKind.ITEM_IMAGE, storage, key_for("d"))
+    fetch_file(fetch, start, FileKind.ITEM_IMAGE, storage, key_for("d"))
     assert secure.received("downgrade/start")[0]["x-api-key"] == SECRET
     received = origin.received("plain/target")
     assert len(received) == 2
@@ -120,7 +120,7 @@ def test_download_headers_never_reach_a_host_off_the_list(secure: RecordingServe
     target = secure_elsewhere.add("off/target", Reply(body=PNG)).replace("http:", "https:")
     start = https(secure, "off/start", Reply(302, {"Location": target}))
     with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):
-        fetcher(allowed_hosts=ALLOWED).fetch(start, FileKind.ITEM_IMAGE, storage,
+        fetch_file(fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage,
                                              key_for("o"))
     assert secure.received("off/start")[0]["x-api-key"] == SECRET
     assert secure_elsewhere.received("off/target") == []
@@ -130,7 +130,7 @@ def test_download_headers_never_reach_a_host_off_the_list(secure: RecordingServe
 def test_without_an_allowlist_download_headers_go_nowhere(secure: RecordingServer,
                                                           storage: LocalStorage) -> None:
     url = https(secure, "nolist/target", Reply(body=PNG))
-    fetcher().fetch(url, FileKind.ITEM_IMAGE, storage, key_for("n"))
+    fetch_file(fetcher(), url, FileKind.ITEM_IMAGE, storage, key_for("n"))
     assert "x-api-key" not in secure.received("nolist/target")[0]
 
 
@@ -155,7 +155,7 @@ def test_oversized_body_is_abandoned_as_soon_as_the_limit_passes(
         origin: RecordingServer, storage: LocalStorage) -> None:
     url = origin.add("endless", Reply(headers={"Content-Type": "image/png"}, body=endless_png))
     with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
-        fetcher(max_bytes=2 * MB).fetch(url, FileKind.ITEM_IMAGE, storage, key_for("e"))
+        fetch_file(fetcher(max_bytes=2 * MB), url, FileKind.ITEM_IMAGE, storage, key_for("e"))
     # Socket buffers hold a few MiB at most; the other ~500 MiB were never sent.
     assert origin.sent["/endless"] < 64 * MB
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
@@ -179,7 +179,7 @@ def test_gzip_bomb_is_stopped_early_and_counted_decoded(origin: RecordingServer,
     tracemalloc.start()
     try:
         with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
-            fetcher(max_bytes=4 * MB).fetch(url, FileKind.ITEM_IMAGE, storage, key_for("b"))
+            fetch_file(fetcher(max_bytes=4 * MB), url, FileKind.ITEM_IMAGE, storage, key_for("b"))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -192,5 +192,5 @@ def test_a_gzip_encoded_file_is_stored_decoded(origin: RecordingServer,
                                                storage: LocalStorage) -> None:
     url = origin.add("gz", Reply(headers={"Content-Type": "image/png",
                                           "Content-Encoding": "gzip"}, body=gzip.compress(PNG)))
-    result = fetcher().fetch(url, FileKind.ITEM_IMAGE, storage, key_for("g"))
+    result = fetch_file(fetcher(), url, FileKind.ITEM_IMAGE, storage, key_for("g"))
     assert (storage.root / result.key).read_bytes() == PNG

@@ -26,7 +26,7 @@ from worker.errors import DownloadError, PermanentDownloadError, RetryableDownlo
 from worker.guard import AddressCheck, UrlGuard, address_check
 from worker.settings import DownloadSettings
 from worker.sniff import SNIFF_BYTES, FileKind, FileType, Refused, end_check, judge, sniff
-from worker.storage import Staged, Storage, commit_or_discard
+from worker.storage import Staged, Storage
 from worker.urls import InvalidUrl, request_url
 
 #: Bytes read at once, into one buffer per thread: larger gains no throughput on a LAN and
@@ -84,25 +84,16 @@ class Fetcher:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def fetch(self, url: str, kind: FileKind, storage: Storage,
-              key_for: Callable[[FileType], str], step_action: str | None = None
-              ) -> FetchResult:
-        """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed.
-
-        Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had.
-        The pipeline uses :meth:`fetch_staged`, to note its intent before the rename.
-        ``step_action`` is the item's (a VIDEO item may hold a video).
-        """
-        result, staged = self.fetch_staged(url, kind, storage, key_for, step_action)
-        commit_or_discard(staged)
-        return result
-
     def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
                      key_for: Callable[[FileType], str], step_action: str | None = None,
                      owner: str | None = None) -> tuple[FetchResult, Staged]:
-        """:meth:`fetch`, up to the file verified and written, but not yet under its name:
-        the caller commits it (or discards it). Files committed together cost one round trip
-        for their intents, and one fsync per folder. ``owner``: see :meth:`Storage.stage`."""
+        """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed, up to
+        the file verified and written, but not yet under its name: the caller commits it (or
+        discards it). Files committed together cost one round trip for their intents, and one
+        fsync per folder. ``step_action`` is the item's (a VIDEO item may hold a video);
+        ``owner``: see :meth:`Storage.stage`.
+
+        Raises DownloadError (its ``attempts`` attribute set) when the file cannot be had."""
         attempts = 0
         while True:
             attempts += 1
