@@ -20,8 +20,9 @@ from tests import samples
 from tests.fileserver import FileServer
 from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping
+from worker.casefiles import read_manifest
 from worker.download import Fetcher
-from worker.pipeline import Pipeline, resume
+from worker.pipeline import Pipeline
 from worker.settings import DownloadSettings
 from worker.storage import LocalStorage
 
@@ -77,7 +78,7 @@ def test_ingest_redelivered_after_a_crash_before_the_manifest(
     pipe.storage.write_bytes("cases/REC-1/case.json", delivery["body"].encode())
     assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
     run_all(pipe, sent)
-    manifest = pipe._read_manifest("cases/REC-1")
+    manifest = read_manifest(pipe.storage, "cases/REC-1")
     assert manifest is not None and manifest["status"] == "complete"
     assert not pipe.storage.exists("cases/REC-1/history")
 
@@ -141,12 +142,12 @@ def test_sweep_resumes_a_case_whose_messages_were_lost(
     pipe.ingest(delivery_for(file_server, "REC-4"))  # type: ignore[arg-type]
     sent.clear()
     assert pipe.books.stuck(older_than_seconds=-1) == ["cases/REC-4"]
-    assert resume(pipe, "cases/REC-4") == "resumed"
+    assert pipe.intake.resume("cases/REC-4") == "resumed"
     run_all(pipe, sent)
-    manifest = pipe._read_manifest("cases/REC-4")
+    manifest = read_manifest(pipe.storage, "cases/REC-4")
     assert manifest is not None and manifest["status"] == "complete"
     assert pipe.books.stuck(older_than_seconds=-1) == []
-    assert resume(pipe, "cases/REC-4") == "finished"
+    assert pipe.intake.resume("cases/REC-4") == "finished"
 
 
 def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, Any]]],
@@ -161,7 +162,7 @@ def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, An
     pipe.ingest(changed)  # type: ignore[arg-type]
     assert run_all(pipe, old_jobs) == ["stale", "stale"]
     run_all(pipe, sent)
-    manifest = pipe._read_manifest("cases/REC-5")
+    manifest = read_manifest(pipe.storage, "cases/REC-5")
     assert manifest is not None and manifest["status"] == "complete"
     assert [f["path"] for f in manifest["files"]] == ["case.pdf"]
     assert file_server.hits["/rec/REC-5/pdf"] == 0
@@ -297,7 +298,7 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
     assert events and all(events[i].startswith("sync") and events[i + 1] == "record"
                           for i in range(0, len(events), 2))
     served = [file_server.served[f"/rec/{cf}/{name}"] for name in names]
-    stored = sum(1 for e in pipe._read_manifest(f"cases/{cf}")["files"]  # type: ignore[index]
+    stored = sum(1 for e in read_manifest(pipe.storage, f"cases/{cf}")["files"]  # type: ignore[index]
                  if e["status"] == "stored")
     assert stored == 6
     # What was in place is adopted; what the crash left staged (never under its name) is

@@ -13,7 +13,7 @@ Pure functions only. The layout (see the contract)::
 A cfRef that is not a safe file name is encoded (:func:`safe_name`). Safe names that differ
 only by case (``CF-1``, ``cf-1``) keep their own names on a case-sensitive disk (local Linux
 disks, S3); on a case-insensitive one the first to arrive keeps the plain name and the next
-gets the encoded one (``Pipeline._claim`` sees the folder is taken). Items cannot collide:
+gets the encoded one (``Ingest._claim`` sees the folder is taken). Items cannot collide:
 their names start with their position.
 """
 
@@ -64,7 +64,7 @@ def safe_name(name: str, encode: bool = False) -> str:
 
 
 def case_dir(cf_ref: str, encode: bool = False) -> str:
-    """``cases/<cfRef>``; see ``Pipeline._claim`` for when ``encode`` is needed."""
+    """``cases/<cfRef>``; see ``Ingest._claim`` for when ``encode`` is needed."""
     return f"{CASES}/{safe_name(cf_ref, encode)}"
 
 

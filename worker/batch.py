@@ -18,7 +18,7 @@ from typing import Any
 from casefetch import logs
 from worker.bookkeeping import Busy, Claim
 from worker.errors import INFRA_ERRORS
-from worker.pipeline import Finished, Pipeline, failed_entry, file_jobs, release
+from worker.files import Files, Finished, failed_entry, file_jobs, release
 from worker.runtime import Runtime
 
 log = logging.getLogger("casefetch.worker")
@@ -32,22 +32,22 @@ COMMIT_EVERY_SECONDS = 0.5
 def fetch_batch(runtime: Runtime, message: dict[str, Any]
                 ) -> tuple[list[str], BaseException | None]:
     """Fetch the files of a download message; their outcomes, and why to come back, if so."""
-    pipeline = runtime.pipeline
+    files = runtime.pipeline.files
     jobs = file_jobs(message)
     if not jobs:
         return [], None
     case, gen = jobs[0]["case"], jobs[0]["gen"]
     try:
-        claims = pipeline.claim_batch(jobs)
+        claims = files.claim_batch(jobs)
     except INFRA_ERRORS as exc:
         log.warning("downloads of %s postponed: %s", case, exc)
         return [], exc
-    batch = _Batch(pipeline, case, gen)
+    batch = _Batch(files, case, gen)
     running: dict[Future[Finished], tuple[dict[str, Any], Claim]] = {}
     for job, claim in zip(jobs, claims, strict=True):
         if claim.lock is not None:
             claim.lock.__enter__()  # renewed from now on; commit (or release) lets it go
-            running[runtime.files.submit(_fetch_file, pipeline, job, claim)] = (job, claim)
+            running[runtime.files.submit(_fetch_file, files, job, claim)] = (job, claim)
         elif claim.status == "busy":
             batch.postpone(Busy(f"file:{case}:{job['path']}"))  # come back for it
         else:
@@ -64,8 +64,8 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
 class _Batch:
     """The outcomes of one download message, committed group by group."""
 
-    def __init__(self, pipeline: Pipeline, case: str, gen: str) -> None:
-        self.pipeline = pipeline
+    def __init__(self, files: Files, case: str, gen: str) -> None:
+        self.files = files
         self.case = case
         self.gen = gen
         self.outcomes: list[str] = []
@@ -94,7 +94,7 @@ class _Batch:
         if not group:
             return
         try:
-            self.pipeline.commit(self.case, self.gen, group)
+            self.files.commit(self.case, self.gen, group)
         except (Busy, *INFRA_ERRORS) as exc:
             log.warning("downloads of %s postponed: %s", self.case, exc)
             self.postponed = exc
@@ -108,11 +108,11 @@ class _Batch:
         if "done" not in self.outcomes or self.committed or self.postponed is not None:
             return
         try:
-            self.pipeline.settle_if_done(self.case, self.gen)
+            self.files.settler.settle_if_done(self.case, self.gen)
         except (Busy, *INFRA_ERRORS) as exc:
             self.postponed = exc
 
 
-def _fetch_file(pipeline: Pipeline, job: dict[str, Any], claim: Claim) -> Finished:
+def _fetch_file(files: Files, job: dict[str, Any], claim: Claim) -> Finished:
     with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
-        return pipeline.fetch_claimed(job, claim)
+        return files.fetch_claimed(job, claim)

@@ -1,4 +1,5 @@
-"""The quarantine as operators see it: list and read records, replay deliveries.
+"""The quarantine: deliveries that cannot be archived, kept as records operators list, read
+and replay.
 
 Replay semantics: the stored raw body is enqueued as a *new* delivery (a new deliveryId),
 exactly as the receiver enqueues a webhook, with the header ``X-Casefetch-Replay-Of`` naming
@@ -11,9 +12,12 @@ which record it replays). A body is so never in the quarantine twice.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from casefetch import codec
 from casefetch.protocol import (
+    Delivery,
     delivery_body,
     make_delivery,
     safe_headers,
@@ -24,9 +28,28 @@ from worker.errors import NotFound
 from worker.inspection import RecordNotFound
 from worker.storage import Storage
 
+log = logging.getLogger("casefetch.worker")
+
 REPLAY_HEADER = "X-Casefetch-Replay-Of"
 
 Record = dict[str, Any]
+
+
+def quarantine(storage: Storage, delivery: Delivery, reason: str, errors: Any) -> None:
+    """Keep a delivery that cannot be archived, with why, as ``quarantine/<deliveryId>.json``."""
+    record: Record = {
+        "deliveryId": delivery["deliveryId"],
+        "receivedAt": delivery.get("receivedAt"),
+        "reason": reason,
+        "errors": errors,
+    }
+    if delivery.get("body") is not None:
+        record["body"] = delivery["body"]
+    else:
+        record["bodyBase64"] = delivery.get("bodyBase64")
+    record["headers"] = delivery.get("headers", {})
+    storage.write_bytes(archive.quarantine_key(delivery["deliveryId"]), codec.pretty(record))
+    log.warning("delivery %s quarantined: %s", delivery["deliveryId"], reason)
 
 
 def record_ids(storage: Storage) -> list[str]:

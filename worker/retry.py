@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import archive
+from worker import archive, casefiles
 from worker.inspection import CaseNotFound, InspectionError
 from worker.manifest import CaseStatus, Entry, FileStatus, now_iso
 from worker.pipeline import Pipeline
@@ -27,11 +27,12 @@ def retryable(entry: Entry) -> bool:
 def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
     """Re-queue the case's failed downloads; the paths re-queued (empty: nothing to retry)."""
     case = next((folder for folder in archive.case_dirs(cf_ref)
-                 if (pipeline._read_manifest(folder) or {}).get("cfRef") == cf_ref), None)
+                 if (casefiles.read_manifest(pipeline.storage, folder) or {}).get("cfRef")
+                 == cf_ref), None)
     if case is None:
         raise CaseNotFound(cf_ref)
     with pipeline.books.lock("case", case, wait_seconds=30):
-        manifest = pipeline._read_manifest(case)
+        manifest = casefiles.read_manifest(pipeline.storage, case)
         if manifest is None:
             raise CaseNotFound(cf_ref)
         if manifest["status"] == CaseStatus.PENDING.value:
@@ -44,8 +45,8 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
             files[index] = _pending(files[index])
         manifest = {**manifest, "files": files, "status": CaseStatus.PENDING.value,
                     "updatedAt": now_iso()}
-        pipeline._write_manifest(case, manifest)
-        pipeline._dispatch(case, manifest)
+        casefiles.write_manifest(pipeline.storage, case, manifest)
+        pipeline.intake.dispatch(case, manifest)
         return [str(files[i]["path"]) for i in indices]
 
 

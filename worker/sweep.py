@@ -15,7 +15,6 @@ from redis.exceptions import RedisError
 from casefetch.constants import SWEEP_LOCK_KEY
 from casefetch.protocol import delivery_from_inbox
 from worker.bookkeeping import Busy
-from worker.pipeline import resume
 from worker.runtime import ORIGIN, Runtime
 from worker.settings import WorkerSettings
 
@@ -32,7 +31,7 @@ def sweep_once(runtime: Runtime, settings: WorkerSettings) -> list[str]:
         try:
             # Busy: a worker is on it now. Wait only briefly: one busy case must not hold up
             # the others, nor the lost deliveries below.
-            if resume(runtime.pipeline, case, wait_seconds=1.0) == "resumed":
+            if runtime.pipeline.intake.resume(case, wait_seconds=1.0) == "resumed":
                 resumed.append(case)
         except Busy:
             continue
