@@ -7,8 +7,8 @@ from pathlib import Path
 from casefetch.constants import DOWNLOAD_QUEUE
 from casefetch_tools.redis_server import RedisServer
 from worker.app import build_worker
-from worker.files import file_jobs
 from worker.ingest import BATCH_FILES, batches
+from worker.messages import file_jobs
 from worker.settings import WorkerSettings
 
 

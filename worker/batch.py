@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, wait
-from typing import Any
 
 from casefetch import logs
-from worker.bookkeeping import Busy, Claim
+from worker.bookkeeping import Busy, Claim, ClaimStatus
 from worker.errors import INFRA_ERRORS
-from worker.files import Files, Finished, failed_entry, file_jobs, release
+from worker.files import Files, Finished, failed_entry, release
+from worker.messages import DownloadMessage, FileJob, file_jobs
 from worker.runtime import Runtime
 
 log = logging.getLogger("casefetch.worker")
@@ -29,7 +29,7 @@ log = logging.getLogger("casefetch.worker")
 COMMIT_EVERY_SECONDS = 0.5
 
 
-def fetch_batch(runtime: Runtime, message: dict[str, Any]
+def fetch_batch(runtime: Runtime, message: DownloadMessage
                 ) -> tuple[list[str], BaseException | None]:
     """Fetch the files of a download message; their outcomes, and why to come back, if so."""
     files = runtime.pipeline.files
@@ -43,15 +43,15 @@ def fetch_batch(runtime: Runtime, message: dict[str, Any]
         log.warning("downloads of %s postponed: %s", case, exc)
         return [], exc
     batch = _Batch(files, case, gen)
-    running: dict[Future[Finished], tuple[dict[str, Any], Claim]] = {}
+    running: dict[Future[Finished], tuple[FileJob, Claim]] = {}
     for job, claim in zip(jobs, claims, strict=True):
         if claim.lock is not None:
             claim.lock.__enter__()  # renewed from now on; commit (or release) lets it go
             running[runtime.files.submit(_fetch_file, files, job, claim)] = (job, claim)
-        elif claim.status == "busy":
+        elif claim.status is ClaimStatus.BUSY:
             batch.postpone(Busy(f"file:{case}:{job['path']}"))  # come back for it
         else:
-            batch.outcomes.append(claim.status)
+            batch.outcomes.append(claim.status.value)
     waiting: set[Future[Finished]] = set(running)
     while waiting:
         finished, waiting = wait(waiting, timeout=COMMIT_EVERY_SECONDS)
@@ -75,7 +75,7 @@ class _Batch:
     def postpone(self, exc: BaseException) -> None:
         self.postponed = self.postponed or exc
 
-    def commit(self, finished: list[tuple[dict[str, Any], Claim, Future[Finished]]]) -> None:
+    def commit(self, finished: list[tuple[FileJob, Claim, Future[Finished]]]) -> None:
         group = []
         for job, claim, future in finished:
             try:
@@ -105,7 +105,8 @@ class _Batch:
     def settle_if_redelivered(self) -> None:
         """Every file was fetched already (a redelivered message): make sure the case is
         settled."""
-        if "done" not in self.outcomes or self.committed or self.postponed is not None:
+        if (ClaimStatus.DONE.value not in self.outcomes or self.committed
+                or self.postponed is not None):
             return
         try:
             self.files.settler.settle_if_done(self.case, self.gen)
@@ -113,6 +114,6 @@ class _Batch:
             self.postponed = exc
 
 
-def _fetch_file(files: Files, job: dict[str, Any], claim: Claim) -> Finished:
+def _fetch_file(files: Files, job: FileJob, claim: Claim) -> Finished:
     with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")):
         return files.fetch_claimed(job, claim)

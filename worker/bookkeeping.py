@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import redis
@@ -46,6 +47,13 @@ from worker.locks import Busy, HeldLock, Locks, new_token
 from worker.manifest import parse_json
 
 
+class ClaimStatus(str, Enum):
+    STALE = "stale"
+    DONE = "done"
+    BUSY = "busy"
+    CLAIMED = "claimed"
+
+
 @dataclass
 class Claim:
     """What :meth:`Bookkeeping.claim_many` found for one file: ``stale`` (another generation
@@ -53,7 +61,7 @@ class Claim:
     ``claimed`` (``lock`` is ours, and ``intent`` is what a dead worker noted before renaming
     the file into place, if it did)."""
 
-    status: str
+    status: ClaimStatus
     lock: HeldLock | None = None
     intent: dict[str, Any] | None = None
 
@@ -112,8 +120,8 @@ class Bookkeeping:
         found = self._claim(keys=keys, args=args)
         claims = []
         for i, token in enumerate(tokens):
-            status = _text(found[2 * i])
-            if status != "claimed":
+            status = ClaimStatus(_text(found[2 * i]))
+            if status is not ClaimStatus.CLAIMED:
                 claims.append(Claim(status))
                 continue
             intent = found[2 * i + 1]
@@ -287,4 +295,4 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["Bookkeeping", "Busy", "Claim"]
+__all__ = ["Bookkeeping", "Busy", "Claim", "ClaimStatus"]

@@ -9,7 +9,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -20,6 +19,7 @@ from worker.download import FetchResult, FileFetcher
 from worker.errors import DownloadError, NotFound
 from worker.locks import HeldLock
 from worker.manifest import Entry, FileStatus
+from worker.messages import FileJob
 from worker.settle import Settler
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
@@ -32,7 +32,7 @@ class Finished:
     """A file whose download is over: its manifest entry, the claim it was fetched under,
     and, for a file just fetched, the staged object still to put in place."""
 
-    job: dict[str, Any]
+    job: FileJob
     claim: Claim | None
     entry: Entry
     staged: Staged | None = None
@@ -45,14 +45,14 @@ class Files:
     fetcher: FileFetcher
     settler: Settler
 
-    def claim_batch(self, jobs: list[dict[str, Any]]) -> list[Claim]:
+    def claim_batch(self, jobs: list[FileJob]) -> list[Claim]:
         """Claim the files of one download message (one case, one generation) at once."""
         if not jobs:
             return []
         return self.books.claim_many(jobs[0]["case"], jobs[0]["gen"],
                                      [(int(job["index"]), job["path"]) for job in jobs])
 
-    def fetch_claimed(self, job: dict[str, Any], claim: Claim) -> Finished:
+    def fetch_claimed(self, job: FileJob, claim: Claim) -> Finished:
         """A file we hold the lock of: adopted from a dead worker, or fetched and staged
         (verified, written, not yet under its name) for :meth:`commit` to put in place."""
         adopted = self._adopt(job["case"], job, claim.intent)
@@ -104,7 +104,7 @@ class Files:
                 assert finished.staged is not None
                 finished.staged.discard()
 
-    def _fetch(self, case: str, job: dict[str, Any], claim: Claim | None) -> Finished:
+    def _fetch(self, case: str, job: FileJob, claim: Claim | None) -> Finished:
         kind = FileKind(job["kind"])
         path = job["path"]
 
@@ -126,7 +126,7 @@ class Files:
                                          "error": exc.message, "attempts": attempts})
         return Finished(job, claim, _stored_entry(case, path, kind, result), staged)
 
-    def _adopt(self, case: str, job: dict[str, Any], intent: Entry | None) -> Entry | None:
+    def _adopt(self, case: str, job: FileJob, intent: Entry | None) -> Entry | None:
         """The file a dead worker verified and renamed into place (``intent``, as it noted
         it), if it is there, whole."""
         if intent is None:
@@ -144,13 +144,7 @@ class Files:
         return intent
 
 
-def file_jobs(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The one-file jobs of a download message."""
-    common = {k: v for k, v in message.items() if k != "files"}
-    return [{**common, **entry} for entry in message["files"]]
-
-
-def failed_entry(job: dict[str, Any], error: str) -> Entry:
+def failed_entry(job: FileJob, error: str) -> Entry:
     return {"path": job["path"], "kind": job["kind"], "status": FileStatus.FAILED.value,
             "error": error[:500], "attempts": 1}
 

@@ -27,6 +27,7 @@ from worker.manifest import (
     plan,
     reuse,
 )
+from worker.messages import DownloadMessage, FileRef
 from worker.quarantine import quarantine
 from worker.schemas import CaseCheck, StepAction, Unarchivable, check_case
 from worker.settle import Settler
@@ -35,7 +36,7 @@ from worker.storage import Storage
 log = logging.getLogger("casefetch.worker")
 
 #: How download work is handed on: one message per batch of a case's files (see batches).
-SendDownload = Callable[[dict[str, Any]], None]
+SendDownload = Callable[[DownloadMessage], None]
 
 #: Files per download message. Celery's cost per task is as much as fetching a small file
 #: (docs/benchmarks.md#download-batches): a batch pays it once for several files, while a
@@ -184,7 +185,7 @@ class Ingest:
             return "resumed" if queued else "in hand"
 
 
-def batches(files: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def batches(files: list[FileRef], size: int) -> list[list[FileRef]]:
     """``files`` cut into as few batches of at most ``size`` as possible, of even lengths
     (11 files make 6 + 5, not 8 + 3, so the batches of one case end together)."""
     if not files:
@@ -193,8 +194,8 @@ def batches(files: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]
     return [files[i::count] for i in range(count)]
 
 
-def _job(index: int, entry: Entry) -> dict[str, Any]:
-    job = {"index": index, "path": entry["path"], "kind": entry["kind"],
+def _job(index: int, entry: Entry) -> FileRef:
+    job: FileRef = {"index": index, "path": entry["path"], "kind": entry["kind"],
            "sourceUrl": entry["sourceUrl"]}
     if entry.get("stepAction") == StepAction.VIDEO:
         job["stepAction"] = StepAction.VIDEO.value  # the one step whose file may be a video

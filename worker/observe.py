@@ -38,7 +38,6 @@ from worker.storage import Staged, Storage
 log = logging.getLogger("casefetch.worker")
 
 QUARANTINE_REFRESH_SECONDS = 60.0
-_FINAL_STATUSES = frozenset({CaseStatus.COMPLETE.value, CaseStatus.INCOMPLETE.value})
 
 
 class WorkerMetrics:
@@ -143,22 +142,23 @@ class ObservedFetcher:
 
     def _failed(self, kind: FileKind, started: float, exc: DownloadError) -> None:
         attempts = int(getattr(exc, "attempts", 1))
-        self._count(FileStatus.FAILED.value, kind, started, attempts)
+        self._count(FileStatus.FAILED, kind, started, attempts)
         log.warning("file failed", extra=logs.fields(
             kind=kind.value, status=FileStatus.FAILED.value, attempts=attempts, error=exc.message,
             seconds=round(time.perf_counter() - started, 3)))
 
     def _stored(self, kind: FileKind, started: float, result: FetchResult) -> None:
-        self._count(FileStatus.STORED.value, kind, started, result.attempts)
+        self._count(FileStatus.STORED, kind, started, result.attempts)
         self.metrics.bytes.inc(result.size)
         log.info("file stored", extra=logs.fields(
             kind=kind.value, status=FileStatus.STORED.value, key=result.key, bytes=result.size,
             sha256=result.sha256, attempts=result.attempts,
             seconds=round(time.perf_counter() - started, 3)))
 
-    def _count(self, outcome: str, kind: FileKind, started: float, attempts: int) -> None:
-        self.metrics.files.labels(outcome=outcome, kind=kind.value).inc()
-        self.metrics.download_seconds.labels(outcome=outcome).observe(
+    def _count(self, outcome: FileStatus, kind: FileKind, started: float, attempts: int
+               ) -> None:
+        self.metrics.files.labels(outcome=outcome.value, kind=kind.value).inc()
+        self.metrics.download_seconds.labels(outcome=outcome.value).observe(
             time.perf_counter() - started)
         if attempts > 1:
             self.metrics.download_retries.inc(attempts - 1)
@@ -205,16 +205,21 @@ class ObservedStorage(Storage):
             manifest = parse_json(data)
         except ValueError:
             return
-        status = manifest.get("status") if isinstance(manifest, dict) else None
-        if status not in _FINAL_STATUSES:
+        if not isinstance(manifest, dict):
             return
-        self.metrics.cases.labels(outcome=status).inc()
+        try:
+            status = CaseStatus(manifest.get("status"))
+        except ValueError:
+            return
+        if status is CaseStatus.PENDING:
+            return
+        self.metrics.cases.labels(outcome=status.value).inc()
         files = manifest.get("files", [])
         stored = sum(1 for f in files if f.get("status") == FileStatus.STORED)
         with logs.bound(path=None):  # the file whose download settled it is not the point
             log.info("case settled", extra=logs.fields(
                 cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"),
-                status=status, files=len(files), stored=stored,
+                status=status.value, files=len(files), stored=stored,
                 warnings=len(manifest.get("warnings") or [])))
 
     def stage(self, key: str, cache: bool = True, owner: str | None = None

@@ -15,8 +15,11 @@ from typing import Any
 from urllib.parse import quote
 
 from worker import archive
-from worker.manifest import CaseItem, Entry, FileStatus, Manifest, case_items
+from worker.manifest import CaseItem, CaseStatus, Entry, FileStatus, Manifest, case_items
 from worker.sniff import FileKind
+
+#: The statuses a badge has a style for.
+_STATUS_WORDS = frozenset(status.value for status in (*CaseStatus, *FileStatus))
 
 #: Image types a browser draws; others (HEIC, TIFF) are linked, not shown.
 DRAWN_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif",
@@ -123,7 +126,7 @@ def _encodable(text: str) -> str:
 
 def badge(status: Any) -> str:
     word = text(status)
-    known = word if word in {"complete", "incomplete", "pending", "stored", "failed"} else ""
+    known = word if word in _STATUS_WORDS else ""
     return f'<span class="badge {known}">{escape(word)}</span>'
 
 

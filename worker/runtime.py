@@ -12,7 +12,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import redis
 
@@ -21,6 +20,7 @@ from casefetch.protocol import task_message
 from worker.bookkeeping import Bookkeeping
 from worker.catalog import Catalog
 from worker.download import FileFetcher
+from worker.messages import DownloadMessage
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 from worker.storage import Storage
@@ -45,21 +45,21 @@ class Runtime:
                                         thread_name_prefix="casefetch-file")
         self._kept = threading.local()
 
-    def send_download(self, job: dict[str, Any]) -> None:
-        kept: list[dict[str, Any]] | None = getattr(self._kept, "messages", None)
+    def send_download(self, job: DownloadMessage) -> None:
+        kept: list[DownloadMessage] | None = getattr(self._kept, "messages", None)
         if kept is not None and not kept:
             kept.append(job)  # the ingest task fetches it itself (see keep_first_download)
             return
         self.publish_download(job)
 
-    def publish_download(self, job: dict[str, Any]) -> None:
+    def publish_download(self, job: DownloadMessage) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
         # files is planned without a thousand trips through Celery's publisher.
         self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job],
                                                       origin=ORIGIN))
 
     @contextlib.contextmanager
-    def keep_first_download(self, keep: bool = True) -> Iterator[list[dict[str, Any]]]:
+    def keep_first_download(self, keep: bool = True) -> Iterator[list[DownloadMessage]]:
         """Within the block, this thread's first download message is kept, not queued
         (unless ``keep`` is off).
 
@@ -67,7 +67,7 @@ class Runtime:
         up to BATCH_FILES) itself: a Celery task, a queue round trip and a message less per
         case. The other batches still go to the queue, for every worker to share.
         """
-        kept: list[dict[str, Any]] = []
+        kept: list[DownloadMessage] = []
         self._kept.messages = kept if keep else None
         try:
             yield kept

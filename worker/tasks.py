@@ -19,6 +19,7 @@ from casefetch.protocol import Delivery, peek_cf_ref
 from worker.batch import fetch_batch
 from worker.bookkeeping import Busy
 from worker.errors import INFRA_ERRORS
+from worker.messages import DownloadMessage
 from worker.runtime import Runtime, WorkerProcess
 from worker.settings import WorkerSettings
 
@@ -46,7 +47,7 @@ def register_tasks(app: Any, process: WorkerProcess) -> None:
             raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
     @task(DOWNLOAD_TASK, bind=True, max_retries=None)
-    def download(self: Task, message: dict[str, Any]) -> str:
+    def download(self: Task, message: DownloadMessage) -> str:
         outcomes, postponed = fetch_batch(process.runtime, message)
         # Retrying the whole message is safe: files already recorded are skipped.
         if isinstance(postponed, Busy):
@@ -100,7 +101,7 @@ def run_ingest(runtime: Runtime, delivery: Delivery, fetch_first: bool = True) -
     return outcome
 
 
-def _fetch_kept(runtime: Runtime, message: dict[str, Any]) -> None:
+def _fetch_kept(runtime: Runtime, message: DownloadMessage) -> None:
     """Fetch the batch an ingest kept; what must wait goes to the download queue, whose
     task retries it as usual (the delivery itself is archived: it must not be retried).
     Raises one of INFRA_ERRORS when the batch can be neither fetched nor queued: the
