@@ -43,7 +43,8 @@ from casefetch.protocol import (
     inbox_entry,
     ingest_message,
 )
-from worker.locks import Busy, HeldLock, Locks, new_token
+from worker.errors import Busy
+from worker.locks import HeldLock, Locks, new_token
 from worker.manifest import parse_json
 
 

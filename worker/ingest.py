@@ -17,6 +17,7 @@ from typing import Any
 from casefetch.protocol import Delivery, accepted_before, delivery_body
 from worker import archive, casefiles
 from worker.bookkeeping import Bookkeeping
+from worker.errors import Unarchivable
 from worker.manifest import (
     CaseStatus,
     Entry,
@@ -29,7 +30,7 @@ from worker.manifest import (
 )
 from worker.messages import DownloadMessage, FileRef
 from worker.quarantine import quarantine
-from worker.schemas import CaseCheck, StepAction, Unarchivable, check_case
+from worker.schemas import CaseCheck, StepAction, check_case
 from worker.settle import Settler
 from worker.storage import Storage
 

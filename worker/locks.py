@@ -17,10 +17,7 @@ from types import TracebackType
 
 import redis
 
-
-class Busy(Exception):
-    """Another worker holds the lock; try again later."""
-
+from worker.errors import Busy
 
 #: Poll interval while waiting for a lock another holder has.
 WAIT_POLL_SECONDS = 0.1

@@ -16,6 +16,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, pre_load, validate
 
+from worker.errors import Unarchivable
 from worker.urls import InvalidUrl, request_url
 
 #: More items than this are not a certificate but an attack on the validator.
@@ -108,15 +109,6 @@ class CaseCheck:
     report_id: str
     case_url: str
     items: list[ItemCheck]
-
-
-class Unarchivable(Exception):
-    """The payload cannot be archived; it goes to quarantine with ``reason`` and ``errors``."""
-
-    def __init__(self, reason: str, errors: Any = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errors = errors if errors is not None else {}
 
 
 _CASE = CaseSchema()
