@@ -18,6 +18,7 @@ import redis
 from casefetch_tools.polling import poll
 from casefetch_tools.redis_server import RedisServer
 from tests.fileserver import FileServer
+from tests.samples import close_built
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-bearer-token"
@@ -295,3 +296,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.section("fault-injection summary")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def _close_what_tests_built() -> Iterator[None]:
+    """Fetchers keep connections open for their next file: close those a test built."""
+    yield
+    close_built()

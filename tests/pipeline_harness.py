@@ -25,6 +25,7 @@ import redis
 from casefetch import logs
 from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE, KEY_PREFIX
 from casefetch.protocol import Delivery, make_delivery
+from tests.samples import closed_after_test
 from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping, Busy
 from worker.download import Fetcher
@@ -191,8 +192,8 @@ class Harness:
         self.receiver = Bookkeeping(self.broker)
 
     def _start(self) -> Runtime:
-        return Runtime(self.client, self.storage, Fetcher(self.settings, sleep=lambda _: None),
-                       download_threads=1, lock_seconds=60)
+        fetcher = closed_after_test(Fetcher(self.settings, sleep=lambda _: None))
+        return Runtime(self.client, self.storage, fetcher, download_threads=1, lock_seconds=60)
 
     @property
     def pipeline(self) -> Any:

@@ -66,6 +66,21 @@ def key_for(stem: str) -> Callable[[Any], str]:
     return lambda file_type: f"{stem}.{file_type.extension}"
 
 
+#: What tests built that holds connections, closed when the test ends (see conftest).
+_to_close: list[Any] = []
+
+
+def closed_after_test(thing: Any) -> Any:
+    """``thing`` (a Fetcher), closed when the test ends."""
+    _to_close.append(thing)
+    return thing
+
+
+def close_built() -> None:
+    while _to_close:
+        _to_close.pop().close()
+
+
 def fetch_file(fetcher: Any, url: str, kind: Any, storage: Any,
                key_for: Callable[[Any], str], step_action: str | None = None) -> Any:
     """One file fetched as the pipeline fetches it: staged by the fetcher, then put in place

@@ -11,7 +11,7 @@ import pytest
 
 from casefetch_tools.polling import poll
 from tests import samples
-from tests.samples import fetch_file, key_for
+from tests.samples import closed_after_test, fetch_file, key_for
 from worker.download import Fetcher
 from worker.errors import DownloadError, RetryableDownloadError
 from worker.settings import DownloadSettings
@@ -78,8 +78,8 @@ class CountingServer:
 
 
 def fetcher(slept: list[float]) -> Fetcher:
-    return Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=3,
-                                    timeout_seconds=5.0), sleep=slept.append)
+    return closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=3,
+                                    timeout_seconds=5.0), sleep=slept.append))
 
 
 @pytest.fixture
@@ -199,9 +199,10 @@ def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
     timeout = 2.0
     with CountingServer() as server:
         black_holes.append(BlackHole("127.0.0.2", server.port))
-        fetch = Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
-                                         timeout_seconds=timeout),
-                        resolve=two_addresses("127.0.0.2", "127.0.0.1"))  # type: ignore[arg-type]
+        fetch = closed_after_test(Fetcher(
+            DownloadSettings(allow_private_networks=True, max_attempts=1,
+                             timeout_seconds=timeout),
+            resolve=two_addresses("127.0.0.2", "127.0.0.1")))  # type: ignore[arg-type]
         started = time.monotonic()
         result = fetch_file(fetch, f"http://two-addresses.test:{server.port}/a.png",
                              FileKind.ITEM_IMAGE, storage, key_for("x/two"))
@@ -220,9 +221,9 @@ def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
     port = listener.getsockname()[1]
     listener.close()
     black_holes.extend([BlackHole("127.0.0.2", port), BlackHole("127.0.0.3", port)])
-    fetch = Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
+    fetch = closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
                                      timeout_seconds=timeout),
-                    resolve=two_addresses("127.0.0.2", "127.0.0.3"))  # type: ignore[arg-type]
+                    resolve=two_addresses("127.0.0.2", "127.0.0.3")))  # type: ignore[arg-type]
     started = time.monotonic()
     with pytest.raises(DownloadError, match="timed out"):
         fetch_file(fetch, f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,

@@ -16,7 +16,7 @@ from casefetch.errors import ConfigError
 from tests import samples
 from tests.fileserver import Fault, FileServer
 from tests.recording_server import RecordingServer, Reply
-from tests.samples import fetch_file, key_for
+from tests.samples import closed_after_test, fetch_file, key_for
 from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
@@ -30,7 +30,7 @@ def fetcher(**overrides: object) -> tuple[Fetcher, list[float]]:
     values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 3,
                                  "timeout_seconds": 2.0, "backoff_base_seconds": 0.01}
     values.update(overrides)
-    return Fetcher(DownloadSettings(**values), sleep=slept.append), slept  # type: ignore[arg-type]
+    return closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append)), slept  # type: ignore[arg-type]
 
 
 
@@ -248,7 +248,7 @@ def test_a_non_ascii_url_is_requested_as_a_browser_would(storage: LocalStorage) 
         server.add("/rapport-%C3%A9t%C3%A9.pdf", Reply(body=pdf))
         url = f"http://bücher.test:{server.port}/rapport-été.pdf?nom=Ça va#page=2"
         values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 1}
-        fetch = Fetcher(DownloadSettings(**values), resolve=resolve)  # type: ignore[arg-type]
+        fetch = closed_after_test(Fetcher(DownloadSettings(**values), resolve=resolve))  # type: ignore[arg-type]
         result = fetch_file(fetch, url, FileKind.CASE_PDF, storage, key_for("idn"))
         [request] = server.received("/rapport-%C3%A9t%C3%A9.pdf")
     finally:
@@ -271,7 +271,7 @@ def test_an_internationalised_host_can_be_allowed(storage: LocalStorage) -> None
     assert settings.allowed_hosts == ("xn--bcher-kva.test",)
     try:
         server.add("/photo.png", Reply(body=samples.png()))
-        fetch = Fetcher(settings, resolve=resolve)  # type: ignore[arg-type]
+        fetch = closed_after_test(Fetcher(settings, resolve=resolve))  # type: ignore[arg-type]
         url = f"http://BÜCHER.test:{server.port}/photo.png"
         assert fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("a")).attempts == 1
         with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):

@@ -8,7 +8,7 @@ import pytest
 
 from tests import samples
 from tests.fileserver import Fault, FileServer
-from tests.samples import fetch_file
+from tests.samples import closed_after_test, fetch_file
 from worker.download import Fetcher
 from worker.errors import DownloadError
 from worker.settings import DownloadSettings
@@ -21,7 +21,7 @@ def fetch(url: str, tmp_path: Path, **overrides: object) -> tuple[object, list[f
     values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 3,
                                  "timeout_seconds": 0.3, "backoff_base_seconds": 0.01}
     values.update(overrides)
-    fetcher = Fetcher(DownloadSettings(**values), sleep=slept.append)  # type: ignore[arg-type]
+    fetcher = closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append))  # type: ignore[arg-type]
     storage = LocalStorage(tmp_path)
     try:
         return fetch_file(fetcher, url, FileKind.CASE_PDF, storage, lambda t: "f.pdf"), slept

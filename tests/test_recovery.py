@@ -18,6 +18,7 @@ from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
+from tests.samples import closed_after_test
 from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping
 from worker.casefiles import read_manifest
@@ -40,7 +41,7 @@ def pipeline(own_redis: redis.Redis, tmp_path: Path) -> tuple[Pipeline, list[dic
     sent: list[dict[str, Any]] = []
     return Pipeline(storage=LocalStorage(tmp_path / "archive"),
                     books=Bookkeeping(own_redis, lock_seconds=5),
-                    fetcher=Fetcher(DownloadSettings(allow_private_networks=True)),
+                    fetcher=closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True))),
                     send_download=sent.append), sent
 
 

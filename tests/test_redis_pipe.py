@@ -110,7 +110,10 @@ def test_only_plain_urls_are_taken(url: str, supported: bool) -> None:
 async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
     from receiver.enqueue import EnqueueError, Enqueuer
 
+    accepted: list[asyncio.StreamWriter] = []
+
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
         await reader.read(-1)  # takes every byte, answers nothing
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
@@ -127,6 +130,8 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
     finally:
         await enqueuer.close()
         server.close()
+        for writer in accepted:  # the server's side of each connection (3.11 leaves them)
+            writer.close()
         await server.wait_closed()
 
 

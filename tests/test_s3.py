@@ -31,7 +31,7 @@ from tests.conftest import (
     worker_env,
 )
 from tests.fileserver import FileServer
-from tests.samples import sha
+from tests.samples import closed_after_test, sha
 from worker.bookkeeping import Bookkeeping
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
@@ -396,8 +396,8 @@ def test_a_slow_but_steady_upload_outlives_every_sweep(
     client = redis.Redis.from_url(redis_server.db_url(15))
     client.flushdb()
     storage = S3Storage(s3_client, bucket, prefix=PREFIX, part_size=MIN_PART_BYTES)
-    runtime = Runtime(client, storage, Fetcher(DownloadSettings(
-        allow_private_networks=True, timeout_seconds=5, max_attempts=1)), download_threads=1)
+    runtime = Runtime(client, storage, closed_after_test(Fetcher(DownloadSettings(
+        allow_private_networks=True, timeout_seconds=5, max_attempts=1))), download_threads=1)
     # The first part at full speed, then about 10 KB/s for the rest (three seconds).
     data = samples.pdf(MIN_PART_BYTES + 30_000)
     url = file_server.add("s3-slow/pdf", data, trickle=(MIN_PART_BYTES + 1000, 2000, 0.2))

@@ -16,7 +16,7 @@ import pytest
 from casefetch.errors import ConfigError
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
-from tests.samples import fetch_file, key_for
+from tests.samples import closed_after_test, fetch_file, key_for
 from tests.tls import self_signed, tls_server
 from worker.download import Fetcher
 from worker.errors import PermanentDownloadError
@@ -47,7 +47,7 @@ def fetcher(**overrides: Any) -> Fetcher:
     values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 1,
                               "timeout_seconds": 5.0, "extra_headers": {"X-Api-Key": SECRET}}
     values.update(overrides)
-    return Fetcher(DownloadSettings(**values), sleep=lambda _: None)
+    return closed_after_test(Fetcher(DownloadSettings(**values), sleep=lambda _: None))
 
 
 @pytest.fixture(scope="module")

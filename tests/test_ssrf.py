@@ -18,7 +18,7 @@ import urllib3
 
 from tests import samples
 from tests.recording_server import RecordingServer, Reply
-from tests.samples import fetch_file, key_for
+from tests.samples import closed_after_test, fetch_file, key_for
 from worker.download import Fetcher
 from worker.errors import DownloadError, PermanentDownloadError
 from worker.guard import (
@@ -58,7 +58,7 @@ def localhost_is_public(host: str, address: IPAddress) -> None:
 
 def fetch(url: str, storage: LocalStorage, check: Any = None, **overrides: Any) -> Any:
     download = settings(**overrides)
-    return fetch_file(Fetcher(download, check=check, sleep=lambda _: None),
+    return fetch_file(closed_after_test(Fetcher(download, check=check, sleep=lambda _: None)),
         url, FileKind.ITEM_IMAGE, storage, key_for("x"))
 
 
