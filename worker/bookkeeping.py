@@ -45,7 +45,7 @@ from casefetch.protocol import (
 )
 from worker.errors import Busy
 from worker.locks import HeldLock, Locks, new_token
-from worker.manifest import parse_json
+from worker.manifest import Entry, parse_json
 
 
 class ClaimStatus(str, Enum):
@@ -64,7 +64,7 @@ class Claim:
 
     status: ClaimStatus
     lock: HeldLock | None = None
-    intent: dict[str, Any] | None = None
+    intent: Entry | None = None
 
 
 class Bookkeeping:
@@ -94,12 +94,12 @@ class Bookkeeping:
     def remaining(self, case: str) -> list[int]:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
 
-    def intend_many(self, case: str, entries: dict[int, dict[str, Any]]) -> None:
+    def intend_many(self, case: str, entries: dict[int, Entry]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
         self.redis.hset(case_key(case, "intents"),
                         mapping={str(i): compact_json(entry) for i, entry in entries.items()})
 
-    def results(self, case: str) -> dict[int, dict[str, Any]]:
+    def results(self, case: str) -> dict[int, Entry]:
         raw = self.redis.hgetall(case_key(case, "results"))
         return {int(k): parse_json(v) for k, v in raw.items()}
 
@@ -151,7 +151,7 @@ class Bookkeeping:
     """
 
     def record_many(self, case: str, gen: str,
-                    done: list[tuple[int, dict[str, Any], HeldLock | None]]) -> int | None:
+                    done: list[tuple[int, Entry, HeldLock | None]]) -> int | None:
         """Store several finished entries of one case in one round trip, releasing their
         locks; return how many files remain, or None if ``gen`` is stale."""
         keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "pending"),

@@ -156,7 +156,7 @@ def release(lock: HeldLock) -> None:
 
 
 def _stored_entry(case: str, path: str, kind: FileKind, result: FetchResult) -> Entry:
-    entry = {"path": result.key[len(case) + 1:], "kind": kind.value,
+    entry: Entry = {"path": result.key[len(case) + 1:], "kind": kind.value,
              "status": FileStatus.STORED.value, "sha256": result.sha256, "bytes": result.size,
              "contentType": result.file_type.content_type, "error": None,
              "attempts": result.attempts}

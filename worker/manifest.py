@@ -10,14 +10,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from casefetch import codec
 from worker import archive
-from worker.schemas import CaseCheck
+from worker.schemas import CaseCheck, ItemCheck
 from worker.sniff import FileKind
 
-Entry = dict[str, Any]
+
+class Entry(TypedDict, total=False):
+    """One file of a manifest (``files``), as the contract shows it."""
+
+    path: str
+    kind: str
+    #: Position of the item the file belongs to (from 1); item files only.
+    item: int
+    itemCfRef: Any
+    stepAction: Any
+    sourceUrl: str
+    status: str
+    sha256: str | None
+    bytes: int | None
+    contentType: str | None
+    error: str | None
+    attempts: int
+    warning: str
+
+
 Manifest = dict[str, Any]
 
 
@@ -40,9 +59,13 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _entry(path: str, kind: FileKind, source_url: str, **extra: Any) -> Entry:
+def _entry(path: str, kind: FileKind, source_url: str, item: ItemCheck | None = None
+           ) -> Entry:
     entry: Entry = {"path": path, "kind": kind.value}
-    entry.update(extra)
+    if item is not None:
+        entry["item"] = item.position
+        entry["itemCfRef"] = item.cf_ref
+        entry["stepAction"] = item.step_action
     entry.update({"sourceUrl": source_url, "status": FileStatus.PENDING.value, "sha256": None,
                   "bytes": None, "contentType": None, "error": None, "attempts": 0})
     return entry
@@ -70,11 +93,10 @@ def plan(check: CaseCheck) -> tuple[list[Entry], list[dict[str, Any]]]:
         if not url:
             continue
         entry = _entry(archive.item_stem(item.position, item.cf_ref or "item"),
-                       FileKind.ITEM_IMAGE, url, item=item.position, itemCfRef=item.cf_ref,
-                       stepAction=item.step_action)
+                       FileKind.ITEM_IMAGE, url, item)
         if item.image_url is None:
-            entry.update(status=FileStatus.FAILED.value,
-                         error=f"invalid imageUrl: {'; '.join(item.errors['imageUrl'])}")
+            entry["status"] = FileStatus.FAILED.value
+            entry["error"] = f"invalid imageUrl: {'; '.join(item.errors['imageUrl'])}"
         files.append(entry)
     return files, warnings
 
@@ -89,10 +111,10 @@ def reuse(files: list[Entry], previous: Manifest | None) -> list[Entry]:
     for entry in files:
         earlier = stored.get((stem(entry), entry["sourceUrl"]))
         if entry["status"] == FileStatus.PENDING.value and earlier is not None:
-            entry = {**entry, **{k: earlier[k] for k in
-                                 ("path", "status", "sha256", "bytes", "contentType", "attempts",
-                                  "warning")
-                                 if k in earlier}, "error": None}
+            entry = cast(Entry, {**entry, **{k: earlier[k] for k in
+                                             ("path", "status", "sha256", "bytes",
+                                              "contentType", "attempts", "warning")
+                                             if k in earlier}, "error": None})
         merged.append(entry)
     return merged
 
@@ -165,9 +187,9 @@ def item_files(manifest: Manifest) -> dict[int, Entry]:
     found: dict[int, Entry] = {}
     for entry in manifest.get("files") or []:
         if isinstance(entry, dict) and entry.get("kind") == FileKind.ITEM_IMAGE.value:
-            position = item_position(entry)
+            position = item_position(cast(Entry, entry))
             if position is not None:
-                found[position] = entry
+                found[position] = cast(Entry, entry)
     return found
 
 

@@ -8,8 +8,6 @@ the last download settles the manifest again.
 
 from __future__ import annotations
 
-from typing import Any
-
 from worker import archive, casefiles
 from worker.inspection import CaseNotFound, InspectionError
 from worker.manifest import CaseStatus, Entry, FileStatus, now_iso
@@ -50,8 +48,8 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
         return [str(files[i]["path"]) for i in indices]
 
 
-def _pending(entry: Entry) -> dict[str, Any]:
-    pending = {**entry, "status": FileStatus.PENDING.value, "sha256": None, "bytes": None,
+def _pending(entry: Entry) -> Entry:
+    pending: Entry = {**entry, "status": FileStatus.PENDING.value, "sha256": None, "bytes": None,
                "contentType": None, "error": None}
     pending.pop("warning", None)
     return pending

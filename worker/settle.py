@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from worker import archive, casefiles
 from worker.bookkeeping import Bookkeeping
 from worker.catalog import Catalog, row_for
-from worker.manifest import CaseStatus, Manifest, parse_json, settle
+from worker.manifest import CaseStatus, Entry, Manifest, parse_json, settle
 from worker.page import render_case
 from worker.storage import Storage
 
@@ -43,7 +43,8 @@ class Settler:
             self.books.finish(case)
             return
         results = self.books.results(case)
-        merged = {i: {**manifest["files"][i], **entry} for i, entry in results.items()}
+        merged = {i: cast(Entry, {**manifest["files"][i], **entry})
+                  for i, entry in results.items()}
         final = settle(manifest, merged)
         if final["status"] == CaseStatus.PENDING:
             return
