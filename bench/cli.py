@@ -20,7 +20,7 @@ from types import FrameType
 from rich.console import Console
 
 from bench import fetch, growth, memory, payload, receiver, report
-from bench.harness import ROOT, Bench, Result
+from bench.harness import ROOT, Bench, BenchError, Result
 
 ALL = ("receiver", "fetch", "memory", "growth", "payload")
 
@@ -68,7 +68,8 @@ def run(chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
         except Exception as exc:  # one benchmark failing must not hide the others' results
             crashed.append(name)
             console.print(f"[red]{name} could not run: {exc}[/red]")
-            traceback.print_exc()
+            if not isinstance(exc, BenchError):  # an expected failure says it in one line
+                traceback.print_exc()
             results.append(Result(f"{name}: could not run", 0.0, None, "", None, "runs", False,
                                   str(exc).splitlines()[0][:120]))
         console.print(f"  {name} took {time.perf_counter() - started:.0f}s")
