@@ -20,12 +20,12 @@ from casefetch import logs
 from casefetch.errors import CasefetchError
 from casefetch_tools.browse import BrowseSettings, create_app
 from casefetch_tools.browse_pages import STATUSES
+from casefetch_tools.exits import fail
 from casefetch_tools.polling import poll
 from casefetch_tools.terminal import (
     console,
     each_with_progress,
     expected_failures,
-    fail,
     human_bytes,
     print_json,
     redis_client,

@@ -9,11 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from casefetch.protocol import delivery_body
+from casefetch_tools.exits import fail
 from casefetch_tools.terminal import (
     console,
     each_with_progress,
     expected_failures,
-    fail,
     print_json,
     redis_client,
     storage,

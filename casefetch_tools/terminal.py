@@ -6,9 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import redis
@@ -17,17 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
+from casefetch_tools.exits import fail
 from worker.app import make_storage
 from worker.bookkeeping import Busy
 from worker.settings import WorkerSettings
 from worker.storage import Storage
 
 T = TypeVar("T")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"casefetch: {message}", err=True)
-    sys.exit(code)
 
 
 def console() -> Console:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from casefetch_tools.cli import choose_redis
 from casefetch_tools.redis_server import RedisServer, answers, free_port
+from casefetch_tools.run_command import choose_redis
 from tests import samples
 from tests.conftest import (
     BASIC_PASSWORD,
@@ -231,7 +231,7 @@ def test_a_broken_worker_starts_again_in_the_same_process() -> None:
     # restart_worker replaces the process with a fresh `casefetch <same arguments>`; here the
     # arguments are `--version`, so the fresh process prints it and exits.
     code = ("import sys; sys.argv = ['casefetch', '--version'];"
-            "from casefetch_tools.cli import restart_worker; restart_worker(1)")
+            "from casefetch_tools.worker_command import restart_worker; restart_worker(1)")
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": "0"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=60)
@@ -247,7 +247,8 @@ def test_failures_in_a_row_back_off_and_a_steady_run_starts_afresh(
     # time.sleep replaced: the delay is read from the log line, not waited for.
     code = ("import sys, time; sys.argv = ['casefetch', '--version'];"
             "time.sleep = lambda s: print('slept', s);"
-            f"from casefetch_tools.cli import restart_worker; restart_worker(1, {ran_seconds})")
+            "from casefetch_tools.worker_command import restart_worker;"
+            f"restart_worker(1, {ran_seconds})")
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": str(restarts)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=60)
