@@ -85,7 +85,8 @@ class FaultyRedis(redis.Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         name = f"redis {args[0]}"
         with self.faults.step(name, redis.ConnectionError(f"injected: {name}")):
-            return super().execute_command(*args, **options)
+            # redis-py leaves execute_command unannotated.
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         faults = self.faults
@@ -236,6 +237,7 @@ class Harness:
         raw = self.broker.rpop(queue)
         if raw is None:
             return False
+        assert isinstance(raw, bytes)  # one entry (no count), undecoded (no decode_responses)
         [argument], _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
         try:
             if queue == INGEST_QUEUE:
@@ -299,5 +301,6 @@ def harness(root: Path, redis_url: str, storage: Storage | None = None, db: int 
     if faults is None:
         return Harness(storage, redis.Redis.from_url(url), broker)
     client = FaultyRedis.from_url(url)
+    assert isinstance(client, FaultyRedis)  # from_url builds the class it is called on
     client.faults = faults
     return Harness(FaultyStorage(storage, faults), client, broker)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from casefetch.errors import ConfigError
 from casefetch_tools.browse import BrowseSettings, create_app, is_loopback
@@ -23,6 +25,8 @@ from worker.storage import LocalStorage
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
 HTML = b"<html><script>alert(1)</script></html>"
+
+Client = TestClient[web.Request, web.Application]
 
 
 def put_case(storage: LocalStorage, cf_ref: str, updated: str, status: str = "complete",
@@ -73,12 +77,13 @@ def archive(tmp_path: Path) -> tuple[LocalStorage, Catalog]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, archive: tuple[LocalStorage, Catalog]) -> TestClient:
+async def client(aiohttp_client: AiohttpClient, archive: tuple[LocalStorage, Catalog]
+                 ) -> Client:
     storage, catalog = archive
-    return await aiohttp_client(create_app(storage, catalog, BrowseSettings()))  # type: ignore[no-any-return]
+    return await aiohttp_client(create_app(storage, catalog, BrowseSettings()))
 
 
-async def test_list_newest_first_filtered_searched_and_paged(client: TestClient) -> None:
+async def test_list_newest_first_filtered_searched_and_paged(client: Client) -> None:
     page = await (await client.get("/")).text()
     assert page.index("EVIL") < page.index("CF-7") < page.index("CF-1")
     only = await (await client.get("/?status=incomplete")).text()
@@ -106,7 +111,7 @@ def test_the_catalog_pages(archive: tuple[LocalStorage, Catalog]) -> None:
     assert catalog.search(Query(text="CF-\\ud800"))[0][0].reportId == "R-\\udfff"
 
 
-async def test_case_page_and_files_with_their_stored_type(client: TestClient) -> None:
+async def test_case_page_and_files_with_their_stored_type(client: Client) -> None:
     response = await client.get("/cases/CF-1")
     assert response.status == 200 and str(response.url).endswith("/cases/CF-1/")
     page = await response.text()
@@ -124,7 +129,7 @@ async def test_case_page_and_files_with_their_stored_type(client: TestClient) ->
     assert case_json.headers["Content-Type"].startswith("application/json")
 
 
-async def test_svg_and_html_in_the_archive_are_never_rendered(client: TestClient) -> None:
+async def test_svg_and_html_in_the_archive_are_never_rendered(client: Client) -> None:
     for path in ("items/002-IT-2.svg", "items/003-IT-3.html"):
         response = await client.get(f"/cases/EVIL/{path}")
         assert response.status == 200
@@ -142,14 +147,14 @@ async def test_svg_and_html_in_the_archive_are_never_rendered(client: TestClient
     "/cases/CF-1/items/001-IT-1.png/..", "/cases/CF-1/history/../manifest.json.bak",
     "/cases/.tmp/", "/cases/CF-1/.index.sqlite", "/secret.txt", "/.index.sqlite",
 ])
-async def test_nothing_outside_the_archive_is_served(client: TestClient, path: str) -> None:
+async def test_nothing_outside_the_archive_is_served(client: Client, path: str) -> None:
     status, head, body = await raw_get(client, path)
     assert b"outside the cases" not in body and b"root:" not in body
     assert status in {400, 404} or (
         status == 302 and b"\r\nLocation: /cases/CF-1/" in head), (path, status)
 
 
-async def raw_get(client: TestClient, path: str) -> tuple[int, bytes, bytes]:
+async def raw_get(client: Client, path: str) -> tuple[int, bytes, bytes]:
     """A GET of ``path`` exactly as written: no client tidies its dots or escapes."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode("latin-1"))
@@ -161,13 +166,13 @@ async def raw_get(client: TestClient, path: str) -> tuple[int, bytes, bytes]:
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-async def test_write_methods_answer_405(client: TestClient, method: str) -> None:
+async def test_write_methods_answer_405(client: Client, method: str) -> None:
     for path in ("/", "/cases/CF-1/", "/cases/CF-1/case.pdf", "/nowhere"):
         response = await client.request(method, path)
         assert response.status == 405, (method, path)
 
 
-async def test_quarantine_is_listed_escaped(client: TestClient) -> None:
+async def test_quarantine_is_listed_escaped(client: Client) -> None:
     page = await (await client.get("/quarantine")).text()
     assert "q-1" in page and "invalid_case" in page
     assert "&lt;b&gt;Not a valid URL.&lt;/b&gt;" in page

@@ -21,7 +21,8 @@ from casefetch_tools.terminal import each_with_progress
 from tests import samples
 from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, worker_env
 from tests.fileserver import Fault, FileServer
-from tests.test_pipeline import enqueue_raw, sha
+from tests.samples import sha
+from tests.test_pipeline import enqueue_raw
 from worker.pipeline import Pipeline
 from worker.quarantine import REPLAY_HEADER
 from worker.storage import LocalStorage

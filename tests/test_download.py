@@ -271,7 +271,7 @@ def test_an_internationalised_host_can_be_allowed(storage: LocalStorage) -> None
     assert settings.allowed_hosts == ("xn--bcher-kva.test",)
     try:
         server.add("/photo.png", Reply(body=samples.png()))
-        fetch = closed_after_test(Fetcher(settings, resolve=resolve))  # type: ignore[arg-type]
+        fetch = closed_after_test(Fetcher(settings, resolve=resolve))
         url = f"http://BÜCHER.test:{server.port}/photo.png"
         assert fetch_file(fetch, url, FileKind.ITEM_IMAGE, storage, key_for("a")).attempts == 1
         with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):

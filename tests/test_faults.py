@@ -111,8 +111,8 @@ def settle_or_explain(settled: Callable[[], bool], tally: Tally, stack: dict[str
                      if (archive.manifest(cf) or {}).get("status") != "complete"}
         try:
             client = redis.Redis.from_url(stack["redis"].url)
-            queues = {name: client.llen(name)
-                      for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)}
+            queues: dict[str, int | str] = {name: client.llen(name)
+                                            for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)}
             queues["inbox"] = client.hlen(INBOX_KEY)
         except redis.RedisError as error:
             queues = {"redis": str(error)}

@@ -93,13 +93,13 @@ def test_item_problems_are_recorded_without_losing_the_case(
         archive: Archive, unique: Callable[[str], str]) -> None:
     cf = unique("CF")
     png = samples.png(seed=3)
-    items = [samples.item("IT-ok", file_server.add(f"{cf}/ok", png)),
-             samples.item("IT-step", file_server.add(f"{cf}/step", png), step="HOLOGRAM"),
-             samples.item("IT-url", "not a url"),
-             samples.item("IT-date", None, createdAt="31/12/2026"),
-             "not an object",
-             samples.item("IT-geo", None, geolocLatitude=48.85, geolocLongitude="2.35"),
-             {**samples.item("IT-extra", None), "futureField": {"kept": True}}]
+    items: list[Any] = [samples.item("IT-ok", file_server.add(f"{cf}/ok", png)),
+                    samples.item("IT-step", file_server.add(f"{cf}/step", png), step="HOLOGRAM"),
+                    samples.item("IT-url", "not a url"),
+                    samples.item("IT-date", None, createdAt="31/12/2026"),
+                    "not an object",
+                    samples.item("IT-geo", None, geolocLatitude=48.85, geolocLongitude="2.35"),
+                    {**samples.item("IT-extra", None), "futureField": {"kept": True}}]
     body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items,
                                      unknownTopLevel=[1, 2]))
     assert receiver.post(body)[0] == 202
@@ -249,7 +249,8 @@ def test_every_byte_the_platform_serves_is_kept(
     """Each row of issue 15's table, as phones and document stores write the files."""
     cf = unique("CF")
     pdf = samples.pdf(30_000) + b"\r\n% an incremental update's bytes, after %%EOF\r\n\x00"
-    served = {  # item cfRef: (stepAction, bytes, how it is served, extension, warned)
+    # item cfRef: (stepAction, bytes, how it is served, extension, warned)
+    served: dict[str, tuple[str, bytes, dict[str, Any], str, bool]] = {
         "motion": ("PHOTOGRAPHY", samples.motion_photo(), {}, "jpg", False),
         "trailer": ("PHOTOGRAPHY", samples.camera_trailer(), {"chunked": True}, "jpg", False),
         "png-tail": ("SIGNATURE", samples.png(seed=4) + b"\x00after IEND", {}, "png", False),
@@ -286,8 +287,8 @@ def test_every_byte_the_platform_serves_is_kept(
     assert files["sup"]["attempts"] == 2 and files["len"]["attempts"] == 2
     assert files["heic"]["contentType"] == "image/heic"
     assert files["mp4"]["contentType"] == "video/mp4"
-    warned = {(w.get("itemCfRef"), w.get("path")) for w in manifest["warnings"]}
-    assert warned == {("heic", files["heic"]["path"]), ("avif", files["avif"]["path"])}
+    warnings = {(w.get("itemCfRef"), w.get("path")) for w in manifest["warnings"]}
+    assert warnings == {("heic", files["heic"]["path"]), ("avif", files["avif"]["path"])}
     assert manifest["status"] == "complete"
 
 

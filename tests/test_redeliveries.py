@@ -16,6 +16,7 @@ from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
 from tests.pipeline_harness import Harness, harness
+from tests.queues import take_message
 
 
 @pytest.fixture
@@ -32,9 +33,7 @@ def versions(file_server: FileServer, cf: str, count: int) -> list[bytes]:
 
 def hold_back(pipe: Harness, delivery_id: str) -> bytes:
     """Take a delivery's queued message out of the queue (a worker holds it, slowly)."""
-    [raw] = [m for m in pipe.broker.lrange(INGEST_QUEUE, 0, -1) if delivery_id.encode() in m]
-    assert pipe.broker.lrem(INGEST_QUEUE, 1, raw) == 1
-    return raw
+    return take_message(pipe.broker, INGEST_QUEUE, delivery_id)
 
 
 def history(root: Path, cf: str) -> dict[str, bytes]:

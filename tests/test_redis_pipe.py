@@ -192,7 +192,8 @@ async def test_the_pipe_and_redis_py_write_the_same_enqueue(redis_server: RedisS
         client.flushdb()
         transaction = client.pipeline(transaction=True)
         for command in commands:
-            transaction.execute_command(*command)
+            # redis-py leaves Pipeline.execute_command unannotated.
+            transaction.execute_command(*command)  # type: ignore[no-untyped-call]
         transaction.execute()
         by_redis_py = {key: client.dump(key) for key in keys}
         assert all(by_redis_py.values())

@@ -243,7 +243,8 @@ def _wait_until_ready(stack: Stack, downloads: int = 1) -> None:
         try:
             url = f"http://127.0.0.1:{stack.receiver_port}/readyz"
             with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status == 200
+                status: int = response.status
+                return status == 200
         except OSError:
             return False
 
