@@ -131,9 +131,13 @@ def check_ending(pipe: Harness, body: bytes) -> None:
         return
     assert ended["outcome"] in {"planned", "duplicate", "resumed"}
     payload = json.loads(body)
-    settled = [m for m in pipe.manifests() if m["cfRef"] == payload["cfRef"]
-               and m.get("deliveryId") in {ended["deliveryId"], None} | {m.get("deliveryId")}]
-    assert settled and all(m["status"] in {"complete", "incomplete"} for m in settled), settled
+    [manifest] = [m for m in pipe.manifests() if m["cfRef"] == payload["cfRef"]]
+    # The manifest describes these very bytes, as this delivery's own or (an identical
+    # re-delivery) as an earlier delivery's that names this one the latest it has seen.
+    assert manifest["payloadSha256"] == samples.sha(body), manifest
+    described = {manifest["deliveryId"], manifest.get("latestDeliveryId")}
+    assert ended["deliveryId"] in described, manifest
+    assert manifest["status"] in {"complete", "incomplete"}, manifest
 
 
 @PROPERTIES
