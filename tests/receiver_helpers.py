@@ -8,7 +8,7 @@ import hmac
 
 from receiver.auth import Credentials
 from receiver.settings import ReceiverSettings
-from tests.conftest import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
+from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 
 
 def settings(redis_url: str, **overrides: object) -> ReceiverSettings:

@@ -19,7 +19,8 @@ from pytest_aiohttp import AiohttpClient
 from casefetch.errors import ConfigError
 from casefetch_tools.browse import BrowseSettings, create_app, is_loopback
 from tests import samples
-from tests.conftest import ROOT, worker_env
+from tests.paths import ROOT
+from tests.processes import worker_env
 from worker.catalog import Catalog, Query, row_for
 from worker.storage import LocalStorage
 

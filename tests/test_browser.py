@@ -23,8 +23,11 @@ import pytest
 from casefetch_tools import samples as sample_files
 from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
-from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, wait_for, worker_env
+from tests.archive_view import Archive
 from tests.fileserver import Fault, FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, worker_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.browser
 

@@ -13,8 +13,11 @@ import pytest
 
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
-from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, wait_for, worker_env
+from tests.archive_view import Archive
 from tests.fileserver import FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, worker_env
+from tests.waiting import wait_for
 from worker.catalog import Catalog, Query
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]

@@ -15,21 +15,12 @@ import pytest
 from casefetch_tools.redis_server import RedisServer, answers, free_port
 from casefetch_tools.run_command import choose_redis
 from tests import samples
-from tests.conftest import (
-    BASIC_PASSWORD,
-    BASIC_USER,
-    HMAC_KEY,
-    HMAC_SECRET,
-    ROOT,
-    TOKEN,
-    Archive,
-    ReceiverProcess,
-    WorkerProcess,
-    receiver_env,
-    wait_for,
-    worker_env,
-)
+from tests.archive_view import Archive
+from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 from tests.fileserver import FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
+from tests.waiting import wait_for
 
 
 def casefetch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

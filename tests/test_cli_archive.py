@@ -19,8 +19,10 @@ from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer
 from casefetch_tools.terminal import each_with_progress
 from tests import samples
-from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, worker_env
+from tests.archive_view import Archive
 from tests.fileserver import Fault, FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, worker_env
 from tests.samples import sha
 from tests.test_pipeline import enqueue_raw
 from worker.pipeline import Pipeline

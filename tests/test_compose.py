@@ -18,7 +18,7 @@ import yaml
 from casefetch.constants import ALL_QUEUES
 from casefetch.errors import ConfigError
 from receiver.settings import PLACEHOLDER_MARKER, ReceiverSettings
-from tests.conftest import ROOT
+from tests.paths import ROOT
 from worker.settings import DownloadSettings, WorkerSettings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

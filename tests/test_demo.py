@@ -14,8 +14,11 @@ import pytest
 
 from casefetch_tools import demo
 from casefetch_tools.redis_server import free_port
-from tests.conftest import ROOT, Archive, ReceiverProcess, WorkerProcess, receiver_env, wait_for
+from tests.archive_view import Archive
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, receiver_env
 from tests.samples import ends_whole
+from tests.waiting import wait_for
 from worker.sniff import sniff
 
 

@@ -23,16 +23,11 @@ import redis
 from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
-from tests.conftest import (
-    Archive,
-    ReceiverProcess,
-    WorkerProcess,
-    receiver_env,
-    wait_for,
-    worker_env,
-)
+from tests.archive_view import Archive
 from tests.fileserver import FileServer
+from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.samples import sha
+from tests.waiting import wait_for
 from worker.archive import CATALOG
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]

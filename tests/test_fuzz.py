@@ -31,7 +31,7 @@ from casefetch_tools.redis_server import RedisServer
 from receiver import create_app
 from tests import receiver_helpers as rh
 from tests import samples
-from tests.conftest import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
+from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 
 REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "10000"))
 #: The run must end well inside this, or it fails (CI stays bounded in time).

@@ -22,8 +22,10 @@ import pytest
 from casefetch_tools import samples as sample_files
 from casefetch_tools.demo import certificate_pdf
 from casefetch_tools.redis_server import RedisServer, free_port
-from tests.conftest import ROOT, TOKEN, wait_for
+from tests.credentials import TOKEN
 from tests.fileserver import FileServer
+from tests.paths import ROOT
+from tests.waiting import wait_for
 from worker.archive import case_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -11,7 +11,7 @@ import redis
 
 from casefetch.constants import case_key, lock_key
 from casefetch_tools.redis_server import RedisServer
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping, Busy
 from worker.locks import Locks
 

@@ -15,9 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from casefetch import logs
 from tests import samples
-from tests.conftest import ROOT, TOKEN, Archive, ReceiverProcess, WorkerProcess, wait_for
+from tests.archive_view import Archive
+from tests.credentials import TOKEN
 from tests.fileserver import Fault, FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess
 from tests.test_pipeline import enqueue_raw
+from tests.waiting import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -11,9 +11,11 @@ import redis
 from casefetch.constants import lock_key
 from casefetch.protocol import make_delivery
 from tests import samples
-from tests.conftest import Archive, ReceiverProcess, WorkerProcess, wait_for
+from tests.archive_view import Archive
 from tests.fileserver import Fault, FileServer
+from tests.processes import ReceiverProcess, WorkerProcess
 from tests.samples import sha
+from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping
 
 

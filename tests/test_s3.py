@@ -22,16 +22,11 @@ import urllib3
 from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer, free_port
 from tests import samples
-from tests.conftest import (
-    ROOT,
-    ReceiverProcess,
-    WorkerProcess,
-    receiver_env,
-    wait_for,
-    worker_env,
-)
 from tests.fileserver import FileServer
+from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.samples import closed_after_test, sha
+from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping
 from worker.errors import AccessRefused, BucketMissing, NotFound, StorageError
 from worker.s3 import MIN_PART_BYTES, PART_BYTES, S3Storage
@@ -121,7 +116,7 @@ def settled_manifest(client: Any, bucket: str, cf_ref: str,
         manifest = json.loads(raw) if raw else None
         return manifest if manifest and manifest["status"] != "pending" else None
 
-    return wait_for(done, timeout=timeout, message=f"case {cf_ref} to settle in S3")  # type: ignore[no-any-return]
+    return wait_for(done, timeout=timeout, message=f"case {cf_ref} to settle in S3")
 
 
 # -- the storage on its own ------------------------------------------------------------------

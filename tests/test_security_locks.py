@@ -10,7 +10,7 @@ import redis
 
 from casefetch.constants import lock_key
 from casefetch_tools.redis_server import RedisServer
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping
 
 

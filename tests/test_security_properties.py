@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from casefetch_tools.redis_server import RedisServer
 from receiver.auth import AuthError, Credentials, Scheme, authenticate
 from tests import samples
-from tests.conftest import HMAC_KEY, HMAC_SECRET, TOKEN
+from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 from tests.inprocess_receiver import InProcessReceiver
 from tests.pipeline_harness import Harness, harness
 from tests.recording_server import RecordingServer, Reply
@@ -61,8 +61,6 @@ def valid_auth(body: bytes, kind: str) -> dict[str, str]:
     if kind == "bearer":
         return {"Authorization": f"Bearer {TOKEN}"}
     if kind == "basic":
-        from tests.conftest import BASIC_PASSWORD, BASIC_USER
-
         token = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
     signature = hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()

@@ -30,17 +30,10 @@ from receiver import create_app
 from receiver.app import MAX_JSON_DEPTH
 from tests import receiver_helpers as rh
 from tests import samples
-from tests.conftest import (
-    BASIC_PASSWORD,
-    BASIC_USER,
-    HMAC_KEY,
-    HMAC_SECRET,
-    TOKEN,
-    ReceiverProcess,
-    receiver_env,
-    wait_for,
-)
+from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 from tests.pipeline_harness import harness
+from tests.processes import ReceiverProcess, receiver_env
+from tests.waiting import wait_for
 
 MAX_BODY = 65536
 READ_TIMEOUT = 1.0

@@ -34,7 +34,8 @@ from casefetch_tools import samples as sample_files
 from casefetch_tools.demo import certificate_pdf
 from casefetch_tools.redis_server import free_port
 from casefetch_tools.sender import auth_headers
-from tests.conftest import ROOT, wait_for
+from tests.paths import ROOT
+from tests.waiting import wait_for
 from worker.archive import case_dir
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]

@@ -17,9 +17,11 @@ from casefetch.constants import DOWNLOAD_QUEUE, INGEST_QUEUE
 from casefetch.protocol import make_delivery
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
-from tests.conftest import Archive, WorkerProcess, wait_for, worker_env
+from tests.archive_view import Archive
 from tests.fileserver import FileServer
+from tests.processes import WorkerProcess, worker_env
 from tests.queues import take_message
+from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
