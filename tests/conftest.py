@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from casefetch_tools.redis_server import RedisServer, free_port
+from tests import databases
 from tests.archive_view import Archive
 from tests.fileserver import FileServer
 from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
@@ -26,6 +27,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"), appendfsync="everysec").start()
     yield server
     server.stop()
+
+
+#: The session's worker, while it runs: database 0 is its (see tests/databases.py).
+SESSION_WORKER = pytest.StashKey[WorkerProcess]()
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses Redis, empty what earlier tests left (tests/databases.py).
+    Fixtures of wider scope are set up first, so a session worker this test starts is
+    already known as running here."""
+    if "redis_server" not in request.fixturenames:
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    worker = request.config.stash.get(SESSION_WORKER, None)
+    databases.clean(server, pipeline_running=worker is not None and worker.running())
 
 
 @pytest.fixture
@@ -49,12 +66,15 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, archive_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+           tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
     env = worker_env(redis_server.url, archive_dir, WORKER_METRICS_PORT=str(free_port()))
     process = WorkerProcess(env, log_path).start()
+    request.config.stash[SESSION_WORKER] = process
     yield process
     process.stop()
+    del request.config.stash[SESSION_WORKER]
 
 
 @pytest.fixture

@@ -88,7 +88,8 @@ def s3_worker_env(redis_url: str, tmp: Path, endpoint: str, bucket: str) -> dict
 def s3_stack(redis_server: RedisServer, s3_endpoint: str, s3_client: Any,
              tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[tuple[ReceiverProcess, WorkerProcess, str]]:
-    """Receiver and S3 worker on Redis database 1, archiving to one bucket."""
+    """Receiver and S3 worker on Redis database 1, archiving to one bucket. No test flushes
+    that database while they run (tests/databases.py: KEPT)."""
     bucket = "casefetch-e2e"
     s3_client.create_bucket(Bucket=bucket)
     url = redis_server.db_url(1)

@@ -113,7 +113,8 @@ def files() -> Iterator[RecordingServer]:
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Harness]:
-    built = harness(tmp_path_factory.mktemp("prop") / "archive", redis_server.url)
+    # A database kept across the module's tests, like the archive (tests/databases.py).
+    built = harness(tmp_path_factory.mktemp("prop") / "archive", redis_server.url, db=14)
     yield built
     built.client.close()
 
