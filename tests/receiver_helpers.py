@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 from receiver.auth import Credentials
 from receiver.settings import ReceiverSettings
@@ -12,7 +13,7 @@ from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET,
 
 
 def settings(redis_url: str, **overrides: object) -> ReceiverSettings:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "redis_url": redis_url,
         "credentials": Credentials.build(
             bearer_tokens=(TOKEN, "rotated-token"),
@@ -21,7 +22,7 @@ def settings(redis_url: str, **overrides: object) -> ReceiverSettings:
         "redis_timeout_seconds": 1.0,
     }
     values.update(overrides)
-    return ReceiverSettings(**values)  # type: ignore[arg-type]
+    return ReceiverSettings(**values)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:

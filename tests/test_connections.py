@@ -12,6 +12,7 @@ import pytest
 from casefetch_tools.polling import poll
 from tests import samples
 from tests.samples import closed_after_test, fetch_file, key_for
+from worker.connections import Resolve
 from worker.download import Fetcher
 from worker.errors import DownloadError, RetryableDownloadError
 from worker.settings import DownloadSettings
@@ -186,7 +187,7 @@ def black_holes() -> Iterator[list[BlackHole]]:
         hole.close()
 
 
-def two_addresses(*addresses: str) -> object:
+def two_addresses(*addresses: str) -> Resolve:
     """A resolver that maps every name to ``addresses``, in this order (as DNS may)."""
     def resolve(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
@@ -202,7 +203,7 @@ def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
         fetch = closed_after_test(Fetcher(
             DownloadSettings(allow_private_networks=True, max_attempts=1,
                              timeout_seconds=timeout),
-            resolve=two_addresses("127.0.0.2", "127.0.0.1")))  # type: ignore[arg-type]
+            resolve=two_addresses("127.0.0.2", "127.0.0.1")))
         started = time.monotonic()
         result = fetch_file(fetch, f"http://two-addresses.test:{server.port}/a.png",
                              FileKind.ITEM_IMAGE, storage, key_for("x/two"))
@@ -223,7 +224,7 @@ def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
     black_holes.extend([BlackHole("127.0.0.2", port), BlackHole("127.0.0.3", port)])
     fetch = closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
                                      timeout_seconds=timeout),
-                    resolve=two_addresses("127.0.0.2", "127.0.0.3")))  # type: ignore[arg-type]
+                    resolve=two_addresses("127.0.0.2", "127.0.0.3")))
     started = time.monotonic()
     with pytest.raises(DownloadError, match="timed out"):
         fetch_file(fetch, f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,

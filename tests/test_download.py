@@ -9,6 +9,7 @@ import socket
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,10 +28,10 @@ from worker.storage import LocalStorage
 
 def fetcher(**overrides: object) -> tuple[Fetcher, list[float]]:
     slept: list[float] = []
-    values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 3,
-                                 "timeout_seconds": 2.0, "backoff_base_seconds": 0.01}
+    values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 3,
+                              "timeout_seconds": 2.0, "backoff_base_seconds": 0.01}
     values.update(overrides)
-    return closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append)), slept  # type: ignore[arg-type]
+    return closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append)), slept
 
 
 
@@ -247,8 +248,8 @@ def test_a_non_ascii_url_is_requested_as_a_browser_would(storage: LocalStorage) 
     try:
         server.add("/rapport-%C3%A9t%C3%A9.pdf", Reply(body=pdf))
         url = f"http://bücher.test:{server.port}/rapport-été.pdf?nom=Ça va#page=2"
-        values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 1}
-        fetch = closed_after_test(Fetcher(DownloadSettings(**values), resolve=resolve))  # type: ignore[arg-type]
+        settings = DownloadSettings(allow_private_networks=True, max_attempts=1)
+        fetch = closed_after_test(Fetcher(settings, resolve=resolve))
         result = fetch_file(fetch, url, FileKind.CASE_PDF, storage, key_for("idn"))
         [request] = server.received("/rapport-%C3%A9t%C3%A9.pdf")
     finally:

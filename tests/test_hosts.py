@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,10 @@ from worker.storage import LocalStorage
 
 def fetch(url: str, tmp_path: Path, **overrides: object) -> tuple[object, list[float]]:
     slept: list[float] = []
-    values: dict[str, object] = {"allow_private_networks": True, "max_attempts": 3,
-                                 "timeout_seconds": 0.3, "backoff_base_seconds": 0.01}
+    values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 3,
+                              "timeout_seconds": 0.3, "backoff_base_seconds": 0.01}
     values.update(overrides)
-    fetcher = closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append))  # type: ignore[arg-type]
+    fetcher = closed_after_test(Fetcher(DownloadSettings(**values), sleep=slept.append))
     storage = LocalStorage(tmp_path)
     try:
         return fetch_file(fetcher, url, FileKind.CASE_PDF, storage, lambda t: "f.pdf"), slept
