@@ -162,7 +162,9 @@ def test_one_json_line_per_delivery_and_file_follows_a_case(
     assert [line["outcome"] for line in lines if line["msg"] == "delivery ingested"] == ["planned"]
     stored = {line["path"]: line for line in lines if line["msg"] == "file stored"}
     assert set(stored) == {"case.pdf", "items/001-IT-1"}
-    assert stored["case.pdf"]["sha256"] == archive.manifest(cf)["files"][0]["sha256"]  # type: ignore[index]
+    manifest = archive.manifest(cf)
+    assert manifest is not None
+    assert stored["case.pdf"]["sha256"] == manifest["files"][0]["sha256"]
     [settled] = [line for line in lines if line["msg"] == "case settled"]
     assert settled["status"] == "complete" and "path" not in settled
     for text in (worker.log(), receiver.log_path.read_text()):
