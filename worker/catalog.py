@@ -99,6 +99,22 @@ def _storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """The table, unless another thread or process made it meanwhile: the version is read
+    again under the write lock, or a second first writer would drop the rows of the first."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            connection.execute("DROP TABLE IF EXISTS cases")
+            for statement in _SCHEMA.split(";"):  # not executescript: it would commit first
+                if statement.strip():
+                    connection.execute(statement)
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -133,9 +149,7 @@ class Catalog:
         connection.execute("PRAGMA journal_mode = DELETE")
         connection.execute("PRAGMA synchronous = OFF")
         if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            with connection:
-                connection.execute("DROP TABLE IF EXISTS cases")
-                connection.executescript(_SCHEMA)
+            _create_schema(connection)
         self._local.kept = (connection, self.path.stat().st_ino)
         return connection
 
