@@ -6,7 +6,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from casefetch_tools.samples import jpeg as samples_jpeg
 from casefetch_tools.samples import padded
@@ -66,11 +66,16 @@ def key_for(stem: str) -> Callable[[Any], str]:
     return lambda file_type: f"{stem}.{file_type.extension}"
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
 #: What tests built that holds connections, closed when the test ends (see conftest).
-_to_close: list[Any] = []
+_to_close: list[_Closable] = []
 
 
-def closed_after_test(thing: Any) -> Any:
+def closed_after_test(thing: _C) -> _C:
     """``thing`` (a Fetcher), closed when the test ends."""
     _to_close.append(thing)
     return thing

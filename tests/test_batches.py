@@ -8,12 +8,17 @@ from casefetch.constants import DOWNLOAD_QUEUE
 from casefetch_tools.redis_server import RedisServer
 from worker.app import build_worker
 from worker.ingest import BATCH_FILES, batches
-from worker.messages import file_jobs
+from worker.messages import DownloadMessage, FileRef, file_jobs
 from worker.settings import WorkerSettings
 
 
+def refs(count: int) -> list[FileRef]:
+    return [{"index": i, "path": f"items/{i:03d}-X", "kind": "item_image",
+             "sourceUrl": f"http://h/{i}"} for i in range(count)]
+
+
 def test_batches_are_few_and_even() -> None:
-    files = [{"index": i} for i in range(BATCH_FILES + 3)]
+    files = refs(BATCH_FILES + 3)
     cut = batches(files, BATCH_FILES)
     assert len(cut) == 2
     assert sorted(len(b) for b in cut) == [(BATCH_FILES + 3) // 2, (BATCH_FILES + 4) // 2]
@@ -23,17 +28,17 @@ def test_batches_are_few_and_even() -> None:
 
 
 def test_a_large_case_spreads_over_many_messages() -> None:
-    cut = batches([{"index": i} for i in range(1000)], BATCH_FILES)
+    cut = batches(refs(1000), BATCH_FILES)
     assert len(cut) == -(-1000 // BATCH_FILES)
     assert max(len(b) for b in cut) <= BATCH_FILES
 
 
 def test_file_jobs_of_a_batch() -> None:
-    message = {"case": "cases/B", "gen": "g", "cfRef": "B",
-               "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf",
-                          "sourceUrl": "http://h/p"},
-                         {"index": 2, "path": "items/002-X", "kind": "item_image",
-                          "sourceUrl": "http://h/x"}]}
+    message: DownloadMessage = {
+        "case": "cases/B", "gen": "g", "cfRef": "B",
+        "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf", "sourceUrl": "http://h/p"},
+                  {"index": 2, "path": "items/002-X", "kind": "item_image",
+                   "sourceUrl": "http://h/x"}]}
     jobs = file_jobs(message)
     assert [j["index"] for j in jobs] == [0, 2]
     assert all(j["case"] == "cases/B" and j["gen"] == "g" and "files" not in j for j in jobs)

@@ -23,9 +23,13 @@ from worker.batch import fetch_batch
 from worker.bookkeeping import Bookkeeping
 from worker.casefiles import read_manifest
 from worker.download import Fetcher
+from worker.messages import DownloadMessage
 from worker.pipeline import Pipeline
 from worker.settings import DownloadSettings
 from worker.storage import LocalStorage
+
+#: A pipeline, and the download messages it sent.
+Built = tuple[Pipeline, list[DownloadMessage]]
 
 
 @pytest.fixture
@@ -37,8 +41,8 @@ def own_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def pipeline(own_redis: redis.Redis, tmp_path: Path) -> tuple[Pipeline, list[dict[str, Any]]]:
-    sent: list[dict[str, Any]] = []
+def pipeline(own_redis: redis.Redis, tmp_path: Path) -> Built:
+    sent: list[DownloadMessage] = []
     return Pipeline(storage=LocalStorage(tmp_path / "archive"),
                     books=Bookkeeping(own_redis, lock_seconds=5),
                     fetcher=closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True))),
@@ -57,7 +61,7 @@ def batch_runtime(pipe: Pipeline) -> Any:
     return SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(2))
 
 
-def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> list[str]:
+def run_all(pipe: Pipeline, sent: list[DownloadMessage]) -> list[str]:
     """Fetch every queued download message as the download task does."""
     runtime = batch_runtime(pipe)
     outcomes: list[str] = []
@@ -72,7 +76,7 @@ def run_all(pipe: Pipeline, sent: list[dict[str, Any]]) -> list[str]:
 
 
 def test_ingest_redelivered_after_a_crash_before_the_manifest(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+        pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-1")
     # The dead worker got as far as writing case.json.
@@ -85,7 +89,7 @@ def test_ingest_redelivered_after_a_crash_before_the_manifest(
 
 
 def test_a_finished_delivery_leaves_the_inbox(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        pipeline: Built, file_server: FileServer,
         own_redis: redis.Redis) -> None:
     pipe, _ = pipeline
     delivery = delivery_for(file_server, "REC-0")
@@ -98,7 +102,7 @@ def test_a_finished_delivery_leaves_the_inbox(
 
 
 def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+        pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-2")
     assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
@@ -114,7 +118,7 @@ class Crash(BaseException):
 
 
 def test_download_redelivered_after_the_file_was_put_in_place(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        pipeline: Built, file_server: FileServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
@@ -138,7 +142,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
 
 
 def test_sweep_resumes_a_case_whose_messages_were_lost(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer) -> None:
+        pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-4"))  # type: ignore[arg-type]
     sent.clear()
@@ -151,7 +155,7 @@ def test_sweep_resumes_a_case_whose_messages_were_lost(
     assert pipe.intake.resume("cases/REC-4") == "finished"
 
 
-def test_stale_generation_is_ignored(pipeline: tuple[Pipeline, list[dict[str, Any]]],
+def test_stale_generation_is_ignored(pipeline: Built,
                                      file_server: FileServer) -> None:
     pipe, sent = pipeline
     first = delivery_for(file_server, "REC-5")
@@ -247,7 +251,7 @@ def test_work_postponed_by_an_outage_comes_back_within_half_a_minute() -> None:
     assert backoff(500) == 30  # retries count the "file busy" ones too
 
 def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_that(
-        pipeline: tuple[Pipeline, list[dict[str, Any]]], file_server: FileServer,
+        pipeline: Built, file_server: FileServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe, sent = pipeline
     cf = "REC-B"
