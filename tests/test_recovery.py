@@ -14,7 +14,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
-from casefetch.protocol import make_delivery
+from casefetch.protocol import Delivery, delivery_body, make_delivery
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
@@ -49,16 +49,16 @@ def pipeline(own_redis: redis.Redis, tmp_path: Path) -> Built:
                     send_download=sent.append), sent
 
 
-def delivery_for(file_server: FileServer, cf: str) -> dict[str, Any]:
+def delivery_for(file_server: FileServer, cf: str) -> Delivery:
     body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
                                      [samples.item("A", file_server.add(f"rec/{cf}/a",
                                                                         samples.png()))]))
-    return dict(make_delivery(body, {}))
+    return make_delivery(body, {})
 
 
-def batch_runtime(pipe: Pipeline) -> Any:
+def batch_runtime(pipe: Pipeline, threads: int = 2) -> Any:
     """What fetch_batch needs of a worker's runtime: the pipeline and the file threads."""
-    return SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(2))
+    return SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(threads))
 
 
 def run_all(pipe: Pipeline, sent: list[DownloadMessage]) -> list[str]:
@@ -80,8 +80,8 @@ def test_ingest_redelivered_after_a_crash_before_the_manifest(
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-1")
     # The dead worker got as far as writing case.json.
-    pipe.storage.write_bytes("cases/REC-1/case.json", delivery["body"].encode())
-    assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
+    pipe.storage.write_bytes("cases/REC-1/case.json", delivery_body(delivery))
+    assert pipe.ingest(delivery) == "planned"
     run_all(pipe, sent)
     manifest = read_manifest(pipe.storage, "cases/REC-1")
     assert manifest is not None and manifest["status"] == "complete"
@@ -96,7 +96,7 @@ def test_a_finished_delivery_leaves_the_inbox(
     own_redis.hset(INBOX_KEY, delivery["deliveryId"], b"message")
     own_redis.zadd(INBOX_INDEX_KEY, {delivery["deliveryId"]: 1.0})
     assert pipe.books.undelivered(older_than_seconds=0) == [(delivery["deliveryId"], b"message")]
-    pipe.ingest(delivery)  # type: ignore[arg-type]
+    pipe.ingest(delivery)
     assert pipe.books.undelivered(older_than_seconds=0) == []
     assert own_redis.hlen(INBOX_KEY) == 0
 
@@ -105,9 +105,9 @@ def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(
         pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-2")
-    assert pipe.ingest(delivery) == "planned"  # type: ignore[arg-type]
+    assert pipe.ingest(delivery) == "planned"
     sent.clear()  # the messages never reached Redis
-    assert pipe.ingest(delivery) == "resumed"  # type: ignore[arg-type]
+    assert pipe.ingest(delivery) == "resumed"
     assert [len(message["files"]) for message in sent] == [2]
     run_all(pipe, sent)
     assert file_server.served["/rec/REC-2/pdf"] == 1
@@ -121,7 +121,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
         pipeline: Built, file_server: FileServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe, sent = pipeline
-    pipe.ingest(delivery_for(file_server, "REC-3"))  # type: ignore[arg-type]
+    pipe.ingest(delivery_for(file_server, "REC-3"))
     [message] = sent
 
     def die(*args: object, **kwargs: object) -> None:
@@ -144,7 +144,7 @@ def test_download_redelivered_after_the_file_was_put_in_place(
 def test_sweep_resumes_a_case_whose_messages_were_lost(
         pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
-    pipe.ingest(delivery_for(file_server, "REC-4"))  # type: ignore[arg-type]
+    pipe.ingest(delivery_for(file_server, "REC-4"))
     sent.clear()
     assert pipe.books.stuck(older_than_seconds=-1) == ["cases/REC-4"]
     assert pipe.intake.resume("cases/REC-4") == "resumed"
@@ -159,12 +159,12 @@ def test_stale_generation_is_ignored(pipeline: Built,
                                      file_server: FileServer) -> None:
     pipe, sent = pipeline
     first = delivery_for(file_server, "REC-5")
-    pipe.ingest(first)  # type: ignore[arg-type]
+    pipe.ingest(first)
     old_jobs = list(sent)
     sent.clear()
-    changed = dict(make_delivery(samples.body(samples.case(
-        "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {}))
-    pipe.ingest(changed)  # type: ignore[arg-type]
+    changed = make_delivery(samples.body(samples.case(
+        "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {})
+    pipe.ingest(changed)
     assert run_all(pipe, old_jobs) == ["stale", "stale"]
     run_all(pipe, sent)
     manifest = read_manifest(pipe.storage, "cases/REC-5")
@@ -259,7 +259,7 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
               for i in range(5)]
     body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
                                      images))
-    pipe.ingest(dict(make_delivery(body, {})))  # type: ignore[arg-type]
+    pipe.ingest(make_delivery(body, {}))
     [message] = sent
     events: list[str] = []
     sync, record = pipe.storage.sync_folders, pipe.books.record_many
@@ -276,13 +276,13 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
     def die(*args: object, **kwargs: object) -> None:
         raise Crash
 
-    runtime = SimpleNamespace(pipeline=pipe, files=ThreadPoolExecutor(4))
+    runtime = batch_runtime(pipe, threads=4)
     # The worker dies once a first group of files is renamed into place, before any is
     # recorded (the files still under way end staged: verified, not under their names).
     with monkeypatch.context() as patch:
         patch.setattr(pipe.books, "record_many", die)
         with pytest.raises(Crash):
-            fetch_batch(runtime, message)  # type: ignore[arg-type]
+            fetch_batch(runtime, message)
     runtime.files.shutdown()
     assert pipe.books.results(f"cases/{cf}") == {}
     names = ["pdf", *map(str, range(5))]
@@ -296,7 +296,7 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
     with monkeypatch.context() as patch:
         patch.setattr(pipe.storage, "sync_folders", spy_sync)
         patch.setattr(pipe.books, "record_many", spy_record)
-        outcomes, postponed = fetch_batch(runtime, message)  # type: ignore[arg-type]
+        outcomes, postponed = fetch_batch(runtime, message)
     runtime.files.shutdown()
     assert postponed is None and outcomes.count("stored") == 6
     # Every commit synced the folders of its files before it recorded them.
