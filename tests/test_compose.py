@@ -39,7 +39,8 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
-    return interpolate(loaded, {})  # type: ignore[no-any-return]
+    interpolated: dict[str, Any] = interpolate(loaded, {})
+    return interpolated
 
 
 def workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:

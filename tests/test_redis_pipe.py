@@ -26,7 +26,7 @@ async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisSer
     try:
         lengths = await asyncio.gather(*(pipe.lpush("pipe-test", b"v%d" % i)
                                          for i in range(200)))
-        assert sorted(int(n) for n in lengths) == list(range(1, 201))  # type: ignore[call-overload]
+        assert sorted(n for n in lengths if isinstance(n, int)) == list(range(1, 201))
         assert client.llen("pipe-test") == 200
         big = b"\xff" * (3 * 1024 * 1024)
         assert await pipe.lpush("pipe-test", big) == 201

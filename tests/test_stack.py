@@ -122,7 +122,8 @@ class Stack:
     def file_host(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.files_port}/_status"
         with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+            status: dict[str, Any] = json.loads(response.read())
+            return status
 
     def serve(self, name: str, data: bytes) -> str:
         path = self.files / name
@@ -133,7 +134,8 @@ class Stack:
     def manifest(self, cf_ref: str) -> dict[str, Any] | None:
         path = self.archive / case_dir(cf_ref) / "manifest.json"
         try:
-            return json.loads(path.read_bytes())  # type: ignore[no-any-return]
+            manifest: dict[str, Any] = json.loads(path.read_bytes())
+            return manifest
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
