@@ -35,12 +35,17 @@ test: install
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
-lint: install
-	$(BIN)/ruff check casefetch casefetch_tools receiver worker tests bench
+SOURCES := casefetch casefetch_tools receiver worker tests bench
 
+lint: install
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+# mypy strict on the code and the tests (pyproject.toml: no per-module relaxation).
 typecheck: install
 	$(BIN)/mypy
 
+# What CI runs (.ci/run): every check, then every test with the coverage gate.
 check: lint typecheck test
 
 bench: install

@@ -42,19 +42,30 @@ class Config:
     payload_bytes: int = payload.MAX_BODY
 
 
-QUICK = Config(receiver_rounds=1, receiver_seconds=1, fetch_rounds=1, fetch_cases=3,
-               fetch_images=2, fetch_pdf=64 * 1024, fetch_image=16 * 1024,
-               fetch_large=256 * 1024,
-               memory_pdf=32 * 1024 * 1024, growth_sizes=(1, 5, 10, 20), growth_rounds=1,
-               payload_requests=3, payload_bytes=256 * 1024)
+QUICK = Config(
+    receiver_rounds=1,
+    receiver_seconds=1,
+    fetch_rounds=1,
+    fetch_cases=3,
+    fetch_images=2,
+    fetch_pdf=64 * 1024,
+    fetch_image=16 * 1024,
+    fetch_large=256 * 1024,
+    memory_pdf=32 * 1024 * 1024,
+    growth_sizes=(1, 5, 10, 20),
+    growth_rounds=1,
+    payload_requests=3,
+    payload_bytes=256 * 1024,
+)
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through every ``finally``: children and files go
 
 
-def run(chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
-        ) -> tuple[list[Result], list[str]]:
+def run(
+    chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
+) -> tuple[list[Result], list[str]]:
     results: list[Result] = []
     crashed: list[str] = []
 
@@ -70,8 +81,18 @@ def run(chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
             console.print(f"[red]{name} could not run: {exc}[/red]")
             if not isinstance(exc, BenchError):  # an expected failure says it in one line
                 traceback.print_exc()
-            results.append(Result(f"{name}: could not run", 0.0, None, "", None, "runs", False,
-                                  str(exc).splitlines()[0][:120]))
+            results.append(
+                Result(
+                    f"{name}: could not run",
+                    0.0,
+                    None,
+                    "",
+                    None,
+                    "runs",
+                    False,
+                    str(exc).splitlines()[0][:120],
+                )
+            )
         console.print(f"  {name} took {time.perf_counter() - started:.0f}s")
 
     c = config
@@ -82,13 +103,26 @@ def run(chosen: tuple[str, ...], config: Config, bench: Bench, console: Console
     archive = bench.path("archive")
     if set(chosen) & {"fetch", "growth", "payload"}:
         workers = [bench.start_worker(f"worker-{i}", archive) for i in (1, 2)]
-        attempt("fetch", lambda: fetch.run(bench, url, files, archive, c.fetch_rounds,
-                                           c.fetch_cases, c.fetch_images, c.fetch_pdf,
-                                           c.fetch_image, large_bytes=c.fetch_large))
-        attempt("growth", lambda: growth.run(url, files, archive, c.growth_sizes,
-                                             c.growth_rounds))
-        attempt("payload", lambda: payload.run(bench, url, files, archive,
-                                               c.payload_requests, c.payload_bytes))
+        attempt(
+            "fetch",
+            lambda: fetch.run(
+                bench,
+                url,
+                files,
+                archive,
+                c.fetch_rounds,
+                c.fetch_cases,
+                c.fetch_images,
+                c.fetch_pdf,
+                c.fetch_image,
+                large_bytes=c.fetch_large,
+            ),
+        )
+        attempt("growth", lambda: growth.run(url, files, archive, c.growth_sizes, c.growth_rounds))
+        attempt(
+            "payload",
+            lambda: payload.run(bench, url, files, archive, c.payload_requests, c.payload_bytes),
+        )
         for worker in workers:
             bench.procs.stop(worker)
     attempt("memory", lambda: memory.run(bench, url, files, c.memory_pdf))
@@ -100,10 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated: {','.join(ALL)}")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="markdown file (default: docs/benchmarks.md for a full run)")
-    parser.add_argument("--scratch", type=Path, default=None,
-                        help="parent of the scratch directory (default: the system's temp)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="markdown file (default: docs/benchmarks.md for a full run)",
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=None,
+        help="parent of the scratch directory (default: the system's temp)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
     chosen = tuple(n.strip() for n in args.only.split(",") if n.strip())

@@ -33,19 +33,25 @@ LARGE_FILES = 8
 LARGE_BYTES = 32 * 1024 * 1024
 
 
-def case_urls(files: str, prefix: str, cases: int, images: int, pdf_bytes: int,
-              image_bytes: int) -> list[tuple[str, str, list[str]]]:
+def case_urls(
+    files: str, prefix: str, cases: int, images: int, pdf_bytes: int, image_bytes: int
+) -> list[tuple[str, str, list[str]]]:
     out = []
     for i in range(cases):
         cf_ref = f"{prefix}-{i:03d}"
-        out.append((cf_ref, url(files, f"{cf_ref}/report", "pdf", pdf_bytes),
-                    [url(files, f"{cf_ref}/photo-{j}", "jpg", image_bytes)
-                     for j in range(images)]))
+        out.append(
+            (
+                cf_ref,
+                url(files, f"{cf_ref}/report", "pdf", pdf_bytes),
+                [url(files, f"{cf_ref}/photo-{j}", "jpg", image_bytes) for j in range(images)],
+            )
+        )
     return out
 
 
-def run_curl(bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: int,
-             target: Path) -> tuple[float, int]:
+def run_curl(
+    bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: int, target: Path
+) -> tuple[float, int]:
     target.mkdir(parents=True)
     config = bench.dir / "curl.conf"
     lines = []
@@ -55,9 +61,23 @@ def run_curl(bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: in
             lines += [f'url = "{image}"', f'output = "{target}/{cf_ref}-{j}.jpg"']
     config.write_text("\n".join(lines) + "\n")
     started = time.perf_counter()
-    done = subprocess.run(["curl", "--silent", "--show-error", "--fail", "--parallel",
-                           "--parallel-max", str(parallel), "--config", str(config)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--parallel",
+            "--parallel-max",
+            str(parallel),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if done.returncode != 0:
         raise BenchError(f"curl failed ({done.returncode}): {done.stderr.strip()[:300]}")
     size = 0
@@ -85,10 +105,12 @@ def run_curl(bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: in
     return elapsed, size
 
 
-def run_ours(receiver: str, archive: Path, cases: list[tuple[str, str, list[str]]]
-             ) -> tuple[float, int]:
-    bodies = [payloads.body(payloads.case(cf_ref, pdf, list(images)))
-              for cf_ref, pdf, images in cases]
+def run_ours(
+    receiver: str, archive: Path, cases: list[tuple[str, str, list[str]]]
+) -> tuple[float, int]:
+    bodies = [
+        payloads.body(payloads.case(cf_ref, pdf, list(images))) for cf_ref, pdf, images in cases
+    ]
     started = time.perf_counter()
     pipeline.post_all(receiver, bodies)
     settled = pipeline.wait_settled(archive, [c[0] for c in cases], timeout=300)
@@ -96,9 +118,19 @@ def run_ours(receiver: str, archive: Path, cases: list[tuple[str, str, list[str]
     return elapsed, pipeline.require_complete(settled)
 
 
-def compare(bench: Bench, receiver: str, files: str, archive: Path, rounds: int,
-            cases: int, images: int, pdf_bytes: int, image_bytes: int, parallel: int,
-            prefix: str) -> tuple[list[float], list[float]]:
+def compare(
+    bench: Bench,
+    receiver: str,
+    files: str,
+    archive: Path,
+    rounds: int,
+    cases: int,
+    images: int,
+    pdf_bytes: int,
+    image_bytes: int,
+    parallel: int,
+    prefix: str,
+) -> tuple[list[float], list[float]]:
     """Bytes per second of casefetch and of curl, one pair per round, alternating first."""
     ours: list[float] = []
     theirs: list[float] = []
@@ -106,40 +138,81 @@ def compare(bench: Bench, receiver: str, files: str, archive: Path, rounds: int,
     expected = cases * (pdf_bytes + images * image_bytes)
     for round_ in range(rounds):
         batch = case_urls(files, f"{prefix}-{round_}", cases, images, pdf_bytes, image_bytes)
-        for is_ours in ((True, False) if round_ % 2 == 0 else (False, True)):
+        for is_ours in (True, False) if round_ % 2 == 0 else (False, True):
             if is_ours:
                 seconds, size = run_ours(receiver, archive, batch)
                 ours.append(size / seconds)
                 os.replace(archive / "cases", spent / f"ours-{prefix}-{round_}")
             else:
-                seconds, size = run_curl(bench, batch, parallel,
-                                         spent / f"curl-{prefix}-{round_}")
+                seconds, size = run_curl(bench, batch, parallel, spent / f"curl-{prefix}-{round_}")
                 theirs.append(size / seconds)
             if size != expected:
                 raise BenchError(f"fetched {size} bytes, expected {expected}")
     return ours, theirs
 
 
-def run(bench: Bench, receiver: str, files: str, archive: Path, rounds: int = 3,
-        cases: int = 50, images: int = 10, pdf_bytes: int = PDF_BYTES,
-        image_bytes: int = IMAGE_BYTES, parallel: int = 16, large_bytes: int = LARGE_BYTES
-        ) -> list[Result]:
-    ours, theirs = compare(bench, receiver, files, archive, rounds, cases, images, pdf_bytes,
-                           image_bytes, parallel, "FETCH")
+def run(
+    bench: Bench,
+    receiver: str,
+    files: str,
+    archive: Path,
+    rounds: int = 3,
+    cases: int = 50,
+    images: int = 10,
+    pdf_bytes: int = PDF_BYTES,
+    image_bytes: int = IMAGE_BYTES,
+    parallel: int = 16,
+    large_bytes: int = LARGE_BYTES,
+) -> list[Result]:
+    ours, theirs = compare(
+        bench,
+        receiver,
+        files,
+        archive,
+        rounds,
+        cases,
+        images,
+        pdf_bytes,
+        image_bytes,
+        parallel,
+        "FETCH",
+    )
     mine, curl = median(ours), median(theirs)
     ratio = mine / curl
     total = cases * (pdf_bytes + images * image_bytes)
-    results = [Result("2. fetch throughput vs curl (+fsync)", mine / 2**20, curl / 2**20,
-                      "MiB/s", ratio, "≥ 0.7x", ratio >= 0.7,
-                      f"{cases} cases, {total / 2**20:.0f} MiB, parallelism {parallel}",
-                      {"ours_MiB_s": [round(v / 2**20, 1) for v in ours],
-                       "curl_MiB_s": [round(v / 2**20, 1) for v in theirs], "bytes": total})]
+    results = [
+        Result(
+            "2. fetch throughput vs curl (+fsync)",
+            mine / 2**20,
+            curl / 2**20,
+            "MiB/s",
+            ratio,
+            "≥ 0.7x",
+            ratio >= 0.7,
+            f"{cases} cases, {total / 2**20:.0f} MiB, parallelism {parallel}",
+            {
+                "ours_MiB_s": [round(v / 2**20, 1) for v in ours],
+                "curl_MiB_s": [round(v / 2**20, 1) for v in theirs],
+                "bytes": total,
+            },
+        )
+    ]
     # The same comparison with few large files: what is left is the cost per byte, not per
     # file (Celery task, bookkeeping, two fsyncs).
-    big_ours, big_theirs = compare(bench, receiver, files, archive, 2, LARGE_FILES, 0,
-                                   large_bytes, 0, parallel, "LARGE")
+    big_ours, big_theirs = compare(
+        bench, receiver, files, archive, 2, LARGE_FILES, 0, large_bytes, 0, parallel, "LARGE"
+    )
     big_mine, big_curl = median(big_ours), median(big_theirs)
-    results.append(Result(f"2. fetch, {LARGE_FILES} x {large_bytes / 2**20:g} MiB PDFs, vs curl",
-                          big_mine / 2**20, big_curl / 2**20, "MiB/s", big_mine / big_curl,
-                          "info", True, "per-byte cost only"))
+    results.append(
+        Result(
+            f"2. fetch, {LARGE_FILES} x {large_bytes / 2**20:g} MiB PDFs, vs curl",
+            big_mine / 2**20,
+            big_curl / 2**20,
+            "MiB/s",
+            big_mine / big_curl,
+            "info",
+            True,
+            "per-byte cost only",
+        )
+    )
     return results

@@ -36,7 +36,7 @@ def stream(kind: str, size: int) -> Iterator[bytes | memoryview]:
     left = size - len(head) - len(tail)
     block = memoryview(filler(BLOCK))
     while left > 0:
-        part = block[:min(left, BLOCK)]
+        part = block[: min(left, BLOCK)]
         yield part
         left -= len(part)
     yield tail

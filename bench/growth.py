@@ -22,9 +22,13 @@ SIZES = (1, 10, 100, 1000)
 
 
 def time_case(receiver: str, files: str, archive: Path, cf_ref: str, items: int) -> float:
-    body = payloads.body(payloads.case(
-        cf_ref, url(files, f"{cf_ref}/report", "pdf", 16 * 1024),
-        [url(files, f"{cf_ref}/p{j}", "jpg", 2048) for j in range(items)]))
+    body = payloads.body(
+        payloads.case(
+            cf_ref,
+            url(files, f"{cf_ref}/report", "pdf", 16 * 1024),
+            [url(files, f"{cf_ref}/p{j}", "jpg", 2048) for j in range(items)],
+        )
+    )
     started = time.perf_counter()
     pipeline.post(receiver, body)
     settled = pipeline.wait_settled(archive, [cf_ref], timeout=300, interval=0.01)
@@ -33,8 +37,9 @@ def time_case(receiver: str, files: str, archive: Path, cf_ref: str, items: int)
     return elapsed
 
 
-def run(receiver: str, files: str, archive: Path, sizes: tuple[int, ...] = SIZES,
-        rounds: int = 2) -> list[Result]:
+def run(
+    receiver: str, files: str, archive: Path, sizes: tuple[int, ...] = SIZES, rounds: int = 2
+) -> list[Result]:
     per_item: dict[int, list[float]] = {n: [] for n in sizes}
     for round_ in range(rounds):
         for n in sizes:
@@ -45,8 +50,24 @@ def run(receiver: str, files: str, archive: Path, sizes: tuple[int, ...] = SIZES
     notes = ", ".join(f"{n}: {ms[n]:.2f}" for n in sizes) + " ms/item"
     detail = {"ms_per_item": {n: [round(v * 1000, 3) for v in per_item[n]] for n in sizes}}
     return [
-        Result(f"4. time per item, {big} vs {small} items", ms[big], ms[small], "ms/item",
-               ms[big] / ms[small], "≤ 1.5x", ms[big] / ms[small] <= 1.5, notes, detail),
-        Result(f"4. time per item, {big} vs {mid} items", ms[big], ms[mid], "ms/item",
-               ms[big] / ms[mid], "≤ 1.5x", ms[big] / ms[mid] <= 1.5),
+        Result(
+            f"4. time per item, {big} vs {small} items",
+            ms[big],
+            ms[small],
+            "ms/item",
+            ms[big] / ms[small],
+            "≤ 1.5x",
+            ms[big] / ms[small] <= 1.5,
+            notes,
+            detail,
+        ),
+        Result(
+            f"4. time per item, {big} vs {mid} items",
+            ms[big],
+            ms[mid],
+            "ms/item",
+            ms[big] / ms[mid],
+            "≤ 1.5x",
+            ms[big] / ms[mid] <= 1.5,
+        ),
     ]

@@ -45,8 +45,9 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     value = poll(predicate, timeout, interval)
     if not value:
         raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -67,12 +68,19 @@ class Processes:
         self.logs = logs
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
-            child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         self.children.append(child)
         return child
 
@@ -144,25 +152,32 @@ class Bench:
         return path
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("WEBHOOK_", "DOWNLOAD_", "RECEIVER_", "CELERY_"))}
-        env.update({
-            "REDIS_URL": self.redis_url,
-            "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
-            "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("WEBHOOK_", "DOWNLOAD_", "RECEIVER_", "CELERY_"))
+        }
+        env.update(
+            {
+                "REDIS_URL": self.redis_url,
+                "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
+                "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
     # -- services ---------------------------------------------------------------------------
 
-    def start_receiver(self, name: str = "receiver", argv: list[str] | None = None,
-                       **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start_receiver(
+        self, name: str = "receiver", argv: list[str] | None = None, **env: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         argv = argv or [self.python, "-m", "casefetch_tools", "receiver"]
-        child = self.procs.start(name, [*argv, "--host", "127.0.0.1", "--port", str(port)],
-                                 self.env(**env))
+        child = self.procs.start(
+            name, [*argv, "--host", "127.0.0.1", "--port", str(port)], self.env(**env)
+        )
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -173,8 +188,9 @@ class Bench:
         wait_for(up, 30, f"{name} to serve")
         return child, url
 
-    def start_worker(self, name: str, archive: Path, concurrency: int | None = None,
-                     **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, archive: Path, concurrency: int | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
         """``casefetch worker`` as deployed (INFO logs, default pool), once it consumes."""
         argv = [self.python, "-m", "casefetch_tools", "worker"]
         if concurrency:
@@ -191,8 +207,9 @@ class Bench:
 
     def start_fileserver(self) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        child = self.procs.start("fileserver", [self.python, "-m", "bench.fileserver",
-                                                "--port", str(port)], self.env())
+        child = self.procs.start(
+            "fileserver", [self.python, "-m", "bench.fileserver", "--port", str(port)], self.env()
+        )
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_ok(f"{url}/ok"), 20, "the file server")
         return child, url

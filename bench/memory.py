@@ -24,9 +24,13 @@ def run(bench: Bench, receiver: str, files: str, pdf_bytes: int = GIB) -> list[R
     archive = bench.path("archive-memory")
     worker = bench.start_worker("worker-memory", archive)
     cf_ref = "MEMORY-1"
-    body = payloads.body(payloads.case(cf_ref, url(files, "huge/report", "pdf", pdf_bytes),
-                                       [url(files, f"huge/photo-{j}", "jpg", 300 * 1024)
-                                        for j in range(3)]))
+    body = payloads.body(
+        payloads.case(
+            cf_ref,
+            url(files, "huge/report", "pdf", pdf_bytes),
+            [url(files, f"huge/photo-{j}", "jpg", 300 * 1024) for j in range(3)],
+        )
+    )
     baseline = tree_rss(worker.pid)
     started = time.perf_counter()
     with PeakRss(worker.pid) as rss:
@@ -41,12 +45,27 @@ def run(bench: Bench, receiver: str, files: str, pdf_bytes: int = GIB) -> list[R
     pdf.unlink()  # a GiB of scratch space back at once
     peak_mib = rss.peak / 2**20
     return [
-        Result(f"3. worker peak RSS, {_size(pdf_bytes)} PDF", peak_mib, None, "MiB", None,
-               f"≤ {TARGET_MIB} MiB", peak_mib <= TARGET_MIB and stored == pdf_bytes,
-               f"idle {baseline / 2**20:.0f} MiB; {size / 2**20:.0f} MiB in {elapsed:.1f}s",
-               {"samples": rss.samples, "pdf_bytes": stored}),
-        Result("3. temporary files left", float(len(leftovers)), None, "files", None, "0",
-               not leftovers, ", ".join(leftovers[:3])),
+        Result(
+            f"3. worker peak RSS, {_size(pdf_bytes)} PDF",
+            peak_mib,
+            None,
+            "MiB",
+            None,
+            f"≤ {TARGET_MIB} MiB",
+            peak_mib <= TARGET_MIB and stored == pdf_bytes,
+            f"idle {baseline / 2**20:.0f} MiB; {size / 2**20:.0f} MiB in {elapsed:.1f}s",
+            {"samples": rss.samples, "pdf_bytes": stored},
+        ),
+        Result(
+            "3. temporary files left",
+            float(len(leftovers)),
+            None,
+            "files",
+            None,
+            "0",
+            not leftovers,
+            ", ".join(leftovers[:3]),
+        ),
     ]
 
 

@@ -28,12 +28,14 @@ MAX_BODY = 5 * 1024 * 1024
 
 def big_body(files: str, cf_ref: str, size: int = MAX_BODY) -> bytes:
     images: list[str | None] = [url(files, f"{cf_ref}/p{j}", "jpg", 4096) for j in range(20)]
-    return payloads.padded_body(cf_ref, url(files, f"{cf_ref}/report", "pdf", 16 * 1024),
-                                images, size)
+    return payloads.padded_body(
+        cf_ref, url(files, f"{cf_ref}/report", "pdf", 16 * 1024), images, size
+    )
 
 
-def run(bench: Bench, receiver: str, files: str, archive: Path, requests: int = 20,
-        size: int = MAX_BODY) -> list[Result]:
+def run(
+    bench: Bench, receiver: str, files: str, archive: Path, requests: int = 20, size: int = MAX_BODY
+) -> list[Result]:
     cf_ref = "PAYLOAD-5MIB"
     body = big_body(files, cf_ref, size)
     started = time.perf_counter()
@@ -47,13 +49,27 @@ def run(bench: Bench, receiver: str, files: str, archive: Path, requests: int = 
     rss = _receiver_rss(bench, body, requests)
     growth = rss[2] / rss[1]
     return [
-        Result(f"5. {size / 2**20:g} MiB payload accepted and archived", elapsed, None, "s",
-               None, "202, complete", archived,
-               "case.json identical to the body" if archived else "case.json differs!"),
-        Result(f"5. receiver peak RSS, requests {requests + 1}-{2 * requests} vs 1-{requests}",
-               rss[2] / 2**20, rss[1] / 2**20, "MiB", growth, "≤ 1.1x", growth <= 1.1,
-               f"warm-up peak {rss[0] / 2**20:.0f} MiB",
-               {"peak_rss_mib": [round(v / 2**20, 1) for v in rss]}),
+        Result(
+            f"5. {size / 2**20:g} MiB payload accepted and archived",
+            elapsed,
+            None,
+            "s",
+            None,
+            "202, complete",
+            archived,
+            "case.json identical to the body" if archived else "case.json differs!",
+        ),
+        Result(
+            f"5. receiver peak RSS, requests {requests + 1}-{2 * requests} vs 1-{requests}",
+            rss[2] / 2**20,
+            rss[1] / 2**20,
+            "MiB",
+            growth,
+            "≤ 1.1x",
+            growth <= 1.1,
+            f"warm-up peak {rss[0] / 2**20:.0f} MiB",
+            {"peak_rss_mib": [round(v / 2**20, 1) for v in rss]},
+        ),
     ]
 
 

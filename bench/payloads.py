@@ -16,9 +16,13 @@ TEXT = "Façade côté rue — contrôle n°{n} ✓ «conforme»"
 def item(n: int, image_url: str | None) -> dict[str, Any]:
     step = "PHOTOGRAPHY" if image_url else STEPS[1 + n % (len(STEPS) - 1)]
     value: dict[str, Any] = {
-        "cfRef": f"IT-{n:04d}", "createdAt": "2026-11-28T10:00:00.000Z", "stepAction": step,
-        "description": TEXT.format(n=n), "geolocLatitude": "48.8566",
-        "geolocLongitude": 2.3522, "data": f"Photo n°{n}" if image_url else f"réponse {n}",
+        "cfRef": f"IT-{n:04d}",
+        "createdAt": "2026-11-28T10:00:00.000Z",
+        "stepAction": step,
+        "description": TEXT.format(n=n),
+        "geolocLatitude": "48.8566",
+        "geolocLongitude": 2.3522,
+        "data": f"Photo n°{n}" if image_url else f"réponse {n}",
     }
     if image_url:
         value["imageUrl"] = image_url
@@ -26,9 +30,15 @@ def item(n: int, image_url: str | None) -> dict[str, Any]:
 
 
 def case(cf_ref: str, case_url: str, image_urls: list[str | None]) -> dict[str, Any]:
-    return {"cfRef": cf_ref, "reportId": f"RPT-{cf_ref}", "caseUrl": case_url,
-            "createdAt": "2026-11-28T10:00:00.000Z", "frame": "standard", "closed": True,
-            "items": [item(n, url) for n, url in enumerate(image_urls, start=1)]}
+    return {
+        "cfRef": cf_ref,
+        "reportId": f"RPT-{cf_ref}",
+        "caseUrl": case_url,
+        "createdAt": "2026-11-28T10:00:00.000Z",
+        "frame": "standard",
+        "closed": True,
+        "items": [item(n, url) for n, url in enumerate(image_urls, start=1)],
+    }
 
 
 def body(payload: Any) -> bytes:
@@ -36,20 +46,21 @@ def body(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def realistic_body(cf_ref: str = "CF-BENCH-0001", base: str = "https://files.example.com"
-                   ) -> bytes:
+def realistic_body(cf_ref: str = "CF-BENCH-0001", base: str = "https://files.example.com") -> bytes:
     """About 5 KiB, 20 items (half of them photographs), non-ASCII text."""
     urls: list[str | None] = [
-        f"{base}/c/{cf_ref}/{n}.jpg?sig=4f9c2a"
-        if n % 2 else None for n in range(1, 21)]
-    return body(case(cf_ref, f"{base}/cases/{cf_ref}/report.pdf?X-Amz-Signature=77ab",
-                     urls))
+        f"{base}/c/{cf_ref}/{n}.jpg?sig=4f9c2a" if n % 2 else None for n in range(1, 21)
+    ]
+    return body(case(cf_ref, f"{base}/cases/{cf_ref}/report.pdf?X-Amz-Signature=77ab", urls))
 
 
 def hmac_headers(data: bytes) -> dict[str, str]:
     signature = hmac.new(HMAC_SECRET.encode(), data, hashlib.sha256).hexdigest()
-    return {"Authorization": f"HMAC-SHA256 {HMAC_KEY}:{signature}", "X-Api-Key": HMAC_KEY,
-            "Content-Type": "application/json"}
+    return {
+        "Authorization": f"HMAC-SHA256 {HMAC_KEY}:{signature}",
+        "X-Api-Key": HMAC_KEY,
+        "Content-Type": "application/json",
+    }
 
 
 def padded_body(cf_ref: str, case_url: str, image_urls: list[str | None], size: int) -> bytes:

@@ -20,8 +20,9 @@ _POOL = urllib3.PoolManager(maxsize=8, retries=False, timeout=60)
 
 def post(receiver_url: str, body: bytes) -> str:
     """POST a signed case; return its deliveryId (a 202 is required)."""
-    response = _POOL.request("POST", f"{receiver_url}/webhooks", body=body,
-                             headers=payloads.hmac_headers(body))
+    response = _POOL.request(
+        "POST", f"{receiver_url}/webhooks", body=body, headers=payloads.hmac_headers(body)
+    )
     if response.status != 202:
         raise BenchError(f"receiver answered {response.status}: {response.data[:200]!r}")
     return str(json.loads(response.data)["deliveryId"])
@@ -42,8 +43,9 @@ def manifest(archive: Path, cf_ref: str) -> dict[str, Any] | None:
         return None  # not written yet (it appears atomically, but may be replaced meanwhile)
 
 
-def wait_settled(archive: Path, cf_refs: list[str], timeout: float,
-                 interval: float = 0.02) -> dict[str, dict[str, Any]]:
+def wait_settled(
+    archive: Path, cf_refs: list[str], timeout: float, interval: float = 0.02
+) -> dict[str, dict[str, Any]]:
     """Every case's manifest once it is no longer pending; BenchError after ``timeout``.
 
     This process shares the CPUs with the pipeline it times: a manifest is read and parsed
@@ -73,8 +75,9 @@ def wait_settled(archive: Path, cf_refs: list[str], timeout: float,
         if not paths:
             return settled
         if time.monotonic() > deadline:
-            raise BenchError(f"{len(paths)} case(s) not settled after {timeout:.0f}s, "
-                             f"e.g. {sorted(paths)[:3]}")
+            raise BenchError(
+                f"{len(paths)} case(s) not settled after {timeout:.0f}s, e.g. {sorted(paths)[:3]}"
+            )
         time.sleep(interval)
 
 

@@ -39,8 +39,12 @@ class Run:
 
 
 def lua_script(body_path: str, headers: dict[str, str]) -> str:
-    lines = ['wrk.method = "POST"', f'local f = assert(io.open("{body_path}", "rb"))',
-             "wrk.body = f:read(\"*a\")", "f:close()"]
+    lines = [
+        'wrk.method = "POST"',
+        f'local f = assert(io.open("{body_path}", "rb"))',
+        'wrk.body = f:read("*a")',
+        "f:close()",
+    ]
     lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
     return "\n".join(lines) + "\n"
 
@@ -52,22 +56,34 @@ def parse_wrk(output: str) -> Run:
     if not (rps and p99 and total):
         raise BenchError(f"cannot read wrk's output:\n{output}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                              r"timeout (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+        r"timeout (\d+)",
+        output,
+    )
     errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    return Run(float(rps.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)],
-               int(total.group(1)), errors)
+    return Run(
+        float(rps.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)], int(total.group(1)), errors
+    )
 
 
-def wrk(url: str, script: str, seconds: float, connections: int, pid: int | None = None
-        ) -> Run:
+def wrk(url: str, script: str, seconds: float, connections: int, pid: int | None = None) -> Run:
     cpu_before = _cpu_seconds(pid)
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "--timeout", "10s", "-s", script, f"{url}/webhooks"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                          check=False)
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        f"{url}/webhooks",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
     result = parse_wrk(done.stdout)
@@ -83,8 +99,7 @@ def _cpu_seconds(pid: int | None) -> float:
     return float(times.user + times.system)
 
 
-def run(bench: Bench, rounds: int = 3, seconds: float = 5.0, connections: int = 32
-        ) -> list[Result]:
+def run(bench: Bench, rounds: int = 3, seconds: float = 5.0, connections: int = 32) -> list[Result]:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed (apt-get install wrk)")
     body = payloads.realistic_body()
@@ -106,11 +121,12 @@ def run(bench: Bench, rounds: int = 3, seconds: float = 5.0, connections: int = 
         for variant in VARIANTS:  # warm up: connections, caches, the JIT-less interpreter
             wrk(urls[variant], str(script), 1, connections)
         for round_ in range(rounds):
-            order = VARIANTS[round_ % 3:] + VARIANTS[:round_ % 3]
+            order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
             for variant in order:
                 client.delete(*QUEUES)
-                runs[variant].append(wrk(urls[variant], str(script), seconds, connections,
-                                         pids[variant]))
+                runs[variant].append(
+                    wrk(urls[variant], str(script), seconds, connections, pids[variant])
+                )
         # wrk's last requests may still be in a server when it exits: stop the servers
         # first, so none is queued after the clean-up for the next benchmark's workers.
         for child, _ in servers.values():
@@ -126,20 +142,47 @@ def results(runs: dict[str, list[Run]], size: int, connections: int) -> list[Res
     p99 = {v: median([r.p99_ms for r in runs[v]]) for v in VARIANTS}
     cpu = {v: median([r.cpu_us for r in runs[v]]) for v in VARIANTS}
     errors = {v: sum(r.errors for r in runs[v]) for v in VARIANTS}
-    detail = {"payload_bytes": size, "connections": connections, "rounds": len(runs["bare"]),
-              "rps": {v: [round(r.rps) for r in runs[v]] for v in VARIANTS},
-              "p99_ms": {v: [round(r.p99_ms, 2) for r in runs[v]] for v in VARIANTS},
-              "errors": errors, "cpu_us_per_request": {v: round(cpu[v], 1) for v in VARIANTS}}
+    detail = {
+        "payload_bytes": size,
+        "connections": connections,
+        "rounds": len(runs["bare"]),
+        "rps": {v: [round(r.rps) for r in runs[v]] for v in VARIANTS},
+        "p99_ms": {v: [round(r.p99_ms, 2) for r in runs[v]] for v in VARIANTS},
+        "errors": errors,
+        "cpu_us_per_request": {v: round(cpu[v], 1) for v in VARIANTS},
+    }
     clean = errors["casefetch"] == 0
     rps_ratio = rps["casefetch"] / rps["bare"]
     p99_ratio = p99["casefetch"] / p99["bare"]
     return [
-        Result("1. receiver req/s vs (a) bare aiohttp+RPUSH", rps["casefetch"], rps["bare"],
-               "req/s", rps_ratio, "≥ 0.8x", clean and rps_ratio >= 0.8,
-               f"non-2xx/socket errors: {errors['casefetch']}", detail),
-        Result("1. receiver p99 vs (a)", p99["casefetch"], p99["bare"], "ms", p99_ratio,
-               "≤ 1.5x", clean and p99_ratio <= 1.5),
-        Result("1. receiver req/s vs (b) aiohttp+Celery", rps["casefetch"], rps["celery"],
-               "req/s", rps["casefetch"] / rps["celery"], "info", True,
-               f"(b) p99 {p99['celery']:.1f} ms"),
+        Result(
+            "1. receiver req/s vs (a) bare aiohttp+RPUSH",
+            rps["casefetch"],
+            rps["bare"],
+            "req/s",
+            rps_ratio,
+            "≥ 0.8x",
+            clean and rps_ratio >= 0.8,
+            f"non-2xx/socket errors: {errors['casefetch']}",
+            detail,
+        ),
+        Result(
+            "1. receiver p99 vs (a)",
+            p99["casefetch"],
+            p99["bare"],
+            "ms",
+            p99_ratio,
+            "≤ 1.5x",
+            clean and p99_ratio <= 1.5,
+        ),
+        Result(
+            "1. receiver req/s vs (b) aiohttp+Celery",
+            rps["casefetch"],
+            rps["celery"],
+            "req/s",
+            rps["casefetch"] / rps["celery"],
+            "info",
+            True,
+            f"(b) p99 {p99['celery']:.1f} ms",
+        ),
     ]

@@ -50,8 +50,15 @@ def cells(result: Result) -> tuple[str, ...]:
     ours = f"{result.ours:.0f}" if result.unit == "files" else fmt(result.ours)
     comparison = f"{fmt(result.comparison)}{unit}" if result.comparison is not None else "—"
     ratio = f"{result.ratio:.2f}x" if result.ratio is not None else "—"
-    return (result.name, f"{ours}{unit}", comparison, ratio, result.target,
-            "pass" if result.passed else "FAIL", result.notes)
+    return (
+        result.name,
+        f"{ours}{unit}",
+        comparison,
+        ratio,
+        result.target,
+        "pass" if result.passed else "FAIL",
+        result.notes,
+    )
 
 
 def print_table(results: list[Result], console: Console | None = None) -> None:
@@ -76,17 +83,24 @@ def markdown_table(results: list[Result]) -> str:
 
 
 def machine() -> dict[str, str]:
-    info = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": _cpu_model(), "cores": str(os.cpu_count()),
-            "load average at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "python": platform.python_version(), "kernel": platform.release()}
+    info = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "load average at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
     for package in ("aiohttp", "redis", "celery", "kombu", "urllib3", "orjson", "msgspec"):
         try:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    for name, argv in (("redis-server", ["redis-server", "--version"]),
-                       ("wrk", ["wrk", "--version"]), ("curl", ["curl", "--version"])):
+    for name, argv in (
+        ("redis-server", ["redis-server", "--version"]),
+        ("wrk", ["wrk", "--version"]),
+        ("curl", ["curl", "--version"]),
+    ):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
             info[name] = (done.stdout or done.stderr).splitlines()[0][:80]
@@ -105,30 +119,34 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write_markdown(path: Path, results: list[Result], seconds: float, command: str,
-                   scratch: str) -> None:
+def write_markdown(
+    path: Path, results: list[Result], seconds: float, command: str, scratch: str
+) -> None:
     info = machine()
     details = {r.name: r.details for r in results if r.details}
-    text = "\n".join([
-        "# Benchmarks",
-        "",
-        f"The last full run of `{command}`: {seconds:.0f} s, {info['date']}. Ratios matter more",
-        "than absolute numbers: the machine is shared and its load varies from run to run.",
-        "",
-        markdown_table(results),
-        "",
-        kept_prose(path),
-        "## Machine",
-        "",
-        *[f"- {key}: {value}" for key, value in info.items()],
-        f"- scratch directory (archives, curl's files, Redis): {scratch}",
-        "",
-        "## Details of the run",
-        "",
-        "```json",
-        json.dumps(details, indent=2, ensure_ascii=False),
-        "```",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            f"The last full run of `{command}`: {seconds:.0f} s, {info['date']}. "
+            "Ratios matter more",
+            "than absolute numbers: the machine is shared and its load varies from run to run.",
+            "",
+            markdown_table(results),
+            "",
+            kept_prose(path),
+            "## Machine",
+            "",
+            *[f"- {key}: {value}" for key, value in info.items()],
+            f"- scratch directory (archives, curl's files, Redis): {scratch}",
+            "",
+            "## Details of the run",
+            "",
+            "```json",
+            json.dumps(details, indent=2, ensure_ascii=False),
+            "```",
+            "",
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -73,8 +73,9 @@ def celery_app(redis_url: str, hmac_keys: str) -> web.Application:
         if not verified(request.headers.get("Authorization", ""), body):
             return web.json_response({"status": "error"}, status=401)
         payload = json.loads(body)
-        send = functools.partial(celery.send_task, "casefetch.ingest", args=[payload],
-                                 queue=CELERY_QUEUE)
+        send = functools.partial(
+            celery.send_task, "casefetch.ingest", args=[payload], queue=CELERY_QUEUE
+        )
         await asyncio.get_running_loop().run_in_executor(pool, send)
         return web.json_response({"status": "accepted"}, status=202)
 
@@ -93,8 +94,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     redis_url = os.environ["REDIS_URL"]
-    app = (bare_app(redis_url) if args.variant == "bare"
-           else celery_app(redis_url, os.environ.get("WEBHOOK_HMAC_KEYS", "")))
+    app = (
+        bare_app(redis_url)
+        if args.variant == "bare"
+        else celery_app(redis_url, os.environ.get("WEBHOOK_HMAC_KEYS", ""))
+    )
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -39,8 +39,9 @@ def read_str(env: Env, name: str, default: str) -> str:
     return default if value is None else value
 
 
-def _read_number(env: Env, name: str, default: _N, minimum: _N, cast: Callable[[str], _N],
-                 expected: str) -> _N:
+def _read_number(
+    env: Env, name: str, default: _N, minimum: _N, cast: Callable[[str], _N], expected: str
+) -> _N:
     value = read(env, name)
     if value is None:
         return default
@@ -99,8 +100,9 @@ def split_basic_user(text: str) -> tuple[str, str] | None:
     return _split(text, at_last=False)
 
 
-def read_pairs(env: Env, name: str, split: Callable[[str], tuple[str, str] | None]
-               ) -> tuple[tuple[str, str], ...]:
+def read_pairs(
+    env: Env, name: str, split: Callable[[str], tuple[str, str] | None]
+) -> tuple[tuple[str, str], ...]:
     """``a:b, c:d`` → ((a, b), (c, d)), each pair taken apart by ``split``."""
     pairs = []
     for part in read_list(env, name):
@@ -146,8 +148,9 @@ def redis_url(env: Env) -> str:
     except ValueError as exc:
         raise ConfigError("REDIS_URL", f"{exc} in {redact_url(url)}") from None
     if parts.scheme.lower() not in _REDIS_SCHEMES:
-        raise ConfigError("REDIS_URL", f"expected redis://, rediss:// or unix://, got "
-                                       f"{redact_url(url)}")
+        raise ConfigError(
+            "REDIS_URL", f"expected redis://, rediss:// or unix://, got {redact_url(url)}"
+        )
     return url
 
 
@@ -160,8 +163,9 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***" if "@" in url else url
-    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
-              default=len(rest))
+    end = min(
+        (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest)
+    )
     netloc, tail = rest[:end], rest[end:]
     userinfo, at, host = netloc.rpartition("@")
     if at:

@@ -87,8 +87,9 @@ class BatchedLines:
     Use it from the event loop's thread only.
     """
 
-    def __init__(self, logger: logging.Logger, flush_seconds: float = 0.05,
-                 max_buffered: int = 65536) -> None:
+    def __init__(
+        self, logger: logging.Logger, flush_seconds: float = 0.05, max_buffered: int = 65536
+    ) -> None:
         self.logger = logger
         self.flush_seconds = flush_seconds
         self.max_buffered = max_buffered
@@ -109,9 +110,12 @@ class BatchedLines:
         if len(found) != 1:
             return None
         handler = found[0]
-        if (type(handler) is not logging.StreamHandler or handler.filters
-                or type(handler.formatter) is not JsonFormatter
-                or handler.level > logging.INFO):
+        if (
+            type(handler) is not logging.StreamHandler
+            or handler.filters
+            or type(handler.formatter) is not JsonFormatter
+            or handler.level > logging.INFO
+        ):
             return None
         return handler
 
@@ -126,13 +130,16 @@ class BatchedLines:
         if handler is not self._handler:
             self.flush()
             self._handler = handler
-        line: dict[str, Any] = {"ts": utc_iso(time.time_ns() // 1_000_000), "level": "info",
-                                "logger": self.logger.name, "msg": msg}
+        line: dict[str, Any] = {
+            "ts": utc_iso(time.time_ns() // 1_000_000),
+            "level": "info",
+            "logger": self.logger.name,
+            "msg": msg,
+        }
         # As record_fields merges them: the bound context, then the call's own fields.
         own = {k: v for k, v in values.items() if v is not None}
         context = _context.get()
-        merged = ({**{k: v for k, v in context.items() if v is not None}, **own} if context
-                  else own)
+        merged = {**{k: v for k, v in context.items() if v is not None}, **own} if context else own
         for key, value in merged.items():
             line.setdefault(key, value)
         data = codec.compact(line, default=str) + b"\n"
@@ -180,8 +187,9 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def setup(level: str | int = logging.INFO, json_lines: bool | None = None,
-          stream: TextIO | None = None) -> None:
+def setup(
+    level: str | int = logging.INFO, json_lines: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Configure the root logger once, for the receiver, worker and run commands."""
     stream = stream or sys.stderr
     if json_lines is None:

@@ -53,28 +53,38 @@ class Delivery(TypedDict, total=False):
     headers: dict[str, str]
 
 
-def enqueue_commands(message: bytes, entry: bytes, delivery_id: str, now: float
-                     ) -> tuple[tuple[bytes, ...], ...]:
+def enqueue_commands(
+    message: bytes, entry: bytes, delivery_id: str, now: float
+) -> tuple[tuple[bytes, ...], ...]:
     """Queue a delivery's message and keep the delivery in the inbox: the commands to run in
     one MULTI/EXEC, atomically and in one round trip, by the receiver and by a replay. A
     transaction rather than a script: Redis spends less on it (no copy of the payload into Lua
     and back)."""
     member = delivery_id.encode()
-    return ((b"LPUSH", INGEST_QUEUE.encode(), message),
-            (b"HSET", INBOX_KEY.encode(), member, entry),
-            (b"ZADD", INBOX_INDEX_KEY.encode(), b"%f" % now, member))
+    return (
+        (b"LPUSH", INGEST_QUEUE.encode(), message),
+        (b"HSET", INBOX_KEY.encode(), member, entry),
+        (b"ZADD", INBOX_INDEX_KEY.encode(), b"%f" % now, member),
+    )
 
 
 def ingest_message(delivery: Mapping[str, Any], origin: str | None = None) -> bytes:
     """The ingest task's message for a delivery kept in the inbox: its reference only."""
-    return task_message(INGEST_TASK, INGEST_QUEUE, [delivery_ref(delivery)],
-                        task_id=str(delivery["deliveryId"]), origin=origin or _ORIGIN)
+    return task_message(
+        INGEST_TASK,
+        INGEST_QUEUE,
+        [delivery_ref(delivery)],
+        task_id=str(delivery["deliveryId"]),
+        origin=origin or _ORIGIN,
+    )
 
 
 def delivery_ref(delivery: Mapping[str, Any]) -> dict[str, str]:
     """What the ingest message carries: the worker reads the rest from the inbox."""
-    return {"deliveryId": str(delivery["deliveryId"]),
-            "receivedAt": str(delivery.get("receivedAt") or "")}
+    return {
+        "deliveryId": str(delivery["deliveryId"]),
+        "receivedAt": str(delivery.get("receivedAt") or ""),
+    }
 
 
 def inbox_entry(delivery: Delivery) -> bytes:
@@ -93,8 +103,12 @@ def delivery_from_inbox(delivery_id: str, entry: bytes) -> Delivery:
     if isinstance(value, dict) and value.get("deliveryId") == delivery_id:
         delivery: Delivery = value  # type: ignore[assignment]
         return delivery
-    return {"deliveryId": delivery_id, "receivedAt": "", "headers": {},
-            "bodyBase64": base64.b64encode(entry).decode("ascii")}
+    return {
+        "deliveryId": delivery_id,
+        "receivedAt": "",
+        "headers": {},
+        "bodyBase64": base64.b64encode(entry).decode("ascii"),
+    }
 
 
 def _uuid_text(value: int) -> str:
@@ -177,8 +191,13 @@ def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return kept
 
 
-def make_delivery(body: bytes, headers: Mapping[str, str], delivery_id: str | None = None,
-                  received_at: str | None = None, text: str | None = None) -> Delivery:
+def make_delivery(
+    body: bytes,
+    headers: Mapping[str, str],
+    delivery_id: str | None = None,
+    received_at: str | None = None,
+    text: str | None = None,
+) -> Delivery:
     """``text``: the body decoded from UTF-8, when the caller has it already."""
     ms = time.time_ns() // 1_000_000
     delivery: Delivery = {
@@ -215,8 +234,9 @@ def peek_cf_ref(delivery: Delivery) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def task_message(task: str, queue: str, args: list[Any], task_id: str | None = None,
-                 origin: str = _ORIGIN) -> bytes:
+def task_message(
+    task: str, queue: str, args: list[Any], task_id: str | None = None, origin: str = _ORIGIN
+) -> bytes:
     """Serialise a Celery task-protocol-2 message as kombu's Redis transport stores it.
 
     Push it with ``LPUSH <queue> <message>`` (kombu pops from the right: first in, first out).
@@ -226,14 +246,18 @@ def task_message(task: str, queue: str, args: list[Any], task_id: str | None = N
     # The envelope is the same for every message but three values: it is serialised once, and
     # a message is its pieces joined around them: the base64 body is not scanned again
     # (docs/benchmarks.md#the-celery-message).
-    values = {b"body": b'"' + body + b'"', b"id": codec.compact(task_id),
-              b"tag": b'"' + _random_uuid().encode() + b'"'}
+    values = {
+        b"body": b'"' + body + b'"',
+        b"id": codec.compact(task_id),
+        b"tag": b'"' + _random_uuid().encode() + b'"',
+    }
     parts = _envelope_parts(task, queue, origin)
     return b"".join(values[part] if i % 2 else part for i, part in enumerate(parts))
 
 
-def _envelope(task: str, queue: str, task_id: str, body: str, delivery_tag: str,
-              origin: str) -> dict[str, Any]:
+def _envelope(
+    task: str, queue: str, task_id: str, body: str, delivery_tag: str, origin: str
+) -> dict[str, Any]:
     return {
         "body": body,
         "content-encoding": "utf-8",

@@ -56,7 +56,6 @@ def parse_since(value: str | None) -> str | None:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-
 @click.group()
 def archive() -> None:
     """Inspect, verify and repair the archive."""
@@ -65,35 +64,49 @@ def archive() -> None:
 @archive.command("list")
 @click.option("--status", type=click.Choice(STATUSES), help="Only cases with this status.")
 @click.option("--since", metavar="WHEN", help="Only cases updated since: today, a date, a time.")
-@click.option("--warnings", "with_warnings", is_flag=True,
-              help="Only cases whose manifest lists warnings (whatever their status).")
+@click.option(
+    "--warnings",
+    "with_warnings",
+    is_flag=True,
+    help="Only cases whose manifest lists warnings (whatever their status).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def archive_list(status: str | None, since: str | None, with_warnings: bool,
-                 as_json: bool) -> None:
+def archive_list(status: str | None, since: str | None, with_warnings: bool, as_json: bool) -> None:
     """One row per case, newest first."""
     threshold = parse_since(since)
     with expected_failures():
-        cases = list_cases(storage(), status=status, since=threshold,
-                           with_warnings=with_warnings)
+        cases = list_cases(storage(), status=status, since=threshold, with_warnings=with_warnings)
     if as_json:
         print_json([case.as_dict() for case in cases])
         return
     out = console()
     table = Table(title=f"{len(cases)} case(s)", title_justify="left")
     for column in ("cfRef", "reportId", "status", "files", "bytes", "issues", "updated"):
-        table.add_column(column, no_wrap=True,
-                         justify="right" if column in {"files", "bytes", "issues"} else "left")
+        table.add_column(
+            column,
+            no_wrap=True,
+            justify="right" if column in {"files", "bytes", "issues"} else "left",
+        )
     for case in cases:
         issues = case.filesFailed + case.warnings
-        table.add_row(case.cfRef, case.reportId or "", _status(case.status),
-                      f"{case.filesStored}/{case.filesTotal}", human_bytes(case.bytes),
-                      str(issues) if issues else "", case.updatedAt or "")
+        table.add_row(
+            case.cfRef,
+            case.reportId or "",
+            _status(case.status),
+            f"{case.filesStored}/{case.filesTotal}",
+            human_bytes(case.bytes),
+            str(issues) if issues else "",
+            case.updatedAt or "",
+        )
     out.print(table)
 
 
 def _status(status: str) -> str:
-    colour = {CaseStatus.COMPLETE.value: "green", CaseStatus.INCOMPLETE.value: "red",
-              CaseStatus.PENDING.value: "yellow"}.get(status)
+    colour = {
+        CaseStatus.COMPLETE.value: "green",
+        CaseStatus.INCOMPLETE.value: "red",
+        CaseStatus.PENDING.value: "yellow",
+    }.get(status)
     return f"[{colour}]{status}[/]" if colour else status
 
 
@@ -109,8 +122,10 @@ def archive_show(cf_ref: str, as_json: bool) -> None:
         return
     out = console()
     manifest = shown["manifest"]
-    out.print(f"[bold]{manifest.get('cfRef')}[/]  report {manifest.get('reportId')}  "
-              f"{_status(str(manifest.get('status')))}  updated {manifest.get('updatedAt')}")
+    out.print(
+        f"[bold]{manifest.get('cfRef')}[/]  report {manifest.get('reportId')}  "
+        f"{_status(str(manifest.get('status')))}  updated {manifest.get('updatedAt')}"
+    )
     out.print(f"delivery {manifest.get('deliveryId')}  folder {shown['folder']}", markup=False)
     if shown["history"]:
         out.print(f"earlier deliveries: {', '.join(shown['history'])}", markup=False)
@@ -118,11 +133,16 @@ def archive_show(cf_ref: str, as_json: bool) -> None:
     for column in ("path", "kind", "item", "status", "bytes", "sha256", "tries", "error"):
         files.add_column(column, no_wrap=column == "sha256", overflow="fold")
     for entry in manifest["files"]:
-        files.add_row(str(entry.get("path")), str(entry.get("kind")),
-                      str(entry.get("itemCfRef") or ""), _file_status(entry),
-                      "" if entry.get("bytes") is None else str(entry["bytes"]),
-                      str(entry.get("sha256") or ""), str(entry.get("attempts") or ""),
-                      str(entry.get("error") or ""))
+        files.add_row(
+            str(entry.get("path")),
+            str(entry.get("kind")),
+            str(entry.get("itemCfRef") or ""),
+            _file_status(entry),
+            "" if entry.get("bytes") is None else str(entry["bytes"]),
+            str(entry.get("sha256") or ""),
+            str(entry.get("attempts") or ""),
+            str(entry.get("error") or ""),
+        )
     out.print(files)
     if shown["items"]:
         items = Table(title="items", title_justify="left")
@@ -130,20 +150,29 @@ def archive_show(cf_ref: str, as_json: bool) -> None:
             items.add_column(column)
         for item in shown["items"]:
             entry = item["file"]
-            items.add_row(str(item["position"]), str(item["cfRef"]), str(item["stepAction"]),
-                          f"{entry['path']} ({entry['status']})" if entry else "")
+            items.add_row(
+                str(item["position"]),
+                str(item["cfRef"]),
+                str(item["stepAction"]),
+                f"{entry['path']} ({entry['status']})" if entry else "",
+            )
         out.print(items)
     for warning in manifest.get("warnings") or []:
         where = f" {warning['path']}" if warning.get("path") else ""
-        out.print(f"[yellow]warning[/] item {warning.get('item')} "
-                  f"({warning.get('itemCfRef')}){where}: {json.dumps(warning.get('errors'))}",
-                  markup=True, highlight=False)
+        out.print(
+            f"[yellow]warning[/] item {warning.get('item')} "
+            f"({warning.get('itemCfRef')}){where}: {json.dumps(warning.get('errors'))}",
+            markup=True,
+            highlight=False,
+        )
 
 
 def _file_status(entry: dict[str, Any]) -> str:
     status = str(entry.get("status"))
-    return {FileStatus.STORED.value: "[green]stored[/]",
-            FileStatus.FAILED.value: "[red]failed[/]"}.get(status, status)
+    return {
+        FileStatus.STORED.value: "[green]stored[/]",
+        FileStatus.FAILED.value: "[red]failed[/]",
+    }.get(status, status)
 
 
 @archive.command("verify")
@@ -163,8 +192,10 @@ def archive_verify(cf_ref: str | None) -> None:
     cases = len({t.folder for t in targets})
     for problem in problems:
         click.echo(f"{problem.cfRef}\t{problem.path}\t{problem.problem}")
-    summary = (f"verified {len(targets)} file(s), {human_bytes(total_bytes)}, in {cases} "
-               f"case(s) on {store.describe()}: ")
+    summary = (
+        f"verified {len(targets)} file(s), {human_bytes(total_bytes)}, in {cases} "
+        f"case(s) on {store.describe()}: "
+    )
     if problems:
         click.echo(summary + f"{len(problems)} problem(s)", err=True)
         sys.exit(1)
@@ -202,9 +233,12 @@ def archive_retry(cf_ref: str, wait: bool, timeout: float) -> None:
 
 
 @archive.command("reindex")
-@click.option("--pages", is_flag=True,
-              help="Also write the index.html of settled cases that have none (cases archived "
-                   "before pages existed).")
+@click.option(
+    "--pages",
+    is_flag=True,
+    help="Also write the index.html of settled cases that have none (cases archived "
+    "before pages existed).",
+)
 def archive_reindex(pages: bool) -> None:
     """Rebuild the catalog of cases (what `archive serve` lists) from the manifests."""
     config = settings()
@@ -220,8 +254,10 @@ def archive_reindex(pages: bool) -> None:
 
     with expected_failures():
         count = catalog.rebuild(store, write_missing_page if pages else None)
-    click.echo(f"catalogued {count} case(s) in {catalog.path}"
-               + (f"; wrote {len(written)} missing page(s)" if pages else ""))
+    click.echo(
+        f"catalogued {count} case(s) in {catalog.path}"
+        + (f"; wrote {len(written)} missing page(s)" if pages else "")
+    )
 
 
 @archive.command("serve")
@@ -245,7 +281,13 @@ def archive_serve(host: str, port: int) -> None:
             catalog.rebuild(store)
     log.info("archive browser on http://%s:%d/ (%s)", host, port, store.describe())
     try:
-        web.run_app(create_app(store, catalog, browse), host=host, port=port, print=None,
-                    access_log=None, handle_signals=True)
+        web.run_app(
+            create_app(store, catalog, browse),
+            host=host,
+            port=port,
+            print=None,
+            access_log=None,
+            handle_signals=True,
+        )
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1)

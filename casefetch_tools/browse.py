@@ -44,18 +44,35 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PAGE_SIZE = 50
 CHUNK = 1024 * 1024
 #: No script anywhere; pictures, videos and the PDF from this server only.
-PAGE_POLICY = ("default-src 'none'; img-src 'self'; media-src 'self'; object-src 'self'; "
-               "frame-src 'self'; style-src 'unsafe-inline'; form-action 'self'; "
-               "base-uri 'none'; frame-ancestors 'self'")
+PAGE_POLICY = (
+    "default-src 'none'; img-src 'self'; media-src 'self'; object-src 'self'; "
+    "frame-src 'self'; style-src 'unsafe-inline'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'self'"
+)
 #: For the archive's files: the same, and a sandbox (no script, no form, a unique origin)
 #: for all but the PDF, which Chromium's viewer refuses to show in a sandbox.
-FILE_POLICY = ("default-src 'none'; img-src 'self'; media-src 'self'; "
-               "style-src 'unsafe-inline'; frame-ancestors 'self'")
+FILE_POLICY = (
+    "default-src 'none'; img-src 'self'; media-src 'self'; "
+    "style-src 'unsafe-inline'; frame-ancestors 'self'"
+)
 #: Stored types shown inline; any other is sent as an attachment, never rendered.
-INLINE_TYPES = frozenset({
-    "application/pdf", "application/json", "image/png", "image/jpeg", "image/gif",
-    "image/webp", "image/avif", "image/bmp", "image/heic", "image/heif", "image/tiff",
-    "video/mp4", "video/quicktime"})
+INLINE_TYPES = frozenset(
+    {
+        "application/pdf",
+        "application/json",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "image/heic",
+        "image/heif",
+        "image/tiff",
+        "video/mp4",
+        "video/quicktime",
+    }
+)
 #: What a case folder may be called (a safe name, or an encoded one).
 _FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
 _HISTORY = re.compile(rf"{archive.HISTORY}/[A-Za-z0-9_][A-Za-z0-9._-]{{0,200}}\.json")
@@ -78,9 +95,10 @@ class BrowseSettings:
     def check_host(self, host: str) -> None:
         """Refuse to serve beyond this machine without credentials."""
         if not self.users and not is_loopback(host):
-            raise ConfigError("ARCHIVE_SERVE_USERS",
-                              f"required to serve on {host} (anything but loopback); "
-                              "give user:password pairs")
+            raise ConfigError(
+                "ARCHIVE_SERVE_USERS",
+                f"required to serve on {host} (anything but loopback); give user:password pairs",
+            )
 
 
 def is_loopback(host: str) -> bool:
@@ -116,8 +134,8 @@ def _guard(credentials: Credentials) -> Any:
                 authenticate_headers(request.headers.get("Authorization"), None, credentials)
             except AuthError as exc:
                 raise web.HTTPUnauthorized(
-                    headers={"WWW-Authenticate": 'Basic realm="casefetch archive", '
-                                                 'charset="UTF-8"'}) from exc
+                    headers={"WWW-Authenticate": 'Basic realm="casefetch archive", charset="UTF-8"'}
+                ) from exc
         return await handler(request)
 
     return guard
@@ -145,8 +163,10 @@ class _Browser:
         self.catalog = catalog
 
     async def cases(self, request: web.Request) -> web.Response:
-        form = {name: request.query.get(name, "").strip()
-                for name in ("q", "status", "since", "until", "page")}
+        form = {
+            name: request.query.get(name, "").strip()
+            for name in ("q", "status", "since", "until", "page")
+        }
         query = _query(form)
         rows, total = await asyncio.to_thread(self.catalog.search, query)
         return _html(render_list(rows, total, query, form))
@@ -178,12 +198,14 @@ class _Browser:
         manifest, _payload = await asyncio.to_thread(self._read_case, folder)
         content_type, size = _servable(manifest, path)
         key = archive.case_key(folder, path)
-        headers = {"Content-Type": content_type, "Content-Security-Policy": FILE_POLICY
-                   + ("" if content_type == "application/pdf" else "; sandbox")}
+        headers = {
+            "Content-Type": content_type,
+            "Content-Security-Policy": FILE_POLICY
+            + ("" if content_type == "application/pdf" else "; sandbox"),
+        }
         if content_type not in INLINE_TYPES:
             headers["Content-Type"] = "application/octet-stream"
-            headers["Content-Disposition"] = (
-                f"attachment; filename=\"{path.rsplit('/', 1)[-1]}\"")
+            headers["Content-Disposition"] = f'attachment; filename="{path.rsplit("/", 1)[-1]}"'
         if isinstance(self.storage, LocalStorage):
             local = self.storage.path(key)
             if not local.is_file():
@@ -191,8 +213,9 @@ class _Browser:
             return web.FileResponse(local, headers=headers)
         return await self._stream(request, key, headers, size)
 
-    async def _stream(self, request: web.Request, key: str, headers: dict[str, str],
-                      size: int | None) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, key: str, headers: dict[str, str], size: int | None
+    ) -> web.StreamResponse:
         opening = self.storage.open_reader(key)
         try:
             reader = await asyncio.to_thread(opening.__enter__)
@@ -226,7 +249,8 @@ def _servable(manifest: dict[str, Any], path: str) -> tuple[str, int | None]:
     for entry in manifest.get("files") or []:
         if entry.get("path") == path and entry.get("status") == FileStatus.STORED:
             return str(entry.get("contentType") or "application/octet-stream"), (
-                entry.get("bytes") if isinstance(entry.get("bytes"), int) else None)
+                entry.get("bytes") if isinstance(entry.get("bytes"), int) else None
+            )
     raise web.HTTPNotFound(text="no such file\n")
 
 
@@ -242,9 +266,14 @@ def _query(form: dict[str, str]) -> Query:
         page = 0
     if not 1 <= page <= 1_000_000:
         raise web.HTTPBadRequest(text="page: a whole number from 1\n")
-    return Query(status=status, since=since.isoformat() if since else None,
-                 before=(until + timedelta(days=1)).isoformat() if until else None,
-                 text=form["q"] or None, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    return Query(
+        status=status,
+        since=since.isoformat() if since else None,
+        before=(until + timedelta(days=1)).isoformat() if until else None,
+        text=form["q"] or None,
+        offset=(page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
+    )
 
 
 def _day(value: str, name: str) -> date | None:

@@ -25,36 +25,61 @@ def render_list(rows: list[Row], total: int, query: Query, form: dict[str, str])
     """One page of cases with the filter form and links to the other pages."""
     page = query.offset // query.limit + 1
     pages = max(1, -(-total // query.limit))
-    body = [f"<h1>Cases</h1>{_filters(form)}",
-            f"<p>{total} case{'s' if total != 1 else ''}"
-            + (f" · page {page} of {pages}" if pages > 1 else "") + "</p>"]
+    body = [
+        f"<h1>Cases</h1>{_filters(form)}",
+        f"<p>{total} case{'s' if total != 1 else ''}"
+        + (f" · page {page} of {pages}" if pages > 1 else "")
+        + "</p>",
+    ]
     if rows:
         body.append(_table(rows))
     body.append(_pager(form, page, pages))
-    return document("Cases — casefetch", "".join(body), NAV,
-                    policy=META_POLICY.replace("form-action 'none'", "form-action 'self'"))
+    return document(
+        "Cases — casefetch",
+        "".join(body),
+        NAV,
+        policy=META_POLICY.replace("form-action 'none'", "form-action 'self'"),
+    )
 
 
 def _filters(form: dict[str, str]) -> str:
     options = "".join(
         f'<option value="{value}"{" selected" if form.get("status") == value else ""}>'
-        f"{value or 'any'}</option>" for value in ("", *STATUSES))
+        f"{value or 'any'}</option>"
+        for value in ("", *STATUSES)
+    )
 
     def field(name: str, label: str, kind: str) -> str:
-        return (f'<label>{label}<input type="{kind}" name="{name}" '
-                f'value="{escape(form.get(name, ""), quote=True)}"></label>')
+        return (
+            f'<label>{label}<input type="{kind}" name="{name}" '
+            f'value="{escape(form.get(name, ""), quote=True)}"></label>'
+        )
 
-    return ('<form class="filters" method="get" action="/">'
-            + field("q", "cfRef or reportId", "search")
-            + f'<label>status<select name="status">{options}</select></label>'
-            + field("since", "archived from", "date") + field("until", "archived until", "date")
-            + '<button type="submit">Show</button></form>')
+    return (
+        '<form class="filters" method="get" action="/">'
+        + field("q", "cfRef or reportId", "search")
+        + f'<label>status<select name="status">{options}</select></label>'
+        + field("since", "archived from", "date")
+        + field("until", "archived until", "date")
+        + '<button type="submit">Show</button></form>'
+    )
 
 
 def _table(rows: list[Row]) -> str:
-    head = "".join(f"<th>{name}</th>" for name in (
-        "cfRef", "reportId", "status", "files", "failed", "warnings", "size", "created",
-        "archived"))
+    head = "".join(
+        f"<th>{name}</th>"
+        for name in (
+            "cfRef",
+            "reportId",
+            "status",
+            "files",
+            "failed",
+            "warnings",
+            "size",
+            "created",
+            "archived",
+        )
+    )
     lines = []
     for row in rows:
         lines.append(
@@ -66,7 +91,8 @@ def _table(rows: list[Row]) -> str:
             f'<td class="num">{row.warnings or ""}</td>'
             f'<td class="num">{human_bytes(row.bytes)}</td>'
             f'<td class="nowrap">{esc(row.createdAt or "")}</td>'
-            f'<td class="nowrap">{esc(row.updatedAt or "")}</td></tr>')
+            f'<td class="nowrap">{esc(row.updatedAt or "")}</td></tr>'
+        )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
 
 
@@ -90,17 +116,25 @@ def render_quarantine(records: list[dict[str, Any]]) -> str:
     lines = []
     for record in records:
         errors = "".join(f"<li>{esc(line)}</li>" for line in record.get("errors") or [])
-        replay = (f"<br>replay of {esc(record['replayOf'])}" if record.get("replayOf") else "")
+        replay = f"<br>replay of {esc(record['replayOf'])}" if record.get("replayOf") else ""
         lines.append(
             f'<tr><td class="mono">{esc(record.get("deliveryId"))}{replay}</td>'
             f"<td>{esc(record.get('receivedAt'))}</td><td>{esc(record.get('reason'))}</td>"
             f'<td class="num">{esc(record.get("bytes"))}</td>'
-            f'<td><ul class="error">{errors}</ul></td></tr>')
-    head = "".join(f"<th>{name}</th>" for name in (
-        "deliveryId", "received", "reason", "bytes", "errors"))
-    table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
-             if lines else "")
+            f'<td><ul class="error">{errors}</ul></td></tr>'
+        )
+    head = "".join(
+        f"<th>{name}</th>" for name in ("deliveryId", "received", "reason", "bytes", "errors")
+    )
+    table = (
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+        if lines
+        else ""
+    )
     count = len(records)
-    return document("Quarantine — casefetch",
-                    f"<h1>Quarantine</h1><p>{count} deliver{'y' if count == 1 else 'ies'}; "
-                    "replay them with <code>casefetch quarantine replay</code>.</p>" + table, NAV)
+    return document(
+        "Quarantine — casefetch",
+        f"<h1>Quarantine</h1><p>{count} deliver{'y' if count == 1 else 'ies'}; "
+        "replay them with <code>casefetch quarantine replay</code>.</p>" + table,
+        NAV,
+    )

@@ -41,13 +41,20 @@ class DemoError(CasefetchError):
 
 # -- the files ------------------------------------------------------------------------------
 
+
 def certificate_pdf(cf_ref: str, report_id: str) -> bytes:
     """A one-page PDF naming the case."""
-    return samples.pdf([f"Certificate {cf_ref}", f"Report {report_id}",
-                        "Sample file served by the casefetch demo platform."])
+    return samples.pdf(
+        [
+            f"Certificate {cf_ref}",
+            f"Report {report_id}",
+            "Sample file served by the casefetch demo platform.",
+        ]
+    )
 
 
 # -- the cases ------------------------------------------------------------------------------
+
 
 def _now() -> str:
     """ISO 8601 with milliseconds and a Z, as JavaScript's Date.toISOString() writes it."""
@@ -66,14 +73,29 @@ def case_payload(cf_ref: str, base_url: str) -> dict[str, Any]:
         "frame": "demo",
         "closed": True,
         "items": [
-            {"cfRef": f"{cf_ref}-PHOTO", "createdAt": created, "stepAction": "PHOTOGRAPHY",
-             "data": "Façade", "description": "Front of the building",
-             "geolocLatitude": "48.8566", "geolocLongitude": 2.3522,
-             "imageUrl": f"{folder}/{PHOTO_FILE[0]}"},
-            {"cfRef": f"{cf_ref}-SIGN", "createdAt": created, "stepAction": "SIGNATURE",
-             "imageUrl": f"{folder}/{SIGNATURE_FILE[0]}"},
-            {"cfRef": f"{cf_ref}-NOTE", "createdAt": created, "stepAction": "TEXT_FIELD",
-             "data": "Bâtiment conforme ✓", "imageUrl": ""},
+            {
+                "cfRef": f"{cf_ref}-PHOTO",
+                "createdAt": created,
+                "stepAction": "PHOTOGRAPHY",
+                "data": "Façade",
+                "description": "Front of the building",
+                "geolocLatitude": "48.8566",
+                "geolocLongitude": 2.3522,
+                "imageUrl": f"{folder}/{PHOTO_FILE[0]}",
+            },
+            {
+                "cfRef": f"{cf_ref}-SIGN",
+                "createdAt": created,
+                "stepAction": "SIGNATURE",
+                "imageUrl": f"{folder}/{SIGNATURE_FILE[0]}",
+            },
+            {
+                "cfRef": f"{cf_ref}-NOTE",
+                "createdAt": created,
+                "stepAction": "TEXT_FIELD",
+                "data": "Bâtiment conforme ✓",
+                "imageUrl": "",
+            },
         ],
     }
 
@@ -81,9 +103,11 @@ def case_payload(cf_ref: str, base_url: str) -> dict[str, Any]:
 def case_files(cf_ref: str) -> dict[str, tuple[bytes, str]]:
     """The files of one case, by name: (bytes, content type)."""
     seed = zlib.crc32(cf_ref.encode()) % 7
-    return {PDF_FILE[0]: (certificate_pdf(cf_ref, f"R-{cf_ref}"), PDF_FILE[1]),
-            PHOTO_FILE[0]: (samples.png(160, 120, seed), PHOTO_FILE[1]),
-            SIGNATURE_FILE[0]: (samples.jpeg(seed=seed), SIGNATURE_FILE[1])}
+    return {
+        PDF_FILE[0]: (certificate_pdf(cf_ref, f"R-{cf_ref}"), PDF_FILE[1]),
+        PHOTO_FILE[0]: (samples.png(160, 120, seed), PHOTO_FILE[1]),
+        SIGNATURE_FILE[0]: (samples.jpeg(seed=seed), SIGNATURE_FILE[1]),
+    }
 
 
 def body(payload: dict[str, Any]) -> bytes:
@@ -92,6 +116,7 @@ def body(payload: dict[str, Any]) -> bytes:
 
 
 # -- the file server ------------------------------------------------------------------------
+
 
 class FileServer(BackgroundServer):
     """Serves ``/files/<cfRef>/<name>`` for any cfRef, in a background thread."""
@@ -126,6 +151,7 @@ def _lookup(path: str) -> tuple[bytes, str] | None:
 
 # -- the sender -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Credentials:
     """One way of authenticating, as ``casefetch_tools.sender.auth_headers`` takes it."""
@@ -137,32 +163,43 @@ class Credentials:
     @classmethod
     def from_env(cls, env: config.Env) -> Credentials:
         """The first credential the receiver accepts, HMAC first (what the platform uses)."""
-        for name, field in (("WEBHOOK_HMAC_KEYS", "hmac_pair"),
-                            ("WEBHOOK_BEARER_TOKENS", "bearer"),
-                            ("WEBHOOK_BASIC_USERS", "basic")):
+        for name, field in (
+            ("WEBHOOK_HMAC_KEYS", "hmac_pair"),
+            ("WEBHOOK_BEARER_TOKENS", "bearer"),
+            ("WEBHOOK_BASIC_USERS", "basic"),
+        ):
             values = config.read_list(env, name)
             if values:
                 return cls(**{field: values[0]})
-        raise DemoError("no credential: set WEBHOOK_HMAC_KEYS, WEBHOOK_BEARER_TOKENS or "
-                        "WEBHOOK_BASIC_USERS (the receiver's), or pass --hmac/--bearer/--basic")
+        raise DemoError(
+            "no credential: set WEBHOOK_HMAC_KEYS, WEBHOOK_BEARER_TOKENS or "
+            "WEBHOOK_BASIC_USERS (the receiver's), or pass --hmac/--bearer/--basic"
+        )
 
     def headers(self, payload: bytes) -> dict[str, str]:
         try:
-            return auth_headers(payload, bearer=self.bearer, hmac_pair=self.hmac_pair,
-                                basic=self.basic)
+            return auth_headers(
+                payload, bearer=self.bearer, hmac_pair=self.hmac_pair, basic=self.basic
+            )
         except ValueError as exc:
             raise DemoError(str(exc)) from exc
 
 
-def send(url: str, payload: bytes, credentials: Credentials, timeout: float = 60.0,
-         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def send(
+    url: str,
+    payload: bytes,
+    credentials: Credentials,
+    timeout: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """POST one webhook; retry while the receiver is unreachable or busy, up to ``timeout``."""
     headers = {**credentials.headers(payload), "Content-Type": "application/json"}
     deadline = time.monotonic() + timeout
     while True:
         try:
-            response = urllib3.request("POST", url, body=payload, headers=headers,
-                                       retries=False, timeout=10)
+            response = urllib3.request(
+                "POST", url, body=payload, headers=headers, retries=False, timeout=10
+            )
             problem = f"HTTP {response.status}: {response.data[:200].decode('utf-8', 'replace')}"
             if response.status == 202:
                 answer: dict[str, Any] = json.loads(response.data)
@@ -184,9 +221,18 @@ def cf_refs(count: int, stamp: str | None = None) -> Iterator[str]:
 
 # -- the whole platform ---------------------------------------------------------------------
 
-def run(receiver_url: str, credentials: Credentials, *, host: str = "127.0.0.1",
-        port: int = 8000, public_url: str | None = None, cases: int = 3,
-        interval: float = 2.0, echo: Callable[[str], None] = print) -> None:
+
+def run(
+    receiver_url: str,
+    credentials: Credentials,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    public_url: str | None = None,
+    cases: int = 3,
+    interval: float = 2.0,
+    echo: Callable[[str], None] = print,
+) -> None:
     """Serve the files, announce ``cases`` cases, then keep serving until SIGINT/SIGTERM."""
     server = FileServer(host, port).start()
     stopping = threading.Event()

@@ -35,15 +35,22 @@ def quarantine_list(as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    table = Table(title=f"{len(records)} quarantined deliver{'y' if len(records) == 1 else 'ies'}",
-                  title_justify="left")
+    table = Table(
+        title=f"{len(records)} quarantined deliver{'y' if len(records) == 1 else 'ies'}",
+        title_justify="left",
+    )
     for column in ("deliveryId", "receivedAt", "reason", "bytes", "errors"):
         table.add_column(column, no_wrap=column != "errors", overflow="fold")
     for record in records:
         errors = record["errors"]
         shown = "; ".join(errors[:3]) + (f" (+{len(errors) - 3})" if len(errors) > 3 else "")
-        table.add_row(str(record["deliveryId"]), str(record["receivedAt"]),
-                      str(record["reason"]), str(record["bytes"]), shown)
+        table.add_row(
+            str(record["deliveryId"]),
+            str(record["receivedAt"]),
+            str(record["reason"]),
+            str(record["bytes"]),
+            shown,
+        )
     console().print(table, markup=False)
 
 
@@ -59,8 +66,12 @@ def quarantine_show(delivery_id: str, as_json: bool) -> None:
         return
     summary = summarise(record)
     out = console()
-    out.print(f"delivery {summary['deliveryId']}  received {summary['receivedAt']}  "
-              f"reason {summary['reason']}", markup=False, highlight=False)
+    out.print(
+        f"delivery {summary['deliveryId']}  received {summary['receivedAt']}  "
+        f"reason {summary['reason']}",
+        markup=False,
+        highlight=False,
+    )
     if summary["replayOf"]:
         out.print(f"replay of {summary['replayOf']}", markup=False)
     for line in summary["errors"]:

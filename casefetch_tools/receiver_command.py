@@ -27,16 +27,26 @@ def receiver(host: str, port: int) -> None:
         fail(str(exc))
     logs.setup("INFO")
     logging.getLogger("casefetch.receiver").info(
-        "receiver listening on http://%s:%d/webhooks (schemes: %s)", host, port,
-        ", ".join(s.value for s in settings.credentials.schemes))
+        "receiver listening on http://%s:%d/webhooks (schemes: %s)",
+        host,
+        port,
+        ", ".join(s.value for s in settings.credentials.schemes),
+    )
     app = create_app(settings, host=host)
     # What is loaded by now lives as long as the process: out of the collector's sight, a
     # full collection no longer walks it in the middle of a request (the receiver's p99).
     gc.collect()
     gc.freeze()
     try:
-        web.run_app(app, host=host, port=port, access_log=None,
-                    print=None, handle_signals=True, **server_options(settings))
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+            **server_options(settings),
+        )
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}")
     except CasefetchError as exc:  # e.g. the metrics port is taken

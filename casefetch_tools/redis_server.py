@@ -34,8 +34,9 @@ class RedisServer:
     Durable like the deployment: append-only file on, fsync every write, no eviction.
     """
 
-    def __init__(self, directory: Path, port: int | None = None,
-                 appendfsync: str = "always") -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, appendfsync: str = "always"
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -55,11 +56,30 @@ class RedisServer:
             raise CasefetchError("redis-server is not on PATH (apt-get install redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.directory), "--appendonly", "yes", "--appendfsync", self.appendfsync,
-             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         process = self.process
 
@@ -70,7 +90,8 @@ class RedisServer:
             self.stop()
             raise CasefetchError(
                 f"redis-server did not start on port {self.port}; see "
-                f"{self.directory / 'redis.log'}")
+                f"{self.directory / 'redis.log'}"
+            )
         return self
 
     def kill(self) -> None:

@@ -38,29 +38,43 @@ def run(host: str, port: int, concurrency: int | None) -> None:
     except CasefetchError as exc:
         fail(str(exc))
     if redis_server is not None:
-        click.echo(f"started a private redis-server at {redact_url(redis_server.url)} "
-                   f"(data in {redis_server.directory})")
-    commands = [[sys.executable, "-m", "casefetch_tools", "receiver", "--host", host, "--port",
-                 str(port)],
-                [sys.executable, "-m", "casefetch_tools", "worker"]
-                + (["--concurrency", str(concurrency)] if concurrency else [])]
+        click.echo(
+            f"started a private redis-server at {redact_url(redis_server.url)} "
+            f"(data in {redis_server.directory})"
+        )
+    commands = [
+        [sys.executable, "-m", "casefetch_tools", "receiver", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "casefetch_tools", "worker"]
+        + (["--concurrency", str(concurrency)] if concurrency else []),
+    ]
     children = [subprocess.Popen(cmd, env=env) for cmd in commands]
     shown = "127.0.0.1" if host == "0.0.0.0" else host
-    archive = (f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
-               if settings.storage_backend == "s3" else str(settings.archive_dir.resolve()))
-    click.echo(f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
-               f"files land in {archive}. Ctrl-C stops.")
-    click.echo(f"metrics: http://{shown}:{receiver_metrics}/metrics (receiver)"
-               + (f", http://{shown}:{settings.metrics_port}/metrics (worker)"
-                  if settings.metrics_port else ""))
+    archive = (
+        f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+        if settings.storage_backend == "s3"
+        else str(settings.archive_dir.resolve())
+    )
+    click.echo(
+        f"casefetch is running: POST webhooks to http://{shown}:{port}/webhooks; "
+        f"files land in {archive}. Ctrl-C stops."
+    )
+    click.echo(
+        f"metrics: http://{shown}:{receiver_metrics}/metrics (receiver)"
+        + (
+            f", http://{shown}:{settings.metrics_port}/metrics (worker)"
+            if settings.metrics_port
+            else ""
+        )
+    )
     code = _supervise(children)
     if redis_server is not None:
         redis_server.stop()
     sys.exit(code)
 
 
-def choose_redis(env: dict[str, str], default_port: int = 6379,
-                 data_dir: Path = Path(".run/redis")) -> tuple[str, RedisServer | None]:
+def choose_redis(
+    env: dict[str, str], default_port: int = 6379, data_dir: Path = Path(".run/redis")
+) -> tuple[str, RedisServer | None]:
     """REDIS_URL if set; else a Redis answering on localhost; else a private redis-server."""
     if env.get("REDIS_URL"):
         return env["REDIS_URL"], None
@@ -89,8 +103,9 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
         for child in children:
             if child.poll() is not None:
                 code = child.returncode or 1
-                click.echo(f"casefetch: {_describe(child)} exited "
-                           f"({child.returncode}); stopping", err=True)
+                click.echo(
+                    f"casefetch: {_describe(child)} exited ({child.returncode}); stopping", err=True
+                )
                 stopping = True
         time.sleep(0.2)
     for child in children:

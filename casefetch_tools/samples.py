@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 def pdf(lines: Sequence[str]) -> bytes:
     """A one-page PDF of text, the first line as a title."""
-    text = "".join(f"BT /F1 {18 if i == 0 else 12} Tf 72 {720 - 28 * i} Td ({_pdf_text(line)})"
-                   f" Tj ET\n" for i, line in enumerate(lines)).encode("latin-1")
+    text = "".join(
+        f"BT /F1 {18 if i == 0 else 12} Tf 72 {720 - 28 * i} Td ({_pdf_text(line)}) Tj ET\n"
+        for i, line in enumerate(lines)
+    ).encode("latin-1")
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
@@ -33,7 +35,9 @@ def pdf(lines: Sequence[str]) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
+        len(objects) + 1,
+        xref,
+    )
     return bytes(out)
 
 
@@ -47,19 +51,32 @@ def _pdf_text(value: str) -> str:
 
 def png(width: int = 2, height: int = 2, seed: int = 0) -> bytes:
     """A colourful gradient, different for each seed."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     rows = bytearray()
     for y in range(height):
         rows.append(0)
         for x in range(width):
-            rows += bytes(((x * 255 // width + seed * 40) % 256, y * 255 // height,
-                           (128 + int(100 * math.sin((x + y + seed * 9) / 12))) % 256))
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(bytes(rows), 9)) + chunk(b"IEND", b""))
+            rows += bytes(
+                (
+                    (x * 255 // width + seed * 40) % 256,
+                    y * 255 // height,
+                    (128 + int(100 * math.sin((x + y + seed * 9) / 12))) % 256,
+                )
+            )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(rows), 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 # -- JPEG ----------------------------------------------------------------------------------
@@ -114,17 +131,21 @@ def jpeg(width: int = 192, height: int = 64, seed: int = 0, thumbnail: bool = Fa
     bits.extend([1] * (-len(bits) % 8))
     scan = bytearray()
     for start in range(0, len(bits), 8):
-        byte = int("".join(map(str, bits[start:start + 8])), 2)
+        byte = int("".join(map(str, bits[start : start + 8])), 2)
         scan += b"\xff\x00" if byte == 0xFF else bytes((byte,))
     exif = segment(0xE1, _EXIF_HEADER + jpeg(8, 8)) if thumbnail else b""
-    return (b"\xff\xd8"
-            + segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00") + exif
-            + segment(0xDB, b"\x00" + b"\x01" * 64)
-            + segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
-            + segment(0xC4, b"\x00" + bytes(_DC_BITS) + bytes(_DC_VALUES))
-            + segment(0xC4, b"\x10" + bytes((1,) + (0,) * 15) + b"\x00")
-            + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-            + bytes(scan) + b"\xff\xd9")
+    return (
+        b"\xff\xd8"
+        + segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + exif
+        + segment(0xDB, b"\x00" + b"\x01" * 64)
+        + segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
+        + segment(0xC4, b"\x00" + bytes(_DC_BITS) + bytes(_DC_VALUES))
+        + segment(0xC4, b"\x10" + bytes((1,) + (0,) * 15) + b"\x00")
+        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + bytes(scan)
+        + b"\xff\xd9"
+    )
 
 
 # -- files of an exact size ----------------------------------------------------------------
@@ -136,8 +157,10 @@ FILL = bytes(range(33, 127))
 def head_and_tail(kind: str) -> tuple[bytes, bytes]:
     """The first and last bytes of a ``pdf``, ``png`` or ``jpg`` file."""
     if kind == "pdf":
-        return (b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%",
-                b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
+        return (
+            b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%",
+            b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n",
+        )
     if kind == "png":
         return (b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82")
     return b"\xff\xd8\xff\xe0", b"\xff\xd9"

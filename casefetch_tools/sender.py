@@ -9,8 +9,13 @@ import hmac
 from casefetch.config import split_basic_user, split_hmac_key
 
 
-def auth_headers(body: bytes, *, bearer: str | None = None, hmac_pair: str | None = None,
-                 basic: str | None = None) -> dict[str, str]:
+def auth_headers(
+    body: bytes,
+    *,
+    bearer: str | None = None,
+    hmac_pair: str | None = None,
+    basic: str | None = None,
+) -> dict[str, str]:
     if bearer is not None:
         return {"Authorization": f"Bearer {bearer}"}
     if hmac_pair is not None:

@@ -67,8 +67,7 @@ def storage() -> Storage:
 
 
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(settings().redis_url, socket_timeout=10,
-                                  socket_connect_timeout=5)
+    client = redis.Redis.from_url(settings().redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -85,8 +84,12 @@ def each_with_progress(items: Sequence[T], label: str, out: Console) -> Iterator
     if not out.is_terminal or len(items) < 2:
         yield from items
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(label, total=len(items))
         for item in items:

@@ -24,9 +24,12 @@ from worker.settings import WorkerSettings
 @click.command()
 @click.option("--queues", default=None, help="Comma-separated queues (default: all).")
 @click.option("--concurrency", default=None, type=click.IntRange(1), help="Parallel tasks.")
-@click.option("--loglevel", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                                case_sensitive=False))
+@click.option(
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
 def worker(queues: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker."""
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
@@ -90,12 +93,13 @@ def restart_worker(code: int, ran_seconds: float = 0.0) -> NoReturn:
     a row back off, up to 30 s between tries; a worker that ran for a minute first starts
     again after 1 s.
     """
-    restarts = (int(os.environ.get("CASEFETCH_WORKER_RESTARTS", "0"))
-                if ran_seconds < STEADY_SECONDS else 0)
+    restarts = (
+        int(os.environ.get("CASEFETCH_WORKER_RESTARTS", "0")) if ran_seconds < STEADY_SECONDS else 0
+    )
     delay = min(30.0, 2.0 ** min(restarts, 5))
     logging.getLogger("casefetch.worker").error(
-        "the Celery worker stopped on an error (exit %s); starting it again in %.0f s",
-        code, delay)
+        "the Celery worker stopped on an error (exit %s); starting it again in %.0f s", code, delay
+    )
     time.sleep(delay)
     os.environ["CASEFETCH_WORKER_RESTARTS"] = str(restarts + 1)
     os.execv(sys.executable, [sys.executable, "-m", "casefetch_tools", *sys.argv[1:]])

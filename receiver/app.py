@@ -39,8 +39,7 @@ MAX_JSON_DEPTH = 64
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"status": "error", "reason": reason}, status=status,
-                             headers=headers)
+    return web.json_response({"status": "error", "reason": reason}, status=status, headers=headers)
 
 
 def _unauthorized(settings: ReceiverSettings) -> web.Response:
@@ -118,7 +117,7 @@ def _may_hold_a_huge_integer(body: bytes) -> bool:
     limit = sys.get_int_max_str_digits()
     if limit == 0 or len(body) <= limit:
         return False
-    samples = body[::limit // 2]
+    samples = body[:: limit // 2]
     return any(a in _DIGITS and b in _DIGITS for a, b in itertools.pairwise(samples))
 
 
@@ -140,13 +139,11 @@ def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
         if depth > limit:
             return True
         children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
-async def _receive_body(request: web.Request, settings: ReceiverSettings
-                        ) -> bytes | web.Response:
+async def _receive_body(request: web.Request, settings: ReceiverSettings) -> bytes | web.Response:
     """The body, or the answer refusing it (408, 400, 413)."""
     try:
         if request.content.is_eof():  # the whole body is in already: nothing to time out
@@ -180,22 +177,28 @@ async def handle_webhook(request: web.Request) -> web.Response:
     try:
         # Everything that does not need the body, an HMAC request's apiKey included, is
         # checked before a byte of it is read.
-        scheme, signed = authenticate_headers(headers.get("Authorization"),
-                                              headers.get("X-Api-Key"), settings.credentials)
+        scheme, signed = authenticate_headers(
+            headers.get("Authorization"), headers.get("X-Api-Key"), settings.credentials
+        )
     except AuthError as exc:
         metrics.count_auth_failure(exc.scheme.value if exc.scheme else "none")
         log.info("webhook refused: %s", exc.reason)
         return _unauthorized(settings)
 
     # The exact header the platform sends is taken as it is; anything else is parsed.
-    if (headers.get("Content-Type") != "application/json"
-            and request.content_type != "application/json"):
+    if (
+        headers.get("Content-Type") != "application/json"
+        and request.content_type != "application/json"
+    ):
         return _error(415, "content type must be application/json")
     # The signature covers the bytes sent; a compressed body would also be inflated before
     # it is counted. The platform never compresses: refuse it (RFC 7694).
     if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-        return _error(415, "content encoding not supported: send the body uncompressed",
-                      {"Accept-Encoding": "identity"})
+        return _error(
+            415,
+            "content encoding not supported: send the body uncompressed",
+            {"Accept-Encoding": "identity"},
+        )
     body = await _receive_body(request, settings)
     if isinstance(body, web.Response):
         return body
@@ -222,17 +225,25 @@ async def handle_webhook(request: web.Request) -> web.Response:
         await request.app[ENQUEUER].enqueue(delivery)
     except EnqueueError as exc:
         log.warning("enqueue failed, answering 503: %s", exc)
-        return _error(503, "queue unavailable, retry later",
-                      {"Retry-After": str(settings.retry_after_seconds)})
+        return _error(
+            503,
+            "queue unavailable, retry later",
+            {"Retry-After": str(settings.retry_after_seconds)},
+        )
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     metrics.payload_bytes.observe(len(body))
     request.app[ACCEPTED_LOG].info(
-        "delivery accepted", deliveryId=delivery["deliveryId"],
-        cfRef=cf_ref if isinstance(cf_ref, str) else None, scheme=scheme.value,
-        bytes=len(body))
+        "delivery accepted",
+        deliveryId=delivery["deliveryId"],
+        cfRef=cf_ref if isinstance(cf_ref, str) else None,
+        scheme=scheme.value,
+        bytes=len(body),
+    )
     return web.Response(
         body=codec.compact({"status": "accepted", "deliveryId": delivery["deliveryId"]}),
-        status=202, headers=_JSON)
+        status=202,
+        headers=_JSON,
+    )
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -242,14 +253,16 @@ async def handle_healthz(request: web.Request) -> web.Response:
 async def handle_readyz(request: web.Request) -> web.Response:
     if await request.app[ENQUEUER].ping():
         return web.json_response({"status": "ready"})
-    return web.json_response({"status": "redis unavailable"}, status=503,
-                             headers={"Retry-After": "5"})
+    return web.json_response(
+        {"status": "redis unavailable"}, status=503, headers={"Retry-After": "5"}
+    )
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
     registry = request.app[METRICS].registry
-    return web.Response(body=generate_latest(registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -258,6 +271,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def counted(route: str, handler: Handler) -> Handler:
     """``handler``, its answers counted by status (a wrapper per route costs less per request
     than a middleware, which aiohttp runs through two more coroutines)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         response = await handler(request)
         request.app[METRICS].count_request(route, response.status)
@@ -269,9 +283,12 @@ def counted(route: str, handler: Handler) -> Handler:
 async def handle_unmatched(request: web.Request) -> web.StreamResponse:
     """What no route serves: 405 with ``Allow`` for a known path, else 404, as aiohttp
     answers them, counted under the route ``unmatched``."""
-    allowed = {route.method for resource in request.app.router.resources()
-               if resource.canonical == request.path and resource.canonical != _ANY_PATH
-               for route in resource}
+    allowed = {
+        route.method
+        for resource in request.app.router.resources()
+        if resource.canonical == request.path and resource.canonical != _ANY_PATH
+        for route in resource
+    }
     request.app[METRICS].count_request("unmatched", 405 if allowed else 404)
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
@@ -294,12 +311,15 @@ def server_options(settings: ReceiverSettings) -> ServerOptions:
     connection that has not completed a request by then, however slowly it trickles bytes.
     ``lingering_time`` bounds how long the unread rest of a refused body is drained.
     """
-    return ServerOptions(keepalive_timeout=settings.read_timeout_seconds,
-                         lingering_time=min(10.0, settings.read_timeout_seconds))
+    return ServerOptions(
+        keepalive_timeout=settings.read_timeout_seconds,
+        lingering_time=min(10.0, settings.read_timeout_seconds),
+    )
 
 
-def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None,
-               host: str = "127.0.0.1") -> web.Application:
+def create_app(
+    settings: ReceiverSettings, enqueuer: Enqueuer | None = None, host: str = "127.0.0.1"
+) -> web.Application:
     """The receiver; with ``settings.metrics_port`` set, /metrics is served on that port of
     ``host`` only (by an application of its own, started and stopped with this one)."""
     # The body limit is enforced by the handler (it must answer 413 before reading it all);
@@ -310,8 +330,9 @@ def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None,
     app[ACCEPTED_LOG] = BatchedLines(log)
 
     async def open_clients(app: web.Application) -> None:
-        app[ENQUEUER] = enqueuer or Enqueuer.from_url(settings.redis_url,
-                                                      settings.redis_timeout_seconds)
+        app[ENQUEUER] = enqueuer or Enqueuer.from_url(
+            settings.redis_url, settings.redis_timeout_seconds
+        )
 
     async def close_clients(app: web.Application) -> None:
         app[ACCEPTED_LOG].close()  # every request has been answered: write the last lines
@@ -331,10 +352,10 @@ def create_app(settings: ReceiverSettings, enqueuer: Enqueuer | None = None,
     return app
 
 
-def metrics_server(host: str, port: int
-                   ) -> Callable[[web.Application], AsyncIterator[None]]:
+def metrics_server(host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
     """Serves the application's /metrics on ``host``:``port`` while it runs, and nothing else
     there (404)."""
+
     async def serve(app: web.Application) -> AsyncIterator[None]:
         metrics_app = web.Application()
         metrics_app[METRICS] = app[METRICS]
@@ -345,8 +366,9 @@ def metrics_server(host: str, port: int
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError("RECEIVER_METRICS_PORT",
-                              f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ConfigError(
+                "RECEIVER_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
         log.info("receiver metrics on http://%s:%d/metrics", host, port)
         yield
         await runner.cleanup()

@@ -152,8 +152,9 @@ def check_hmac_key(value: str, api_key_header: str | None, credentials: Credenti
         raise AuthError("X-Api-Key does not match the key in Authorization", Scheme.HMAC)
     signature = decode_signature(signature_text.strip())
     # Every configured key is compared; only which one matched decides whose secret is used.
-    secrets = tuple(secret for known_key, secret in credentials.hmac_keys
-                    if hmac.compare_digest(key, known_key))
+    secrets = tuple(
+        secret for known_key, secret in credentials.hmac_keys if hmac.compare_digest(key, known_key)
+    )
     if not secrets:
         raise AuthError("unknown HMAC apiKey", Scheme.HMAC)
     return Signed(secrets, signature)
@@ -168,8 +169,9 @@ def check_signature(signed: Signed, body: bytes) -> None:
         raise AuthError("invalid HMAC signature", Scheme.HMAC)
 
 
-def authenticate_headers(header: str | None, api_key_header: str | None,
-                         credentials: Credentials) -> tuple[Scheme, Signed | None]:
+def authenticate_headers(
+    header: str | None, api_key_header: str | None, credentials: Credentials
+) -> tuple[Scheme, Signed | None]:
     """Check what a request's headers alone can tell; raise AuthError when it is not
     authenticated. Bearer and Basic are then fully checked; for HMAC the :class:`Signed`
     returned is checked against the body with :func:`check_signature`."""
@@ -183,8 +185,9 @@ def authenticate_headers(header: str | None, api_key_header: str | None,
     return scheme, check_hmac_key(value, api_key_header, credentials)
 
 
-def authenticate(header: str | None, api_key_header: str | None, body: bytes,
-                 credentials: Credentials) -> Scheme:
+def authenticate(
+    header: str | None, api_key_header: str | None, body: bytes, credentials: Credentials
+) -> Scheme:
     """Check a whole request; raise AuthError when it is not authenticated."""
     scheme, signed = authenticate_headers(header, api_key_header, credentials)
     if signed is not None:

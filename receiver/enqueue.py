@@ -35,8 +35,9 @@ class Enqueuer:
     command), else through redis-py.
     """
 
-    def __init__(self, redis: aioredis.Redis, timeout_seconds: float,
-                 pipe: RedisPipe | None = None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, timeout_seconds: float, pipe: RedisPipe | None = None
+    ) -> None:
         self.redis = redis
         self.timeout_seconds = timeout_seconds
         self.pipe = pipe
@@ -50,8 +51,9 @@ class Enqueuer:
             retry=Retry(NoBackoff(), 1),
             max_connections=256,
         )
-        pipe = (RedisPipe.from_url(url, min(timeout_seconds, 2.0))
-                if RedisPipe.supports(url) else None)
+        pipe = (
+            RedisPipe.from_url(url, min(timeout_seconds, 2.0)) if RedisPipe.supports(url) else None
+        )
         return cls(client, timeout_seconds, pipe)
 
     async def enqueue(self, delivery: Delivery) -> None:

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
 
 #: prometheus_client's default buckets (seconds).
-TIME_BUCKETS = (.005, .01, .025, .05, .075, .1, .25, .5, .75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 
 
@@ -73,22 +73,30 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        requests = CounterMetricFamily("casefetch_receiver_requests",
-                                       "HTTP requests by route and status",
-                                       labels=["route", "status"])
+        requests = CounterMetricFamily(
+            "casefetch_receiver_requests",
+            "HTTP requests by route and status",
+            labels=["route", "status"],
+        )
         for (route, status), count in sorted(m.requests.items()):
             requests.add_metric([route, str(status)], count, created=m.created)
         yield requests
-        failures = CounterMetricFamily("casefetch_receiver_auth_failures",
-                                       "Refused authentications by scheme", labels=["scheme"])
+        failures = CounterMetricFamily(
+            "casefetch_receiver_auth_failures",
+            "Refused authentications by scheme",
+            labels=["scheme"],
+        )
         for scheme, count in sorted(m.auth_failures.items()):
             failures.add_metric([scheme], count, created=m.created)
         yield failures
         for name, documentation, histogram in (
-                ("casefetch_receiver_enqueue_seconds", "Time to write a delivery to Redis",
-                 m.enqueue_seconds),
-                ("casefetch_receiver_payload_bytes", "Size of accepted payloads",
-                 m.payload_bytes)):
+            (
+                "casefetch_receiver_enqueue_seconds",
+                "Time to write a delivery to Redis",
+                m.enqueue_seconds,
+            ),
+            ("casefetch_receiver_payload_bytes", "Size of accepted payloads", m.payload_bytes),
+        ):
             family = HistogramMetricFamily(name, documentation)
             family.add_metric([], histogram.cumulative(), histogram.sum)
             yield family

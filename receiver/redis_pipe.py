@@ -39,14 +39,14 @@ def _reply(buffer: bytearray, start: int) -> tuple[object, int] | None:
         return None
     kind = buffer[start]
     if kind == 0x24:  # $: a bulk string, its length first
-        length = int(buffer[start + 1:end])
+        length = int(buffer[start + 1 : end])
         if length < 0:
             return None, end + 2
         if len(buffer) < end + 2 + length + 2:
             return None
-        return bytes(buffer[end + 2:end + 2 + length]), end + 2 + length + 2
+        return bytes(buffer[end + 2 : end + 2 + length]), end + 2 + length + 2
     if kind == 0x2A:  # *: an array, its length first
-        count = int(buffer[start + 1:end])
+        count = int(buffer[start + 1 : end])
         position = end + 2
         if count < 0:
             return None, position
@@ -58,7 +58,7 @@ def _reply(buffer: bytearray, start: int) -> tuple[object, int] | None:
             items.append(item[0])
             position = item[1]
         return items, position
-    line = bytes(buffer[start + 1:end])
+    line = bytes(buffer[start + 1 : end])
     if kind == 0x3A:  # :
         return int(line), end + 2
     if kind == 0x2B:  # +
@@ -95,8 +95,9 @@ class _Protocol(asyncio.Protocol):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def send(self, parts: list[bytes], deadline: float = _NEVER, replies: int = 1
-             ) -> asyncio.Future[object]:
+    def send(
+        self, parts: list[bytes], deadline: float = _NEVER, replies: int = 1
+    ) -> asyncio.Future[object]:
         """Queue a command (or ``replies`` commands, answered by the last one's reply);
         ``deadline`` is in the loop's time."""
         if self.lost or self.transport is None:
@@ -195,8 +196,15 @@ def _retrieve(task: asyncio.Task[_Protocol]) -> None:
 
 
 class RedisPipe:
-    def __init__(self, host: str, port: int, db: int = 0, username: str | None = None,
-                 password: str | None = None, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 2.0,
+    ) -> None:
         self.host = host
         self.port = port
         self.db = db
@@ -210,16 +218,25 @@ class RedisPipe:
     def supports(url: str) -> bool:
         parts = urlsplit(url)
         db = parts.path.strip("/")
-        return (parts.scheme == "redis" and not parts.query and not parts.fragment
-                and (db == "" or db.isdigit()))
+        return (
+            parts.scheme == "redis"
+            and not parts.query
+            and not parts.fragment
+            and (db == "" or db.isdigit())
+        )
 
     @classmethod
     def from_url(cls, url: str, connect_timeout: float = 2.0) -> RedisPipe:
         parts = urlsplit(url)
         db = parts.path.strip("/")
-        return cls(parts.hostname or "localhost", parts.port or 6379, int(db or 0),
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None, connect_timeout)
+        return cls(
+            parts.hostname or "localhost",
+            parts.port or 6379,
+            int(db or 0),
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+            connect_timeout,
+        )
 
     async def execute(self, *args: bytes, timeout: float | None = None) -> object:
         """Send one command and wait for its reply (ResponseError for an error reply,
@@ -236,8 +253,9 @@ class RedisPipe:
         async with asyncio.timeout_at(deadline):
             return await self._connect()
 
-    async def transaction(self, *commands: tuple[bytes, ...], timeout: float | None = None
-                          ) -> list[object]:
+    async def transaction(
+        self, *commands: tuple[bytes, ...], timeout: float | None = None
+    ) -> list[object]:
         """Run ``commands`` in MULTI/EXEC (atomically, and none if the connection breaks before
         EXEC); their replies, an error reply raised."""
         protocol = self._protocol
@@ -275,20 +293,21 @@ class RedisPipe:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                transport, protocol = await loop.create_connection(_Protocol, self.host,
-                                                                   self.port)
+                transport, protocol = await loop.create_connection(_Protocol, self.host, self.port)
                 setup = []
                 if self.password is not None:
-                    credentials = ([self.username.encode()] if self.username else [])
-                    setup.append(protocol.send(_command(b"AUTH", *credentials,
-                                                        self.password.encode())))
+                    credentials = [self.username.encode()] if self.username else []
+                    setup.append(
+                        protocol.send(_command(b"AUTH", *credentials, self.password.encode()))
+                    )
                 if self.db:
                     setup.append(protocol.send(_command(b"SELECT", str(self.db).encode())))
                 for reply in setup:
                     await reply
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: "
-                                       f"{exc}") from exc
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {self.host}:{self.port}: {exc}"
+            ) from exc
         except ResponseError:
             transport.close()  # a refused AUTH or SELECT: this connection is of no use
             raise

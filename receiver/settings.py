@@ -49,23 +49,29 @@ class ReceiverSettings:
             redis_url=config.redis_url(env),
             credentials=credentials,
             max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", cls.max_body_bytes, 1),
-            redis_timeout_seconds=config.read_float(env, "RECEIVER_REDIS_TIMEOUT_SECONDS",
-                                                    cls.redis_timeout_seconds),
-            read_timeout_seconds=config.read_float(env, "RECEIVER_READ_TIMEOUT_SECONDS",
-                                                   cls.read_timeout_seconds, 0.1),
+            redis_timeout_seconds=config.read_float(
+                env, "RECEIVER_REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds
+            ),
+            read_timeout_seconds=config.read_float(
+                env, "RECEIVER_READ_TIMEOUT_SECONDS", cls.read_timeout_seconds, 0.1
+            ),
             metrics_port=read_port(env, "RECEIVER_METRICS_PORT"),
         )
 
 
-def refuse_placeholders(variable: str, parts: tuple[str, ...],
-                        entries: Iterable[tuple[str, ...]]) -> None:
+def refuse_placeholders(
+    variable: str, parts: tuple[str, ...], entries: Iterable[tuple[str, ...]]
+) -> None:
     """Raise ConfigError naming ``variable`` and the part (``parts``, one name per field of
     an entry) that holds the placeholder marker; the value itself is never repeated."""
     for entry in entries:
         for part, value in zip(parts, entry, strict=True):
             if PLACEHOLDER_MARKER in value.lower():
-                raise ConfigError(variable, f"the {part} is a placeholder (it contains "
-                                            f"{PLACEHOLDER_MARKER!r}): set a real secret")
+                raise ConfigError(
+                    variable,
+                    f"the {part} is a placeholder (it contains "
+                    f"{PLACEHOLDER_MARKER!r}): set a real secret",
+                )
 
 
 def read_port(env: config.Env, name: str) -> int | None:

@@ -26,6 +26,7 @@ class Archive:
 
     def settled(self, cf_ref: str, timeout: float = 30.0) -> dict[str, Any]:
         """The manifest once the case is no longer pending."""
+
         def done() -> dict[str, Any] | None:
             manifest = self.manifest(cf_ref)
             return manifest if manifest and manifest["status"] != "pending" else None

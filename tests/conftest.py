@@ -65,9 +65,12 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def worker(redis_server: RedisServer, archive_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory,
-           request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+def worker(
+    redis_server: RedisServer,
+    archive_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[WorkerProcess]:
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
     env = worker_env(redis_server.url, archive_dir, WORKER_METRICS_PORT=str(free_port()))
     process = WorkerProcess(env, log_path).start()
@@ -101,8 +104,9 @@ def unique() -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="session")
-def receiver(redis_server: RedisServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
+def receiver(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReceiverProcess]:
     log_path = tmp_path_factory.mktemp("logs") / "receiver.log"
     process = ReceiverProcess(receiver_env(redis_server.url), log_path).start()
     yield process
@@ -124,8 +128,7 @@ def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return request.config.stash[SUMMARY].append
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     lines = config.stash.get(SUMMARY, [])
     if lines:
         terminalreporter.section("fault-injection summary")

@@ -54,8 +54,12 @@ def clean(server: RedisServer, pipeline_running: bool) -> None:
 
 
 def _delete_strays(client: redis.Redis) -> None:
-    strays = [key for key in client.scan_iter(count=1000)
-              if not any(fnmatchcase(key.decode(errors="replace"), pattern)
-                         for pattern in PIPELINE_PATTERNS)]
+    strays = [
+        key
+        for key in client.scan_iter(count=1000)
+        if not any(
+            fnmatchcase(key.decode(errors="replace"), pattern) for pattern in PIPELINE_PATTERNS
+        )
+    ]
     if strays:
         client.delete(*strays)

@@ -127,9 +127,11 @@ class FileServer(BackgroundServer):
             request.send_header("Transfer-Encoding", "chunked")
         elif not route.unframed and "Content-Length" not in extra:
             request.send_header("Content-Length", str(length))
-        if route.unframed or "Content-Length" in extra or (
-                fault is not None and (fault.truncate is not None
-                                       or fault.lie_length is not None)):
+        if (
+            route.unframed
+            or "Content-Length" in extra
+            or (fault is not None and (fault.truncate is not None or fault.lie_length is not None))
+        ):
             request.send_header("Connection", "close")
             request.close_connection = True
         request.end_headers()
@@ -137,32 +139,34 @@ class FileServer(BackgroundServer):
             if fault is not None and fault.reset_after is not None:
                 request.wfile.write(data[: fault.reset_after])
                 request.wfile.flush()
-                request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                              struct.pack("ii", 1, 0))
+                request.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 request.close_connection = True
                 return
             if route.trickle:
                 head, step, pause = route.trickle
 
                 def send(part: bytes) -> None:
-                    request.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n"
-                                        if route.chunked else part)
+                    request.wfile.write(
+                        f"{len(part):x}\r\n".encode() + part + b"\r\n" if route.chunked else part
+                    )
                     request.wfile.flush()
 
                 send(data[:head])
                 for start in range(head, len(data), step):
                     time.sleep(pause)
-                    send(data[start:start + step])
+                    send(data[start : start + step])
                 if route.chunked:
                     request.wfile.write(b"0\r\n\r\n")
             elif route.chunk_delay:
                 for start in range(0, len(data), 65536):
-                    request.wfile.write(data[start:start + 65536])
+                    request.wfile.write(data[start : start + 65536])
                     request.wfile.flush()
                     time.sleep(route.chunk_delay)
             elif route.chunked:
                 for start in range(0, len(data), 65536):
-                    part = data[start:start + 65536]
+                    part = data[start : start + 65536]
                     request.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
                 if fault is None or fault.truncate is None:
                     request.wfile.write(b"0\r\n\r\n")

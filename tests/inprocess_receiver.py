@@ -29,8 +29,9 @@ class InProcessReceiver:
         self.loop.run_until_complete(self.client.start_server())
 
     async def apost(self, body: bytes, headers: Mapping[str, str]) -> int:
-        response = await self.client.post("/webhooks", data=body, headers=dict(headers),
-                                          skip_auto_headers={"Content-Type"})
+        response = await self.client.post(
+            "/webhooks", data=body, headers=dict(headers), skip_auto_headers={"Content-Type"}
+        )
         await response.read()
         return response.status
 

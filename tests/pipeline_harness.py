@@ -94,8 +94,9 @@ class FaultyRedis(redis.Redis):
         class Pipeline(redis.client.Pipeline):
             def execute(self, raise_on_error: bool = True) -> Any:
                 names = ",".join(str(c[0][0]) for c in self.command_stack)
-                with faults.step(f"redis pipeline {names}",
-                                 redis.ConnectionError("injected: pipeline")):
+                with faults.step(
+                    f"redis pipeline {names}", redis.ConnectionError("injected: pipeline")
+                ):
                     return super().execute(raise_on_error)
 
         return Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -118,8 +119,7 @@ class FaultyStorage(Storage):
             self.inner.write_bytes(key, data)
 
     @contextlib.contextmanager
-    def stage(self, key: str, cache: bool = True, owner: str | None = None
-              ) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None) -> Iterator[Staged]:
         with self._step("stage", key), self.inner.stage(key, cache, owner) as staged:
             yield _FaultyStaged(staged, self)
 
@@ -151,8 +151,9 @@ class FaultyStorage(Storage):
     def describe(self) -> str:
         return self.inner.describe()
 
-    def remove_stale_temp(self, older_than_seconds: float,
-                          live_owners: Collection[str] = frozenset()) -> int:
+    def remove_stale_temp(
+        self, older_than_seconds: float, live_owners: Collection[str] = frozenset()
+    ) -> int:
         return self.inner.remove_stale_temp(older_than_seconds, live_owners)
 
 
@@ -180,9 +181,15 @@ class Harness:
     client: redis.Redis
     #: The test's own connection to the same database: the receiver's side, and kombu's.
     broker: redis.Redis
-    settings: DownloadSettings = field(default_factory=lambda: DownloadSettings(
-        allow_private_networks=True, allowed_hosts=("127.0.0.1",), max_attempts=1,
-        timeout_seconds=2.0, max_bytes=1024 * 1024))
+    settings: DownloadSettings = field(
+        default_factory=lambda: DownloadSettings(
+            allow_private_networks=True,
+            allowed_hosts=("127.0.0.1",),
+            max_attempts=1,
+            timeout_seconds=2.0,
+            max_bytes=1024 * 1024,
+        )
+    )
     #: Whether the worker consumes downloads too (then ingest fetches a case's first batch).
     fetch_first: bool = True
     outcomes: dict[str, str] = field(default_factory=dict)
@@ -211,8 +218,10 @@ class Harness:
         """Accept ``body`` and work it through to its end; return how it ended."""
         delivery = self.accept(body)
         self.run()
-        return {"deliveryId": delivery["deliveryId"],
-                "outcome": self.outcomes.get(delivery["deliveryId"])}
+        return {
+            "deliveryId": delivery["deliveryId"],
+            "outcome": self.outcomes.get(delivery["deliveryId"]),
+        }
 
     def run(self, limit: int = 500) -> None:
         """Work every queued message as workers would, each handed back while it must be
@@ -285,12 +294,20 @@ class Harness:
         return json.loads(self.storage.read_bytes(key)) if self.storage.exists(key) else None
 
     def manifests(self) -> list[dict[str, Any]]:
-        return [json.loads(self.storage.read_bytes(key)) for key in self.storage.list("cases/")
-                if key.endswith("/manifest.json")]
+        return [
+            json.loads(self.storage.read_bytes(key))
+            for key in self.storage.list("cases/")
+            if key.endswith("/manifest.json")
+        ]
 
 
-def harness(root: Path, redis_url: str, storage: Storage | None = None, db: int = 6,
-            faults: Faults | None = None) -> Harness:
+def harness(
+    root: Path,
+    redis_url: str,
+    storage: Storage | None = None,
+    db: int = 6,
+    faults: Faults | None = None,
+) -> Harness:
     """A harness on ``root``, its bookkeeping in a Redis database the session worker ignores
     (flushed: an earlier test's cases must not leak into this one). With ``faults``, its
     storage and Redis fail where they say."""

@@ -20,28 +20,35 @@ from tests.waiting import wait_for
 
 def worker_env(redis_url: str, archive: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DOWNLOAD_"))}
-    env.update({
-        "REDIS_URL": redis_url,
-        "ARCHIVE_DIR": str(archive),
-        "STORAGE_BACKEND": "local",
-        "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
-        "DOWNLOAD_MAX_ATTEMPTS": "3",
-        "DOWNLOAD_TIMEOUT_SECONDS": "3",
-        "DOWNLOAD_BACKOFF_BASE_SECONDS": "0.05",
-        "DOWNLOAD_BACKOFF_MAX_SECONDS": "0.5",
-        "PYTHONUNBUFFERED": "1",
-        "WORKER_METRICS_PORT": "0",
-    })
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "ARCHIVE_DIR": str(archive),
+            "STORAGE_BACKEND": "local",
+            "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+            "DOWNLOAD_MAX_ATTEMPTS": "3",
+            "DOWNLOAD_TIMEOUT_SECONDS": "3",
+            "DOWNLOAD_BACKOFF_BASE_SECONDS": "0.05",
+            "DOWNLOAD_BACKOFF_MAX_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+            "WORKER_METRICS_PORT": "0",
+        }
+    )
     env.update(extra)
     return env
 
 
 def receiver_env(redis_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOK_")}
-    env.update({"REDIS_URL": redis_url, "WEBHOOK_BEARER_TOKENS": TOKEN,
-                "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
-                "WEBHOOK_BASIC_USERS": f"{BASIC_USER}:{BASIC_PASSWORD}",
-                "RECEIVER_REDIS_TIMEOUT_SECONDS": "1"})
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "WEBHOOK_BEARER_TOKENS": TOKEN,
+            "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
+            "WEBHOOK_BASIC_USERS": f"{BASIC_USER}:{BASIC_PASSWORD}",
+            "RECEIVER_REDIS_TIMEOUT_SECONDS": "1",
+        }
+    )
     return env
 
 
@@ -59,7 +66,11 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "casefetch_tools", "worker", "--concurrency", "8", *self.args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         log.close()
 
         def ready() -> bool:
@@ -115,8 +126,21 @@ class ReceiverProcess:
     def start(self) -> ReceiverProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch_tools", "receiver", "--host", "127.0.0.1", "--port",
-             str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "casefetch_tools",
+                "receiver",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         log.close()
 
         def up() -> bool:
@@ -124,8 +148,10 @@ class ReceiverProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"receiver exited:\n{self.log_path.read_text()}")
             try:
-                return urllib3.request("GET", f"{self.url}/healthz", retries=False,
-                                       timeout=1).status == 200
+                return (
+                    urllib3.request("GET", f"{self.url}/healthz", retries=False, timeout=1).status
+                    == 200
+                )
             except urllib3.exceptions.HTTPError:
                 return False
 
@@ -138,12 +164,15 @@ class ReceiverProcess:
             self.process.wait(timeout=20)
 
     def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        headers = headers or {"Authorization": f"Bearer {TOKEN}",
-                              "Content-Type": "application/json"}
+        headers = headers or {
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json",
+        }
         if self._http is None:  # one pool, as many connections as the tests' threads
             self._http = urllib3.PoolManager(maxsize=16)
-        response = self._http.request("POST", f"{self.url}/webhooks", body=body,
-                                      headers=headers, retries=False, timeout=10)
+        response = self._http.request(
+            "POST", f"{self.url}/webhooks", body=body, headers=headers, retries=False, timeout=10
+        )
         try:
             return response.status, json.loads(response.data)
         except ValueError:

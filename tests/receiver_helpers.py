@@ -18,7 +18,8 @@ def settings(redis_url: str, **overrides: object) -> ReceiverSettings:
         "credentials": Credentials.build(
             bearer_tokens=(TOKEN, "rotated-token"),
             hmac_keys=((HMAC_KEY, HMAC_SECRET), ("second-key", "second-secret")),
-            basic_users=((BASIC_USER, BASIC_PASSWORD),)),
+            basic_users=((BASIC_USER, BASIC_PASSWORD),),
+        ),
         "redis_timeout_seconds": 1.0,
     }
     values.update(overrides)
@@ -31,8 +32,11 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 def hmac_headers(body: bytes, key: str = HMAC_KEY, secret: str = HMAC_SECRET) -> dict[str, str]:
     signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"Authorization": f"HMAC-SHA256 {key}:{signature}", "X-Api-Key": key,
-            "Content-Type": "application/json"}
+    return {
+        "Authorization": f"HMAC-SHA256 {key}:{signature}",
+        "X-Api-Key": key,
+        "Content-Type": "application/json",
+    }
 
 
 def basic(user: str = BASIC_USER, password: str = BASIC_PASSWORD) -> dict[str, str]:

@@ -47,7 +47,8 @@ class RecordingServer(BackgroundServer):
         path = request.path.split("?", 1)[0]
         with self.lock:
             self.requests.setdefault(path, []).append(
-                {k.lower(): v for k, v in request.headers.items()} | {":target": request.path})
+                {k.lower(): v for k, v in request.headers.items()} | {":target": request.path}
+            )
         reply = self.replies.get(path, Reply(status=404))
         request.send_response(reply.status)
         for name, value in reply.headers.items():

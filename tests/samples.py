@@ -22,21 +22,33 @@ def jpeg(size: int = 1024, seed: int = 0) -> bytes:
     return padded("jpg", size, seed)
 
 
-def item(cf_ref: str, image_url: str | None = None, step: str = "PHOTOGRAPHY",
-         **extra: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {"cfRef": cf_ref, "createdAt": "2026-11-28T10:00:00.000Z",
-                             "stepAction": step, "description": "Façade côté rue"}
+def item(
+    cf_ref: str, image_url: str | None = None, step: str = "PHOTOGRAPHY", **extra: Any
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "cfRef": cf_ref,
+        "createdAt": "2026-11-28T10:00:00.000Z",
+        "stepAction": step,
+        "description": "Façade côté rue",
+    }
     if image_url is not None:
         value["imageUrl"] = image_url
     value.update(extra)
     return value
 
 
-def case(cf_ref: str, case_url: str, items: list[dict[str, Any]] | None = None,
-         **extra: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {"cfRef": cf_ref, "reportId": f"R-{cf_ref}", "caseUrl": case_url,
-                             "createdAt": "2026-11-28T10:00:00.000Z", "frame": "default",
-                             "closed": True, "items": items or []}
+def case(
+    cf_ref: str, case_url: str, items: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "cfRef": cf_ref,
+        "reportId": f"R-{cf_ref}",
+        "caseUrl": case_url,
+        "createdAt": "2026-11-28T10:00:00.000Z",
+        "frame": "default",
+        "closed": True,
+        "items": items or [],
+    }
     value.update(extra)
     return value
 
@@ -57,7 +69,7 @@ def ends_whole(file_type: Any, data: bytes, chunk: int = 4096) -> bool:
 
     check = end_check(file_type)
     for start in range(0, len(data), chunk):
-        check.feed(data[start:start + chunk])
+        check.feed(data[start : start + chunk])
     return check.whole()
 
 
@@ -86,8 +98,14 @@ def close_built() -> None:
         _to_close.pop().close()
 
 
-def fetch_file(fetcher: Any, url: str, kind: Any, storage: Any,
-               key_for: Callable[[Any], str], step_action: str | None = None) -> Any:
+def fetch_file(
+    fetcher: Any,
+    url: str,
+    kind: Any,
+    storage: Any,
+    key_for: Callable[[Any], str],
+    step_action: str | None = None,
+) -> Any:
     """One file fetched as the pipeline fetches it: staged by the fetcher, then put in place
     (dropped if that fails). Returns the FetchResult; raises the DownloadError."""
     result, staged = fetcher.fetch_staged(url, kind, storage, key_for, step_action)
@@ -96,6 +114,7 @@ def fetch_file(fetcher: Any, url: str, kind: Any, storage: Any,
 
 
 # -- media as phones and cameras write them ------------------------------------------------
+
 
 def real_jpeg(thumbnail: bool = False) -> bytes:
     """A valid baseline JPEG (8x8, grey) that any decoder reads; with ``thumbnail``, an EXIF
@@ -116,8 +135,9 @@ def bmff(major: bytes, compatible: list[bytes], media: bytes = b"\x00" * 256) ->
 
 
 def mp4(seed: int = 0) -> bytes:
-    return bmff(b"isom", [b"isom", b"iso2", b"avc1", b"mp41"],
-                bytes((seed + i) % 256 for i in range(2048)))
+    return bmff(
+        b"isom", [b"isom", b"iso2", b"avc1", b"mp41"], bytes((seed + i) % 256 for i in range(2048))
+    )
 
 
 def quicktime() -> bytes:

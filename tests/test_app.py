@@ -34,12 +34,17 @@ class ClosingFetcher:
 
 
 def test_collaborators_handed_in_are_used_observed_and_closed_at_shutdown(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     client = redis.Redis.from_url(redis_server.db_url(9))
     storage = LocalStorage(tmp_path / "archive")
     fetcher = ClosingFetcher()
-    app = build_worker(WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path),
-                       redis_client=client, storage=storage, fetcher=fetcher)
+    app = build_worker(
+        WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path),
+        redis_client=client,
+        storage=storage,
+        fetcher=fetcher,
+    )
     runtime = app.casefetch.runtime
     assert runtime.redis is client
     # The metrics are wrapped around them when they are put together, never patched in.

@@ -19,9 +19,23 @@ def test_safe_names_are_kept(name: str) -> None:
     assert archive.safe_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["../etc", "a/b", "a\\b", ".hidden", "", "x" * 129,
-                                  "nul\x00", "/abs", "Ünïcödé", "_looks-encoded", "CF 1",
-                                  "\uff41\uff42\uff43"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../etc",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "",
+        "x" * 129,
+        "nul\x00",
+        "/abs",
+        "Ünïcödé",
+        "_looks-encoded",
+        "CF 1",
+        "\uff41\uff42\uff43",
+    ],
+)
 def test_unsafe_names_are_encoded_into_safe_ones(name: str) -> None:
     encoded = archive.safe_name(name)
     assert encoded != name
@@ -58,23 +72,35 @@ def test_local_writes_are_atomic(tmp_path: Path) -> None:
 def test_case_status() -> None:
     stored = {"status": "stored"}
     assert case_status({"files": [stored], "warnings": []}).value == "complete"
-    assert case_status({"files": [stored, {"status": "failed"}], "warnings": []}).value == \
-        "incomplete"
-    assert case_status({"files": [stored, {"status": "pending"}], "warnings": []}).value == \
-        "pending"
+    assert (
+        case_status({"files": [stored, {"status": "failed"}], "warnings": []}).value == "incomplete"
+    )
+    assert (
+        case_status({"files": [stored, {"status": "pending"}], "warnings": []}).value == "pending"
+    )
     # Status speaks of files only: a warning never makes a case incomplete.
     assert case_status({"files": [stored], "warnings": [{"item": 1}]}).value == "complete"
-    assert case_status({"files": [stored, {"status": "failed"}],
-                        "warnings": [{"item": 1}]}).value == "incomplete"
+    assert (
+        case_status({"files": [stored, {"status": "failed"}], "warnings": [{"item": 1}]}).value
+        == "incomplete"
+    )
 
 
-@pytest.mark.parametrize("value", [
-    {"cfRef": "CF-é✓\u2028", "files": [{"a": None, "b": True, "c": 1234567, "d": [], "e": {},
-                                       "f": "tab\t\"q\" \x7f \x01 😀"}], "warnings": []},
-    {"x": 1.5, "y": [1, [2, {}]], "z": ""},
-    {"lone": "\ud800"},
-    {"big": 2**70},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {
+            "cfRef": "CF-é✓\u2028",
+            "files": [
+                {"a": None, "b": True, "c": 1234567, "d": [], "e": {}, "f": 'tab\t"q" \x7f \x01 😀'}
+            ],
+            "warnings": [],
+        },
+        {"x": 1.5, "y": [1, [2, {}]], "z": ""},
+        {"lone": "\ud800"},
+        {"big": 2**70},
+    ],
+)
 def test_manifests_are_written_as_json_would_write_them(value: dict[str, object]) -> None:
     try:
         expected = json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")

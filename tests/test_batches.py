@@ -13,8 +13,10 @@ from worker.settings import WorkerSettings
 
 
 def refs(count: int) -> list[FileRef]:
-    return [{"index": i, "path": f"items/{i:03d}-X", "kind": "item_image",
-             "sourceUrl": f"http://h/{i}"} for i in range(count)]
+    return [
+        {"index": i, "path": f"items/{i:03d}-X", "kind": "item_image", "sourceUrl": f"http://h/{i}"}
+        for i in range(count)
+    ]
 
 
 def test_batches_are_few_and_even() -> None:
@@ -35,17 +37,22 @@ def test_a_large_case_spreads_over_many_messages() -> None:
 
 def test_file_jobs_of_a_batch() -> None:
     message: DownloadMessage = {
-        "case": "cases/B", "gen": "g", "cfRef": "B",
-        "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf", "sourceUrl": "http://h/p"},
-                  {"index": 2, "path": "items/002-X", "kind": "item_image",
-                   "sourceUrl": "http://h/x"}]}
+        "case": "cases/B",
+        "gen": "g",
+        "cfRef": "B",
+        "files": [
+            {"index": 0, "path": "case.pdf", "kind": "case_pdf", "sourceUrl": "http://h/p"},
+            {"index": 2, "path": "items/002-X", "kind": "item_image", "sourceUrl": "http://h/x"},
+        ],
+    }
     jobs = file_jobs(message)
     assert [j["index"] for j in jobs] == [0, 2]
     assert all(j["case"] == "cases/B" and j["gen"] == "g" and "files" not in j for j in jobs)
 
 
 def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     url = redis_server.db_url(9)
     runtime = build_worker(WorkerSettings(redis_url=url, archive_dir=tmp_path)).casefetch.runtime
     runtime.redis.flushdb()

@@ -46,8 +46,10 @@ def test_wait_settled_reads_a_replaced_manifest_again(tmp_path: Path) -> None:
         pipeline.wait_settled(tmp_path, ["CF-1", "CF-2"], timeout=0.05, interval=0.01)
     _manifest(tmp_path, "CF-1", "complete")
     settled = pipeline.wait_settled(tmp_path, ["CF-1", "CF-2"], timeout=5, interval=0.01)
-    assert {cf: m["status"] for cf, m in settled.items()} == {"CF-1": "complete",
-                                                              "CF-2": "complete"}
+    assert {cf: m["status"] for cf, m in settled.items()} == {
+        "CF-1": "complete",
+        "CF-2": "complete",
+    }
 
 
 def test_wrk_output_is_read() -> None:
@@ -88,8 +90,10 @@ def test_generated_files_are_valid_whole_or_streamed() -> None:
 
 
 def test_markdown_table_has_one_row_per_result() -> None:
-    results = [Result("a", 1.0, 2.0, "req/s", 0.5, "≥ 0.8x", False),
-               Result("b", 3.0, None, "MiB", None, "≤ 150 MiB", True)]
+    results = [
+        Result("a", 1.0, 2.0, "req/s", 0.5, "≥ 0.8x", False),
+        Result("b", 3.0, None, "MiB", None, "≤ 150 MiB", True),
+    ]
     table = report.markdown_table(results).splitlines()
     assert len(table) == 4
     assert "FAIL" in table[2] and "pass" in table[3]
@@ -97,8 +101,10 @@ def test_markdown_table_has_one_row_per_result() -> None:
 
 def test_a_run_rewrites_the_table_and_keeps_the_written_sections(tmp_path: Path) -> None:
     page = tmp_path / "benchmarks.md"
-    page.write_text("# Benchmarks\n\nold table\n\n## How it is measured\n\nBy hand.\n\n"
-                    "## Why\n\nKept.\n\n## Machine\n\n- old\n")
+    page.write_text(
+        "# Benchmarks\n\nold table\n\n## How it is measured\n\nBy hand.\n\n"
+        "## Why\n\nKept.\n\n## Machine\n\n- old\n"
+    )
     results = [Result("a", 1.0, 2.0, "req/s", 0.5, "≥ 0.8x", True)]
     report.write_markdown(page, results, 1.0, "python -m bench", str(tmp_path))
     text = page.read_text()
@@ -108,8 +114,17 @@ def test_a_run_rewrites_the_table_and_keeps_the_written_sections(tmp_path: Path)
 
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "bench.md"
-    code = cli.main(["--quick", "--only", "growth,payload,memory", "--output", str(output),
-                     "--scratch", str(tmp_path)])
+    code = cli.main(
+        [
+            "--quick",
+            "--only",
+            "growth,payload,memory",
+            "--output",
+            str(output),
+            "--scratch",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     text = output.read_text()
     assert "time per item" in text and "peak RSS" in text and "payload" in text

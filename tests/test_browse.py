@@ -30,56 +30,116 @@ HTML = b"<html><script>alert(1)</script></html>"
 Client = TestClient[web.Request, web.Application]
 
 
-def put_case(storage: LocalStorage, cf_ref: str, updated: str, status: str = "complete",
-             extra_files: list[dict[str, Any]] | None = None) -> None:
+def put_case(
+    storage: LocalStorage,
+    cf_ref: str,
+    updated: str,
+    status: str = "complete",
+    extra_files: list[dict[str, Any]] | None = None,
+) -> None:
     folder = f"cases/{cf_ref}"
     png = samples.png(seed=3)
     storage.write_bytes(f"{folder}/case.pdf", samples.pdf())
     storage.write_bytes(f"{folder}/items/001-IT-1.png", png)
     files = [
-        {"path": "case.pdf", "kind": "case_pdf", "status": "stored",
-         "sha256": samples.sha(samples.pdf()), "bytes": len(samples.pdf()),
-         "contentType": "application/pdf", "error": None, "sourceUrl": "http://x/pdf"},
-        {"path": "items/001-IT-1.png", "kind": "item_image", "item": 1, "itemCfRef": "IT-1",
-         "status": "stored", "sha256": samples.sha(png), "bytes": len(png),
-         "contentType": "image/png", "error": None, "sourceUrl": "http://x/1"},
-        *(extra_files or [])]
-    payload = samples.case(cf_ref, "http://x/pdf", [samples.item("IT-1", "http://x/1")],
-                           reportId=f"REP-{cf_ref.lower()}")
+        {
+            "path": "case.pdf",
+            "kind": "case_pdf",
+            "status": "stored",
+            "sha256": samples.sha(samples.pdf()),
+            "bytes": len(samples.pdf()),
+            "contentType": "application/pdf",
+            "error": None,
+            "sourceUrl": "http://x/pdf",
+        },
+        {
+            "path": "items/001-IT-1.png",
+            "kind": "item_image",
+            "item": 1,
+            "itemCfRef": "IT-1",
+            "status": "stored",
+            "sha256": samples.sha(png),
+            "bytes": len(png),
+            "contentType": "image/png",
+            "error": None,
+            "sourceUrl": "http://x/1",
+        },
+        *(extra_files or []),
+    ]
+    payload = samples.case(
+        cf_ref,
+        "http://x/pdf",
+        [samples.item("IT-1", "http://x/1")],
+        reportId=f"REP-{cf_ref.lower()}",
+    )
     storage.write_bytes(f"{folder}/case.json", samples.body(payload))
-    storage.write_bytes(f"{folder}/manifest.json", json.dumps(
-        {"cfRef": cf_ref, "reportId": payload["reportId"], "status": status,
-         "updatedAt": updated, "deliveryId": f"d-{cf_ref}", "files": files,
-         "warnings": []}).encode())
+    storage.write_bytes(
+        f"{folder}/manifest.json",
+        json.dumps(
+            {
+                "cfRef": cf_ref,
+                "reportId": payload["reportId"],
+                "status": status,
+                "updatedAt": updated,
+                "deliveryId": f"d-{cf_ref}",
+                "files": files,
+                "warnings": [],
+            }
+        ).encode(),
+    )
 
 
 @pytest.fixture
 def archive(tmp_path: Path) -> tuple[LocalStorage, Catalog]:
     storage = LocalStorage(tmp_path / "archive")
     for day in range(1, 8):
-        put_case(storage, f"CF-{day}", f"2026-11-0{day}T10:00:00Z",
-                 status="incomplete" if day % 3 == 0 else "complete")
-    hostile = [{"path": name, "kind": "item_image", "item": 2, "status": "stored",
-                "sha256": samples.sha(data), "bytes": len(data), "contentType": kind,
-                "error": None, "sourceUrl": "http://x/2"}
-               for name, data, kind in (("items/002-IT-2.svg", SVG, "image/svg+xml"),
-                                        ("items/003-IT-3.html", HTML, "text/html"))]
+        put_case(
+            storage,
+            f"CF-{day}",
+            f"2026-11-0{day}T10:00:00Z",
+            status="incomplete" if day % 3 == 0 else "complete",
+        )
+    hostile = [
+        {
+            "path": name,
+            "kind": "item_image",
+            "item": 2,
+            "status": "stored",
+            "sha256": samples.sha(data),
+            "bytes": len(data),
+            "contentType": kind,
+            "error": None,
+            "sourceUrl": "http://x/2",
+        }
+        for name, data, kind in (
+            ("items/002-IT-2.svg", SVG, "image/svg+xml"),
+            ("items/003-IT-3.html", HTML, "text/html"),
+        )
+    ]
     put_case(storage, "EVIL", "2026-11-09T10:00:00Z", extra_files=hostile)
     storage.write_bytes("cases/EVIL/items/002-IT-2.svg", SVG)
     storage.write_bytes("cases/EVIL/items/003-IT-3.html", HTML)
     storage.write_bytes("secret.txt", b"outside the cases")
-    storage.write_bytes("quarantine/q-1.json", json.dumps(
-        {"deliveryId": "q-1", "receivedAt": "2026-11-28T10:00:00Z", "reason": "invalid_case",
-         "errors": {"caseUrl": ["<b>Not a valid URL.</b>"]}, "body": "{}",
-         "headers": {}}).encode())
+    storage.write_bytes(
+        "quarantine/q-1.json",
+        json.dumps(
+            {
+                "deliveryId": "q-1",
+                "receivedAt": "2026-11-28T10:00:00Z",
+                "reason": "invalid_case",
+                "errors": {"caseUrl": ["<b>Not a valid URL.</b>"]},
+                "body": "{}",
+                "headers": {},
+            }
+        ).encode(),
+    )
     catalog = Catalog(tmp_path / "index.sqlite")
     assert catalog.rebuild(storage) == 8
     return storage, catalog
 
 
 @pytest.fixture
-async def client(aiohttp_client: AiohttpClient, archive: tuple[LocalStorage, Catalog]
-                 ) -> Client:
+async def client(aiohttp_client: AiohttpClient, archive: tuple[LocalStorage, Catalog]) -> Client:
     storage, catalog = archive
     return await aiohttp_client(create_app(storage, catalog, BrowseSettings()))
 
@@ -103,12 +163,23 @@ def test_the_catalog_pages(archive: tuple[LocalStorage, Catalog]) -> None:
     first, total = catalog.search(Query(limit=3))
     second, _ = catalog.search(Query(limit=3, offset=3))
     assert total == 8 and [r.cfRef for r in first + second] == [
-        "EVIL", "CF-7", "CF-6", "CF-5", "CF-4", "CF-3"]
+        "EVIL",
+        "CF-7",
+        "CF-6",
+        "CF-5",
+        "CF-4",
+        "CF-3",
+    ]
     assert catalog.search(Query(text="%"))[1] == 0, "LIKE wildcards are plain text"
     catalog.path.write_bytes(b"not a database, as after a bad day " * 100)
     assert catalog.rebuild(_storage) == 8 and catalog.search(Query())[1] == 8
-    catalog.record(row_for("cases/_odd", {"cfRef": "CF-\ud800", "reportId": "R-\udfff",
-                                          "status": "complete", "files": []}, None))
+    catalog.record(
+        row_for(
+            "cases/_odd",
+            {"cfRef": "CF-\ud800", "reportId": "R-\udfff", "status": "complete", "files": []},
+            None,
+        )
+    )
     assert catalog.search(Query(text="CF-\\ud800"))[0][0].reportId == "R-\\udfff"
 
 
@@ -139,20 +210,35 @@ async def test_svg_and_html_in_the_archive_are_never_rendered(client: Client) ->
         assert "default-src 'none'" in response.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize("path", [
-    "/cases/CF-1/../../secret.txt", "/cases/CF-1/%2e%2e/%2e%2e/secret.txt",
-    "/cases/CF-1/..%2f..%2fsecret.txt", "/cases/CF-1/items%2f..%2f..%2f..%2fsecret.txt",
-    "/cases/..%2f..%2fsecret.txt/", "/cases/CF-1/..%5c..%5csecret.txt",
-    "/cases/CF-1/items\\..\\..\\secret.txt", "/cases/CF-1//etc/passwd",
-    "/cases/CF-1/%2fetc%2fpasswd", "/cases/CF-1/case.pdf%00.png", "/cases/%00/",
-    "/cases/CF-1/items/001-IT-1.png/..", "/cases/CF-1/history/../manifest.json.bak",
-    "/cases/.tmp/", "/cases/CF-1/.index.sqlite", "/secret.txt", "/.index.sqlite",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cases/CF-1/../../secret.txt",
+        "/cases/CF-1/%2e%2e/%2e%2e/secret.txt",
+        "/cases/CF-1/..%2f..%2fsecret.txt",
+        "/cases/CF-1/items%2f..%2f..%2f..%2fsecret.txt",
+        "/cases/..%2f..%2fsecret.txt/",
+        "/cases/CF-1/..%5c..%5csecret.txt",
+        "/cases/CF-1/items\\..\\..\\secret.txt",
+        "/cases/CF-1//etc/passwd",
+        "/cases/CF-1/%2fetc%2fpasswd",
+        "/cases/CF-1/case.pdf%00.png",
+        "/cases/%00/",
+        "/cases/CF-1/items/001-IT-1.png/..",
+        "/cases/CF-1/history/../manifest.json.bak",
+        "/cases/.tmp/",
+        "/cases/CF-1/.index.sqlite",
+        "/secret.txt",
+        "/.index.sqlite",
+    ],
+)
 async def test_nothing_outside_the_archive_is_served(client: Client, path: str) -> None:
     status, head, body = await raw_get(client, path)
     assert b"outside the cases" not in body and b"root:" not in body
-    assert status in {400, 404} or (
-        status == 302 and b"\r\nLocation: /cases/CF-1/" in head), (path, status)
+    assert status in {400, 404} or (status == 302 and b"\r\nLocation: /cases/CF-1/" in head), (
+        path,
+        status,
+    )
 
 
 async def raw_get(client: Client, path: str) -> tuple[int, bytes, bytes]:
@@ -179,19 +265,22 @@ async def test_quarantine_is_listed_escaped(client: Client) -> None:
     assert "&lt;b&gt;Not a valid URL.&lt;/b&gt;" in page
 
 
-async def test_credentials_when_configured(aiohttp_client: Any,
-                                           archive: tuple[LocalStorage, Catalog]) -> None:
+async def test_credentials_when_configured(
+    aiohttp_client: Any, archive: tuple[LocalStorage, Catalog]
+) -> None:
     storage, catalog = archive
-    client = await aiohttp_client(create_app(storage, catalog,
-                                             BrowseSettings(users=(("ops", "s3cret:x"),))))
+    client = await aiohttp_client(
+        create_app(storage, catalog, BrowseSettings(users=(("ops", "s3cret:x"),)))
+    )
     assert (await client.get("/healthz")).status == 200, "for the container's healthcheck"
     refused = await client.get("/")
     assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
     wrong = base64.b64encode(b"ops:nope").decode()
     assert (await client.get("/", headers={"Authorization": f"Basic {wrong}"})).status == 401
     right = base64.b64encode(b"ops:s3cret:x").decode()
-    assert (await client.get("/cases/CF-1/case.pdf",
-                             headers={"Authorization": f"Basic {right}"})).status == 200
+    assert (
+        await client.get("/cases/CF-1/case.pdf", headers={"Authorization": f"Basic {right}"})
+    ).status == 200
 
 
 def test_credentials_are_read_like_the_receivers() -> None:
@@ -213,9 +302,24 @@ def test_loopback_only_without_credentials() -> None:
 def test_serve_refuses_to_start_open_without_credentials(tmp_path: Path, host: str) -> None:
     env = worker_env("redis://127.0.0.1:1/0", tmp_path / "archive")
     env.pop("ARCHIVE_SERVE_USERS", None)
-    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "archive", "serve", "--host",
-                             host, "--port", "0"], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "casefetch_tools",
+            "archive",
+            "serve",
+            "--host",
+            host,
+            "--port",
+            "0",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result
     assert "ARCHIVE_SERVE_USERS" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -32,16 +32,27 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-HOSTILE = ("<img src=x onerror=\"document.title='pwned'\">"
-           "<script>document.title='pwned'</script>")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
 #: The browser's own resources (its PDF viewer's pages and style): never the network.
 BROWSER_INTERNAL = ("chrome:", "chrome-extension:", "data:", "about:")
 
 
-PDF = sample_files.pdf(["Certificate RPT-2026-0042", "12 rue de la Paix, Paris",
-                       "Inspection of 27 November 2026", "Verdict: compliant"])
+PDF = sample_files.pdf(
+    [
+        "Certificate RPT-2026-0042",
+        "12 rue de la Paix, Paris",
+        "Inspection of 27 November 2026",
+        "Verdict: compliant",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +64,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         yield launched
         launched.close()
 
@@ -75,8 +87,9 @@ class Certified:
 
 
 @pytest.fixture(scope="module")
-def certified(receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-              archive_dir: Path) -> Certified:
+def certified(
+    receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer, archive_dir: Path
+) -> Certified:
     """A case as the platform would send it: a PDF, photos, a signature, fields, a photo the
     host lost, and a description written to attack the page."""
     cf = f"BROWSER-{os.getpid()}"
@@ -84,24 +97,45 @@ def certified(receiver: ReceiverProcess, worker: WorkerProcess, file_server: Fil
     signature = file_server.add(f"{cf}/sig", samples.png(120, 48, seed=90))
     lost = file_server.add(f"{cf}/lost", samples.png(), always=Fault(404))
     items = [
-        samples.item("IT-1", photo, description="Façade côté rue", data="Front, north side",
-                     geolocLatitude="48.8566", geolocLongitude=2.3522),
-        samples.item("IT-2", None, step="DATE_FIELD", description="Inspection date",
-                     data="2026-11-27"),
+        samples.item(
+            "IT-1",
+            photo,
+            description="Façade côté rue",
+            data="Front, north side",
+            geolocLatitude="48.8566",
+            geolocLongitude=2.3522,
+        ),
+        samples.item(
+            "IT-2", None, step="DATE_FIELD", description="Inspection date", data="2026-11-27"
+        ),
         samples.item("IT-3", None, step="SELECT", description="Roof condition", data="good"),
         samples.item("IT-4", lost, description="Back garden", data="garden"),
         samples.item("IT-5", None, step="TEXT_FIELD", description=HOSTILE, data=HOSTILE),
         samples.item("IT-6", signature, step="SIGNATURE", description="Signature of the owner"),
     ]
-    body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", PDF), items,
-                                     reportId="RPT-2026-0042"))
+    body = samples.body(
+        samples.case(cf, file_server.add(f"{cf}/pdf", PDF), items, reportId="RPT-2026-0042")
+    )
     assert receiver.post(body)[0] == 202
     for n in range(1, 4):  # neighbours in the list
         other = f"{cf}-{n}"
-        assert receiver.post(samples.body(samples.case(
-            other, file_server.add(f"{other}/pdf", PDF),
-            [samples.item("IT-1", file_server.add(f"{other}/img", samples.png(seed=n)))],
-            reportId=f"RPT-2026-00{30 + n}")))[0] == 202
+        assert (
+            receiver.post(
+                samples.body(
+                    samples.case(
+                        other,
+                        file_server.add(f"{other}/pdf", PDF),
+                        [
+                            samples.item(
+                                "IT-1", file_server.add(f"{other}/img", samples.png(seed=n))
+                            )
+                        ],
+                        reportId=f"RPT-2026-00{30 + n}",
+                    )
+                )
+            )[0]
+            == 202
+        )
         Archive(archive_dir).settled(other)
     Archive(archive_dir).settled(cf)
     return Certified(cf, Archive(archive_dir).case(cf), images=2)
@@ -119,7 +153,8 @@ def loaded_images(page: Any) -> list[dict[str, Any]]:
         image.scroll_into_view_if_needed()
     page.wait_for_function("[...document.images].every(i => i.complete)")
     return page.eval_on_selector_all(  # type: ignore[no-any-return]
-        "img", "all => all.map(i => ({src: i.src, width: i.naturalWidth}))")
+        "img", "all => all.map(i => ({src: i.src, width: i.naturalWidth}))"
+    )
 
 
 def check_case_page(page: Any, certified: Certified, url: str) -> list[str]:
@@ -130,23 +165,34 @@ def check_case_page(page: Any, certified: Certified, url: str) -> list[str]:
     assert len(images) == certified.images
     assert all(image["width"] > 0 for image in images), images
     text = page.inner_text("body")
-    for shown in (certified.cf_ref, "RPT-2026-0042", "Façade côté rue", "Front, north side",
-                  "48.8566, 2.3522", "2026-11-27", "Roof condition", "Signature of the owner",
-                  "HTTP 404", HOSTILE):
+    for shown in (
+        certified.cf_ref,
+        "RPT-2026-0042",
+        "Façade côté rue",
+        "Front, north side",
+        "48.8566, 2.3522",
+        "2026-11-27",
+        "Roof condition",
+        "Signature of the owner",
+        "HTTP 404",
+        HOSTILE,
+    ):
         assert shown in text, shown
     assert page.title() != "pwned"
     assert page.locator(".badge.failed").count() >= 1
     return requests
 
 
-def test_index_html_from_disk_and_from_a_copy(page: Any, certified: Certified,
-                                              tmp_path: Path) -> None:
+def test_index_html_from_disk_and_from_a_copy(
+    page: Any, certified: Certified, tmp_path: Path
+) -> None:
     copy = tmp_path / "copied elsewhere" / certified.folder.name
     shutil.copytree(certified.folder, copy)
     for folder in (certified.folder, copy):
         requests = check_case_page(page, certified, (folder / "index.html").as_uri())
-        assert requests and all(url.startswith(("file:", *BROWSER_INTERNAL))
-                                for url in requests), requests
+        assert requests and all(url.startswith(("file:", *BROWSER_INTERNAL)) for url in requests), (
+            requests
+        )
         assert not any(url.endswith("/x") for url in requests), "the hostile img never loads"
         pdf = page.eval_on_selector('a[href="case.pdf"]', "a => a.href")
         assert Path(unquote(urlparse(pdf).path)).read_bytes() == PDF
@@ -155,15 +201,22 @@ def test_index_html_from_disk_and_from_a_copy(page: Any, certified: Certified,
 
 
 @pytest.fixture(scope="module")
-def served(redis_server: RedisServer, archive_dir: Path, certified: Certified,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(
+    redis_server: RedisServer,
+    archive_dir: Path,
+    certified: Certified,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("logs") / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "casefetch_tools", "archive", "serve", "--port", str(port)],
-            env=worker_env(redis_server.url, archive_dir), cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT)
+            env=worker_env(redis_server.url, archive_dir),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -195,11 +248,13 @@ def raw(base: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
-def test_archive_serve_list_search_case_and_files(page: Any, certified: Certified,
-                                                  served: str) -> None:
+def test_archive_serve_list_search_case_and_files(
+    page: Any, certified: Certified, served: str
+) -> None:
     refused: list[str] = []
-    page.on("console", lambda message: refused.append(message.text)
-            if message.type == "error" else None)
+    page.on(
+        "console", lambda message: refused.append(message.text) if message.type == "error" else None
+    )
     page.goto(served + "/")
     assert certified.cf_ref in page.inner_text("table")
     page.fill('input[name="q"]', "BROWSER")
@@ -231,15 +286,25 @@ def test_archive_serve_list_search_case_and_files(page: Any, certified: Certifie
     assert "Quarantine" in page.inner_text("h1")
 
 
-@pytest.mark.parametrize("path", [
-    "/cases/{case}/../../.index.sqlite", "/cases/{case}/%2e%2e/%2e%2e/.index.sqlite",
-    "/cases/{case}/..%2f..%2f.index.sqlite", "/cases/{case}/..%5c..%5c.index.sqlite",
-    "/cases/{case}/items\\..\\..\\..\\.index.sqlite", "/cases/{case}/%2fetc%2fpasswd",
-    "/cases/{case}//etc/passwd", "/cases/{case}/case.pdf%00", "/etc/passwd",
-    "/cases/..%2f..%2f..%2f..%2fetc/passwd", "/cases/%2e%2e/manifest.json",
-])
-def test_archive_serve_serves_nothing_outside_the_archive(certified: Certified, served: str,
-                                                          path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cases/{case}/../../.index.sqlite",
+        "/cases/{case}/%2e%2e/%2e%2e/.index.sqlite",
+        "/cases/{case}/..%2f..%2f.index.sqlite",
+        "/cases/{case}/..%5c..%5c.index.sqlite",
+        "/cases/{case}/items\\..\\..\\..\\.index.sqlite",
+        "/cases/{case}/%2fetc%2fpasswd",
+        "/cases/{case}//etc/passwd",
+        "/cases/{case}/case.pdf%00",
+        "/etc/passwd",
+        "/cases/..%2f..%2f..%2f..%2fetc/passwd",
+        "/cases/%2e%2e/manifest.json",
+    ],
+)
+def test_archive_serve_serves_nothing_outside_the_archive(
+    certified: Certified, served: str, path: str
+) -> None:
     status, _headers, body = raw(served, "GET", path.format(case=certified.folder.name))
     assert status in {400, 404}, (path, status)
     assert b"SQLite format" not in body and b"root:" not in body
@@ -247,8 +312,11 @@ def test_archive_serve_serves_nothing_outside_the_archive(certified: Certified, 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 def test_archive_serve_is_read_only(certified: Certified, served: str, method: str) -> None:
-    for path in ("/", f"/cases/{certified.folder.name}/", f"/cases/{certified.folder.name}/"
-                 "case.pdf"):
+    for path in (
+        "/",
+        f"/cases/{certified.folder.name}/",
+        f"/cases/{certified.folder.name}/case.pdf",
+    ):
         assert raw(served, method, path)[0] == 405, (method, path)
     assert (certified.folder / "case.pdf").read_bytes() == PDF
 

@@ -26,21 +26,34 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture
 def cli(redis_server: RedisServer, archive_dir: Path) -> Cli:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
-                              text=True, env=worker_env(redis_server.url, archive_dir),
-                              cwd=ROOT, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "casefetch_tools", *args],
+            capture_output=True,
+            text=True,
+            env=worker_env(redis_server.url, archive_dir),
+            cwd=ROOT,
+            timeout=120,
+        )
 
     return run
 
 
 def test_a_settled_case_has_its_page_and_its_catalog_row(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, archive_dir: Path, unique: Callable[[str], str], cli: Cli) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    archive_dir: Path,
+    unique: Callable[[str], str],
+    cli: Cli,
+) -> None:
     cf = unique("PAGE")
     pdf = file_server.add(f"{cf}/pdf", samples.pdf())
     image = file_server.add(f"{cf}/img", samples.png(seed=5))
-    items = [samples.item("IT-1", image, description="first look", data="Front door"),
-             samples.item("IT-2", None, step="NUMBER_FIELD", data="17")]
+    items = [
+        samples.item("IT-1", image, description="first look", data="Front door"),
+        samples.item("IT-2", None, step="NUMBER_FIELD", data="17"),
+    ]
     assert receiver.post(samples.body(samples.case(cf, pdf, items)))[0] == 202
     manifest = archive.settled(cf)
     page = (archive.case(cf) / "index.html").read_text()
@@ -54,21 +67,32 @@ def test_a_settled_case_has_its_page_and_its_catalog_row(
 
     items[0]["description"] = "second look"
     assert receiver.post(samples.body(samples.case(cf, pdf, items)))[0] == 202
-    wait_for(lambda: "second look" in (archive.case(cf) / "index.html").read_text(),
-             message="the page to be rewritten")
+    wait_for(
+        lambda: "second look" in (archive.case(cf) / "index.html").read_text(),
+        message="the page to be rewritten",
+    )
     assert "first look" not in (archive.case(cf) / "index.html").read_text()
 
 
 def test_a_case_of_1200_items_maps_every_item_to_its_own_file(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str], cli: Cli) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+    cli: Cli,
+) -> None:
     cf = unique("BIG")
     pictured = {1: 11, 100: 12, 999: 13, 1000: 14, 1200: 15}
-    items = [samples.item(f"IT-{n}", file_server.add(f"{cf}/{n}", samples.png(seed=pictured[n]))
-                          if n in pictured else None,
-                          step="PHOTOGRAPHY" if n in pictured else "TEXT_FIELD",
-                          data=f"value {n}")
-             for n in range(1, 1201)]
+    items = [
+        samples.item(
+            f"IT-{n}",
+            file_server.add(f"{cf}/{n}", samples.png(seed=pictured[n])) if n in pictured else None,
+            step="PHOTOGRAPHY" if n in pictured else "TEXT_FIELD",
+            data=f"value {n}",
+        )
+        for n in range(1, 1201)
+    ]
     pdf = file_server.add(f"{cf}/pdf", samples.pdf())
     assert receiver.post(samples.body(samples.case(cf, pdf, items)))[0] == 202
     archive.settled(cf, timeout=60)
@@ -77,9 +101,11 @@ def test_a_case_of_1200_items_maps_every_item_to_its_own_file(
     files = {item["position"]: item["file"] for item in shown["items"]}
     assert len(files) == 1200
     assert {n: f["path"] for n, f in files.items() if f} == {
-        n: f"items/{n:03d}-IT-{n}.png" for n in pictured}
+        n: f"items/{n:03d}-IT-{n}.png" for n in pictured
+    }
     assert {n: f["sha256"] for n, f in files.items() if f} == {
-        n: samples.sha(samples.png(seed=seed)) for n, seed in pictured.items()}
+        n: samples.sha(samples.png(seed=seed)) for n, seed in pictured.items()
+    }
     table = cli("archive", "show", cf).stdout
     assert "items/1000-IT-1000.png (stored)" in table
 
@@ -90,10 +116,15 @@ def test_a_case_of_1200_items_maps_every_item_to_its_own_file(
     assert "<img" not in page.split('id="item-1001"', 1)[1].split("</section>", 1)[0]
 
 
-def test_reindex_rebuilds_a_lost_catalog(receiver: ReceiverProcess, worker: WorkerProcess,
-                                         file_server: FileServer, archive: Archive,
-                                         archive_dir: Path, unique: Callable[[str], str],
-                                         cli: Cli) -> None:
+def test_reindex_rebuilds_a_lost_catalog(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    archive_dir: Path,
+    unique: Callable[[str], str],
+    cli: Cli,
+) -> None:
     cf = unique("REINDEX")
     body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf())))
     assert receiver.post(body)[0] == 202

@@ -15,11 +15,24 @@ def test_the_first_writers_of_a_new_catalog_all_keep_their_rows(tmp_path: Path) 
         catalog = Catalog(tmp_path / f"{trial}.sqlite")
         start = threading.Barrier(8)
 
-        def settle(n: int, catalog: Catalog = catalog, start: threading.Barrier = start
-                   ) -> None:
+        def settle(n: int, catalog: Catalog = catalog, start: threading.Barrier = start) -> None:
             start.wait()
-            catalog.record(Row(f"cases/CF-{n}", f"CF-{n}", None, "complete", 1, 1, 0, 0, 10,
-                               "2026-12-07T10:00:00Z", None, f"d-{n}"))
+            catalog.record(
+                Row(
+                    f"cases/CF-{n}",
+                    f"CF-{n}",
+                    None,
+                    "complete",
+                    1,
+                    1,
+                    0,
+                    0,
+                    10,
+                    "2026-12-07T10:00:00Z",
+                    None,
+                    f"d-{n}",
+                )
+            )
 
         threads = [threading.Thread(target=settle, args=(n,)) for n in range(8)]
         for thread in threads:

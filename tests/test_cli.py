@@ -24,22 +24,45 @@ from tests.waiting import wait_for
 
 
 def casefetch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "casefetch_tools", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("auth", [["--bearer", TOKEN], ["--hmac", f"{HMAC_KEY}:{HMAC_SECRET}"],
-                                  ["--basic", f"{BASIC_USER}:{BASIC_PASSWORD}"]],
-                         ids=["bearer", "hmac", "basic"])
-def test_send_signs_as_the_platform_does(receiver: ReceiverProcess, worker: WorkerProcess,
-                                         file_server: FileServer, archive: Archive,
-                                         unique: Callable[[str], str], tmp_path: Path,
-                                         auth: list[str]) -> None:
+@pytest.mark.parametrize(
+    "auth",
+    [
+        ["--bearer", TOKEN],
+        ["--hmac", f"{HMAC_KEY}:{HMAC_SECRET}"],
+        ["--basic", f"{BASIC_USER}:{BASIC_PASSWORD}"],
+    ],
+    ids=["bearer", "hmac", "basic"],
+)
+def test_send_signs_as_the_platform_does(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    auth: list[str],
+) -> None:
     cf = unique("CF")
     payload = tmp_path / "case.json"
-    payload.write_bytes(samples.body(samples.case(
-        cf, file_server.add(f"{cf}/pdf", samples.pdf()),
-        [samples.item("IT-1", file_server.add(f"{cf}/img", samples.png()), data="été ✓")])))
+    payload.write_bytes(
+        samples.body(
+            samples.case(
+                cf,
+                file_server.add(f"{cf}/pdf", samples.pdf()),
+                [samples.item("IT-1", file_server.add(f"{cf}/img", samples.png()), data="été ✓")],
+            )
+        )
+    )
     result = casefetch("send", f"{receiver.url}/webhooks", str(payload), *auth)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("202 ")
@@ -53,8 +76,9 @@ def test_send_reports_refusals(receiver: ReceiverProcess, tmp_path: Path) -> Non
     assert result.returncode == 1 and result.stdout.startswith("401 ")
     result = casefetch("send", f"{receiver.url}/webhooks", str(payload))
     assert result.returncode == 2 and "exactly one" in result.stderr
-    result = casefetch("send", f"{receiver.url}/webhooks", str(tmp_path / "missing.json"),
-                       "--bearer", "x")
+    result = casefetch(
+        "send", f"{receiver.url}/webhooks", str(tmp_path / "missing.json"), "--bearer", "x"
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
 
 
@@ -74,11 +98,13 @@ def test_receiver_refuses_to_start_with_a_placeholder_credential() -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "casefetch: WEBHOOK_HMAC_KEYS: the apiKey is a placeholder (it contains 'change-me'): "
-        "set a real secret"]
+        "set a real secret"
+    ]
 
 
-def test_receiver_serves_metrics_on_their_own_port(redis_server: RedisServer,
-                                                   tmp_path: Path) -> None:
+def test_receiver_serves_metrics_on_their_own_port(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     import urllib3
 
     metrics_port = free_port()
@@ -89,11 +115,11 @@ def test_receiver_serves_metrics_on_their_own_port(redis_server: RedisServer,
         metrics = urllib3.request("GET", f"http://127.0.0.1:{metrics_port}/metrics")
         assert metrics.status == 200 and b"casefetch_receiver_requests_total" in metrics.data
         # The port is taken now: a second receiver says so, in one line.
-        result = casefetch("receiver", "--host", "127.0.0.1", "--port", str(free_port()),
-                           env=env)
+        result = casefetch("receiver", "--host", "127.0.0.1", "--port", str(free_port()), env=env)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.splitlines()[-1].startswith(
-            f"casefetch: RECEIVER_METRICS_PORT: cannot listen on 127.0.0.1:{metrics_port}")
+            f"casefetch: RECEIVER_METRICS_PORT: cannot listen on 127.0.0.1:{metrics_port}"
+        )
     finally:
         process.stop()
 
@@ -111,8 +137,14 @@ def test_bad_settings_are_one_line_errors(redis_server: object, tmp_path: Path) 
     result = casefetch("worker", env=env)
     assert result.returncode == 2 and result.stderr.startswith("casefetch: DOWNLOAD_HEADERS: ")
     assert len(result.stderr.splitlines()) == 1
-    celery = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "worker"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    celery = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert celery.returncode == 1 and celery.stderr.startswith("casefetch: DOWNLOAD_HEADERS: ")
     assert len(celery.stderr.splitlines()) == 1
 
@@ -138,10 +170,16 @@ def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:
         worker.process = subprocess.Popen(
             [sys.executable, "-m", "casefetch_tools", "worker", "--concurrency", "1"],
             env=env,
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for(lambda: "Cannot connect to" in worker.log(), timeout=30,
-                 message="the worker to report Redis unreachable")
+        wait_for(
+            lambda: "Cannot connect to" in worker.log(),
+            timeout=30,
+            message="the worker to report Redis unreachable",
+        )
     finally:
         worker.stop()
     outputs["worker"] = worker.log()
@@ -172,18 +210,26 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> None:
     assert choose_redis({"REDIS_URL": "redis://elsewhere:1/0"}) == ("redis://elsewhere:1/0", None)
 
 
-def test_run_serves_the_whole_pipeline(redis_server: object, file_server: FileServer,
-                                       tmp_path: Path, unique: Callable[[str], str]) -> None:
+def test_run_serves_the_whole_pipeline(
+    redis_server: object, file_server: FileServer, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
     from casefetch_tools.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     port = free_port()
     own_db = redis_server.db_url(5)  # apart from the session's worker
-    env = {**worker_env(own_db, tmp_path / "archive"),
-           **{k: v for k, v in receiver_env(own_db).items() if k.startswith("WEBHOOK")}}
-    process = subprocess.Popen([sys.executable, "-m", "casefetch_tools", "run",
-                                "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    env = {
+        **worker_env(own_db, tmp_path / "archive"),
+        **{k: v for k, v in receiver_env(own_db).items() if k.startswith("WEBHOOK")},
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "casefetch_tools", "run", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         receiver = ReceiverProcess(env, tmp_path / "unused.log")
         receiver.port = port
@@ -221,34 +267,41 @@ def test_celery_cli_consumes_every_queue_by_default() -> None:
 def test_a_broken_worker_starts_again_in_the_same_process() -> None:
     # restart_worker replaces the process with a fresh `casefetch <same arguments>`; here the
     # arguments are `--version`, so the fresh process prints it and exits.
-    code = ("import sys; sys.argv = ['casefetch', '--version'];"
-            "from casefetch_tools.worker_command import restart_worker; restart_worker(1)")
+    code = (
+        "import sys; sys.argv = ['casefetch', '--version'];"
+        "from casefetch_tools.worker_command import restart_worker; restart_worker(1)"
+    )
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": "0"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "version" in result.stdout
     assert "starting it again in 1 s" in result.stderr
 
 
-@pytest.mark.parametrize(("restarts", "ran_seconds", "delay"),
-                         [(4, 5.0, 16), (9, 5.0, 30), (9, 120.0, 1)])
+@pytest.mark.parametrize(
+    ("restarts", "ran_seconds", "delay"), [(4, 5.0, 16), (9, 5.0, 30), (9, 120.0, 1)]
+)
 def test_failures_in_a_row_back_off_and_a_steady_run_starts_afresh(
-        restarts: int, ran_seconds: float, delay: int) -> None:
+    restarts: int, ran_seconds: float, delay: int
+) -> None:
     # time.sleep replaced: the delay is read from the log line, not waited for.
-    code = ("import sys, time; sys.argv = ['casefetch', '--version'];"
-            "time.sleep = lambda s: print('slept', s);"
-            "from casefetch_tools.worker_command import restart_worker;"
-            f"restart_worker(1, {ran_seconds})")
+    code = (
+        "import sys, time; sys.argv = ['casefetch', '--version'];"
+        "time.sleep = lambda s: print('slept', s);"
+        "from casefetch_tools.worker_command import restart_worker;"
+        f"restart_worker(1, {ran_seconds})"
+    )
     env = {**os.environ, "CASEFETCH_WORKER_RESTARTS": str(restarts)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert f"starting it again in {delay} s" in result.stderr
 
 
-def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object,
-                                                     tmp_path: Path) -> None:
+def test_a_worker_asked_to_stop_does_not_start_again(redis_server: object, tmp_path: Path) -> None:
     from casefetch_tools.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
@@ -281,15 +334,24 @@ def test_a_worker_celery_gave_up_on_starts_again(redis_server: object, tmp_path:
 
     assert isinstance(redis_server, RedisServer)
     log_path = tmp_path / "w.log"
-    env = {**worker_env(redis_server.db_url(6), tmp_path / "archive"),
-           "CASEFETCH_WORKER_RESTARTS": "0"}
+    env = {
+        **worker_env(redis_server.db_url(6), tmp_path / "archive"),
+        "CASEFETCH_WORKER_RESTARTS": "0",
+    }
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-c", _BROKEN_ONCE, "worker",
-                                    "--concurrency", "2"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BROKEN_ONCE, "worker", "--concurrency", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
-        wait_for(lambda: b" ready." in log_path.read_bytes() or process.poll() is not None,
-                 timeout=60, message="the worker to start again and be ready")
+        wait_for(
+            lambda: b" ready." in log_path.read_bytes() or process.poll() is not None,
+            timeout=60,
+            message="the worker to start again and be ready",
+        )
         text = log_path.read_text()
         assert process.poll() is None, f"the worker exited ({process.returncode}):\n{text[-2000:]}"
         assert "Unrecoverable error" in text

@@ -31,12 +31,18 @@ from worker.storage import LocalStorage
 
 
 @pytest.fixture
-def cli(redis_server: RedisServer, archive_dir: Path
-        ) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli(
+    redis_server: RedisServer, archive_dir: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(*args: str, archive: Path = archive_dir) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], capture_output=True,
-                              text=True, env=worker_env(redis_server.url, archive), cwd=ROOT,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "casefetch_tools", *args],
+            capture_output=True,
+            text=True,
+            env=worker_env(redis_server.url, archive),
+            cwd=ROOT,
+            timeout=60,
+        )
 
     return run
 
@@ -54,15 +60,26 @@ def one_line_failure(result: subprocess.CompletedProcess[str], code: int = 1) ->
 
 
 @pytest.fixture
-def two_cases(receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-              archive: Archive, unique: Callable[[str], str]) -> Iterator[tuple[str, str]]:
+def two_cases(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> Iterator[tuple[str, str]]:
     """A complete case and an incomplete one (an image the server no longer has)."""
     good, bad = unique("OK"), unique("BAD")
-    for cf, image in [(good, file_server.add(f"{good}/img", samples.png(seed=7))),
-                      (bad, file_server.add(f"{bad}/img", samples.png(), always=Fault(404)))]:
-        body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()),
-                                         [samples.item("IT-1", image),
-                                          samples.item("IT-2", None, step="TEXT_FIELD")]))
+    for cf, image in [
+        (good, file_server.add(f"{good}/img", samples.png(seed=7))),
+        (bad, file_server.add(f"{bad}/img", samples.png(), always=Fault(404))),
+    ]:
+        body = samples.body(
+            samples.case(
+                cf,
+                file_server.add(f"{cf}/pdf", samples.pdf()),
+                [samples.item("IT-1", image), samples.item("IT-2", None, step="TEXT_FIELD")],
+            )
+        )
         assert receiver.post(body)[0] == 202
     archive.settled(good)
     archive.settled(bad)
@@ -70,8 +87,10 @@ def two_cases(receiver: ReceiverProcess, worker: WorkerProcess, file_server: Fil
 
 
 def test_list_and_show_tell_what_arrived_and_what_failed(
-        cli: Callable[..., subprocess.CompletedProcess[str]], archive: Archive,
-        two_cases: tuple[str, str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    archive: Archive,
+    two_cases: tuple[str, str],
+) -> None:
     good, bad = two_cases
     listed = {c["cfRef"]: c for c in as_json(cli("archive", "list", "--json"))}
     assert listed[good]["status"] == "complete" and listed[bad]["status"] == "incomplete"
@@ -81,10 +100,15 @@ def test_list_and_show_tell_what_arrived_and_what_failed(
     assert listed[good]["bytes"] == len(samples.pdf()) + len(samples.png(seed=7))
     order = [c["cfRef"] for c in as_json(cli("archive", "list", "--json"))]
     assert order.index(bad) < order.index(good) or (
-        listed[bad]["updatedAt"] == listed[good]["updatedAt"]), "newest first"
+        listed[bad]["updatedAt"] == listed[good]["updatedAt"]
+    ), "newest first"
 
-    failed = {c["cfRef"] for c in as_json(cli("archive", "list", "--status", "incomplete",
-                                              "--since", "today", "--json"))}
+    failed = {
+        c["cfRef"]
+        for c in as_json(
+            cli("archive", "list", "--status", "incomplete", "--since", "today", "--json")
+        )
+    }
     assert bad in failed and good not in failed
     table = cli("archive", "list", "--status", "incomplete")
     assert table.returncode == 0 and bad in table.stdout and good not in table.stdout
@@ -96,7 +120,9 @@ def test_list_and_show_tell_what_arrived_and_what_failed(
     assert "404" in files["items/001-IT-1"]["error"]
     assert files["case.pdf"]["sha256"] == sha(samples.pdf())
     assert [(i["cfRef"], i["stepAction"]) for i in shown["items"]] == [
-        ("IT-1", "PHOTOGRAPHY"), ("IT-2", "TEXT_FIELD")]
+        ("IT-1", "PHOTOGRAPHY"),
+        ("IT-2", "TEXT_FIELD"),
+    ]
     assert shown["items"][0]["file"]["status"] == "failed" and shown["items"][1]["file"] is None
 
     text = cli("archive", "show", bad)
@@ -109,8 +135,10 @@ def test_list_and_show_tell_what_arrived_and_what_failed(
 
 
 def test_verify_finds_tampered_and_missing_files(
-        cli: Callable[..., subprocess.CompletedProcess[str]], archive: Archive,
-        two_cases: tuple[str, str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    archive: Archive,
+    two_cases: tuple[str, str],
+) -> None:
     good, bad = two_cases
     ok = cli("archive", "verify", good)
     assert ok.returncode == 0 and "all intact" in ok.stdout and "2 file(s)" in ok.stdout
@@ -138,14 +166,20 @@ def test_verify_finds_tampered_and_missing_files(
 
 
 def test_retry_fetches_what_failed_once_the_server_is_fixed(
-        cli: Callable[..., subprocess.CompletedProcess[str]], receiver: ReceiverProcess,
-        worker: WorkerProcess, file_server: FileServer, archive: Archive,
-        unique: Callable[[str], str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("RETRY")
     png = samples.png(seed=11)
     pdf_url = file_server.add(f"{cf}/pdf", samples.pdf())
-    items = [samples.item("IT-1", file_server.add(f"{cf}/img", png, always=Fault(503))),
-             samples.item("IT-2", "not a url")]
+    items = [
+        samples.item("IT-1", file_server.add(f"{cf}/img", png, always=Fault(503))),
+        samples.item("IT-2", "not a url"),
+    ]
     assert receiver.post(samples.body(samples.case(cf, pdf_url, items)))[0] == 202
     before = archive.settled(cf)
     assert before["status"] == "incomplete"
@@ -169,16 +203,22 @@ def test_retry_fetches_what_failed_once_the_server_is_fixed(
 
 
 def test_retry_and_warnings_of_a_case_with_non_ascii_urls(
-        cli: Callable[..., subprocess.CompletedProcess[str]], receiver: ReceiverProcess,
-        worker: WorkerProcess, file_server: FileServer, archive: Archive,
-        unique: Callable[[str], str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("ÉTÉ")
     pdf, heic = samples.pdf(), samples.heic()
     pdf_url = file_server.add(f"{cf}/rapport-été.pdf", pdf, always=Fault(503))
     items = [samples.item("IT-1", file_server.add(f"{cf}/photo été.heic", heic))]
     plain = unique("PLAIN")
-    assert receiver.post(samples.body(samples.case(plain, file_server.add(
-        f"{plain}/pdf", pdf))))[0] == 202
+    assert (
+        receiver.post(samples.body(samples.case(plain, file_server.add(f"{plain}/pdf", pdf))))[0]
+        == 202
+    )
     assert receiver.post(samples.body(samples.case(cf, pdf_url, items)))[0] == 202
     before = archive.settled(cf)
     assert before["status"] == "incomplete"
@@ -204,11 +244,14 @@ def test_retry_and_warnings_of_a_case_with_non_ascii_urls(
 
 
 def test_quarantine_list_show_and_replay(
-        cli: Callable[..., subprocess.CompletedProcess[str]], worker: WorkerProcess,
-        archive: Archive, redis_client: redis.Redis, unique: Callable[[str], str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    worker: WorkerProcess,
+    archive: Archive,
+    redis_client: redis.Redis,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("Q")
-    bad_body = samples.body({**samples.case(cf, "https://files.example.com/c.pdf"),
-                             "reportId": 12})
+    bad_body = samples.body({**samples.case(cf, "https://files.example.com/c.pdf"), "reportId": 12})
     old = enqueue_raw(redis_client, bad_body)
     archive.quarantined(old)
 
@@ -238,9 +281,13 @@ def test_quarantine_list_show_and_replay(
 
 
 def test_replay_all_archives_what_can_now_be_archived(
-        cli: Callable[..., subprocess.CompletedProcess[str]], worker: WorkerProcess,
-        file_server: FileServer, archive: Archive, tmp_path: Path,
-        unique: Callable[[str], str]) -> None:
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    tmp_path: Path,
+    unique: Callable[[str], str],
+) -> None:
     # Records as a worker writes them when a bug stopped it (an `internal_error`): the body
     # itself is fine, so replaying it archives the case.
     held = LocalStorage(tmp_path / "held")
@@ -248,8 +295,11 @@ def test_replay_all_archives_what_can_now_be_archived(
     cfs = [unique("REPLAY") for _ in range(3)]
     for cf in cfs:
         body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf())))
-        writer.quarantine(make_delivery(body, {"Content-Type": "application/json"}),
-                          "internal_error", {"_schema": ["RuntimeError: boom"]})
+        writer.quarantine(
+            make_delivery(body, {"Content-Type": "application/json"}),
+            "internal_error",
+            {"_schema": ["RuntimeError: boom"]},
+        )
     assert len(as_json(cli("quarantine", "list", "--json", archive=held.root))) == 3
 
     result = cli("quarantine", "replay", "--all", archive=held.root)
@@ -275,18 +325,28 @@ def test_commands_fail_in_one_line_when_redis_is_down(tmp_path: Path) -> None:
     from casefetch_tools.redis_server import free_port
 
     env = worker_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
-    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "quarantine", "replay",
-                             "--all"], capture_output=True, text=True, env=env, cwd=ROOT,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "casefetch_tools", "quarantine", "replay", "--all"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     one_line_failure(result)
     assert "cannot reach Redis" in result.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("worker.s3") is None,
-                    reason="the S3 backend (worker/s3.py) is not on this branch yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("worker.s3") is None,
+    reason="the S3 backend (worker/s3.py) is not on this branch yet",
+)
 def test_commands_work_on_an_s3_archive(
-        redis_server: RedisServer, archive: Archive, two_cases: tuple[str, str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server: RedisServer,
+    archive: Archive,
+    two_cases: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from moto.server import ThreadedMotoServer
 
     from casefetch_tools.redis_server import free_port
@@ -297,15 +357,22 @@ def test_commands_work_on_an_s3_archive(
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:
-        s3_env = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "casefetch-verify", "S3_PREFIX": "arc/",
-                  "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                  "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3_env = {
+            "STORAGE_BACKEND": "s3",
+            "S3_BUCKET": "casefetch-verify",
+            "S3_PREFIX": "arc/",
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         for name, setting in s3_env.items():
             monkeypatch.setenv(name, setting)
         import boto3
 
         boto3.client("s3", endpoint_url=s3_env["S3_ENDPOINT_URL"]).create_bucket(
-            Bucket=s3_env["S3_BUCKET"])
+            Bucket=s3_env["S3_BUCKET"]
+        )
         s3 = make_storage(WorkerSettings.from_env())
         local = LocalStorage(archive.root)
         good, bad = two_cases
@@ -316,8 +383,14 @@ def test_commands_work_on_an_s3_archive(
         env = {**worker_env(redis_server.url, archive.root), **s3_env}
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "casefetch_tools", *args], env=env,
-                                  capture_output=True, text=True, cwd=ROOT, timeout=60)
+            return subprocess.run(
+                [sys.executable, "-m", "casefetch_tools", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+            )
 
         listed = {c["cfRef"]: c["status"] for c in as_json(run("archive", "list", "--json"))}
         assert listed == {good: "complete", bad: "incomplete"}

@@ -44,8 +44,11 @@ def compose() -> dict[str, Any]:
 
 
 def workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in compose["services"].items()
-            if svc.get("command", [None, None])[:2] == ["casefetch", "worker"]}
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if svc.get("command", [None, None])[:2] == ["casefetch", "worker"]
+    }
 
 
 def option(command: list[str], name: str) -> str:
@@ -88,8 +91,9 @@ def test_workers_scale_and_share_the_archive(compose: dict[str, Any]) -> None:
         assert "healthcheck" in svc, name
         served += option(svc["command"], "--queues").split(",")
     assert sorted(served) == sorted(ALL_QUEUES), "each queue has exactly one worker service"
-    download = [svc for svc in found.values()
-                if option(svc["command"], "--queues") == "casefetch.download"]
+    download = [
+        svc for svc in found.values() if option(svc["command"], "--queues") == "casefetch.download"
+    ]
     assert len(download) == 1, "downloads have a service of their own"
 
 
@@ -111,13 +115,13 @@ def test_profiles_add_minio_and_the_demo(compose: dict[str, Any]) -> None:
     assert demo["depends_on"]["receiver"]["condition"] == "service_healthy"
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
     for name, svc in services.items():
-        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana",
-                        "archive-browser"}:
+        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana", "archive-browser"}:
             assert "profiles" not in svc, f"{name} belongs to the default stack"
 
 
 def test_the_browse_profile_serves_the_archive_on_loopback_with_credentials(
-        compose: dict[str, Any]) -> None:
+    compose: dict[str, Any],
+) -> None:
     browser = compose["services"]["archive-browser"]
     assert browser["profiles"] == ["browse"]
     assert browser["command"][:3] == ["casefetch", "archive", "serve"]
@@ -128,8 +132,11 @@ def test_the_browse_profile_serves_the_archive_on_loopback_with_credentials(
 
 
 def test_s3_mode_is_an_environment_switch(compose: dict[str, Any]) -> None:
-    env = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "casefetch",
-           "S3_ENDPOINT_URL": "http://minio:9000"}
+    env = {
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": "casefetch",
+        "S3_ENDPOINT_URL": "http://minio:9000",
+    }
     loaded = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env)
     for svc in workers(loaded).values():
         settings = WorkerSettings.from_env(svc["environment"])
@@ -142,8 +149,10 @@ def test_unset_settings_reach_casefetch_as_its_defaults(compose: dict[str, Any])
         # One deliberate difference: the demo profile's file host is the stack's only
         # private host (casefetch's own default names none).
         assert WorkerSettings.from_env(svc["environment"]) == WorkerSettings(
-            redis_url="redis://redis:6379/0", archive_dir=Path("/archive"),
-            download=DownloadSettings(private_hosts=("demo",)))
+            redis_url="redis://redis:6379/0",
+            archive_dir=Path("/archive"),
+            download=DownloadSettings(private_hosts=("demo",)),
+        )
     env = {**compose["services"]["receiver"]["environment"], "WEBHOOK_BEARER_TOKENS": "t"}
     settings = ReceiverSettings.from_env(env)
     assert settings.max_body_bytes == 5 * 1024 * 1024 and settings.redis_timeout_seconds == 3
@@ -152,8 +161,9 @@ def test_unset_settings_reach_casefetch_as_its_defaults(compose: dict[str, Any])
 def test_env_example_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
-    documented = {name for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", table)
-                  if not name.endswith("_FILE")}
+    documented = {
+        name for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", table) if not name.endswith("_FILE")
+    }
     example = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M))
     assert documented, "the README's settings table"
@@ -184,19 +194,22 @@ def test_base_images_can_be_replaced(compose: dict[str, Any]) -> None:
     assert loaded["services"]["redis"]["image"] == "base/redis:x"
     assert loaded["services"]["receiver"]["build"]["args"]["PYTHON_IMAGE"] == "base/python:x"
     assert compose["services"]["redis"]["image"] == "redis:7-alpine"
-    assert compose["services"]["receiver"]["build"]["args"]["PYTHON_IMAGE"].startswith(
-        "python:3.")
+    assert compose["services"]["receiver"]["build"]["args"]["PYTHON_IMAGE"].startswith("python:3.")
 
 
 def test_lock_pins_every_dependency_with_hashes() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for lock, extras in (("requirements.lock", ["dashboard"]),
-                         ("requirements-dev.lock", ["dashboard", "test", "dev"])):
+    for lock, extras in (
+        ("requirements.lock", ["dashboard"]),
+        ("requirements-dev.lock", ["dashboard", "test", "dev"]),
+    ):
         text = (ROOT / lock).read_text()
-        pinned = {re.sub(r"[-_.]+", "-", name).lower()
-                  for name in re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)}
+        pinned = {
+            re.sub(r"[-_.]+", "-", name).lower()
+            for name in re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)
+        }
         wanted = list(project["dependencies"])
         for extra in extras:
             wanted += project["optional-dependencies"][extra]
@@ -262,7 +275,8 @@ def test_docker_compose_accepts_the_file(profile: str | None, env_file: str | No
         args += ["--env-file", str(ROOT / env_file)]
     if profile:
         args += ["--profile", profile]
-    result = subprocess.run([*args, "config", "-q"], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [*args, "config", "-q"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr

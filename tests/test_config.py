@@ -16,41 +16,55 @@ def receiver_settings(**env: str) -> ReceiverSettings:
     return ReceiverSettings.from_env(env)
 
 
-@pytest.mark.parametrize("value,pairs", [
-    ("k:s", (("k", "s"),)),
-    (" k : s , k2:s2 ,", (("k", "s"), ("k2", "s2"))),
-    # The apiKey may hold ':', as the header parser allows (it splits at the last colon).
-    ("tenant:key:secret", (("tenant:key", "secret"),)),
-    ("\tk\t:\ts\t", (("k", "s"),)),
-])
-def test_hmac_keys_split_at_the_last_colon(value: str, pairs: tuple[tuple[str, str], ...]
-                                           ) -> None:
+@pytest.mark.parametrize(
+    "value,pairs",
+    [
+        ("k:s", (("k", "s"),)),
+        (" k : s , k2:s2 ,", (("k", "s"), ("k2", "s2"))),
+        # The apiKey may hold ':', as the header parser allows (it splits at the last colon).
+        ("tenant:key:secret", (("tenant:key", "secret"),)),
+        ("\tk\t:\ts\t", (("k", "s"),)),
+    ],
+)
+def test_hmac_keys_split_at_the_last_colon(value: str, pairs: tuple[tuple[str, str], ...]) -> None:
     assert receiver_settings(WEBHOOK_HMAC_KEYS=value).credentials == Credentials.build(
-        hmac_keys=pairs)
+        hmac_keys=pairs
+    )
 
 
-@pytest.mark.parametrize("value,pairs", [
-    ("u:p", (("u", "p"),)),
-    (" u : p , v:q ", (("u", "p"), ("v", "q"))),
-    # A user id cannot hold ':' (RFC 7617); a password may.
-    ("platform:p4ss:word", (("platform", "p4ss:word"),)),
-])
-def test_basic_users_split_at_the_first_colon(value: str, pairs: tuple[tuple[str, str], ...]
-                                              ) -> None:
+@pytest.mark.parametrize(
+    "value,pairs",
+    [
+        ("u:p", (("u", "p"),)),
+        (" u : p , v:q ", (("u", "p"), ("v", "q"))),
+        # A user id cannot hold ':' (RFC 7617); a password may.
+        ("platform:p4ss:word", (("platform", "p4ss:word"),)),
+    ],
+)
+def test_basic_users_split_at_the_first_colon(
+    value: str, pairs: tuple[tuple[str, str], ...]
+) -> None:
     assert receiver_settings(WEBHOOK_BASIC_USERS=value).credentials == Credentials.build(
-        basic_users=pairs)
+        basic_users=pairs
+    )
 
 
 def test_bearer_tokens_are_trimmed_alike() -> None:
-    assert receiver_settings(WEBHOOK_BEARER_TOKENS=" t1 ,t2,, ").credentials == \
-        Credentials.build(bearer_tokens=("t1", "t2"))
+    assert receiver_settings(WEBHOOK_BEARER_TOKENS=" t1 ,t2,, ").credentials == Credentials.build(
+        bearer_tokens=("t1", "t2")
+    )
 
 
-@pytest.mark.parametrize("variable,value", [
-    ("WEBHOOK_HMAC_KEYS", "no-colon"), ("WEBHOOK_HMAC_KEYS", "key: "),
-    ("WEBHOOK_HMAC_KEYS", " :secret"), ("WEBHOOK_BASIC_USERS", "user"),
-    ("WEBHOOK_BASIC_USERS", ":password"),
-])
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("WEBHOOK_HMAC_KEYS", "no-colon"),
+        ("WEBHOOK_HMAC_KEYS", "key: "),
+        ("WEBHOOK_HMAC_KEYS", " :secret"),
+        ("WEBHOOK_BASIC_USERS", "user"),
+        ("WEBHOOK_BASIC_USERS", ":password"),
+    ],
+)
 def test_malformed_pairs_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{variable}: expected comma-separated"):
         receiver_settings(**{variable: value})
@@ -63,17 +77,24 @@ def test_a_key_with_a_colon_signs_and_verifies_alike() -> None:
     assert headers["X-Api-Key"] == "tenant:key"
     authenticate(headers["Authorization"], headers["X-Api-Key"], b"{}", settings.credentials)
     basic = auth_headers(b"{}", basic="platform : p4ss:word")
-    authenticate(basic["Authorization"], None, b"{}",
-                 receiver_settings(WEBHOOK_BASIC_USERS="platform:p4ss:word").credentials)
+    authenticate(
+        basic["Authorization"],
+        None,
+        b"{}",
+        receiver_settings(WEBHOOK_BASIC_USERS="platform:p4ss:word").credentials,
+    )
 
 
-@pytest.mark.parametrize("variable,value,part", [
-    ("WEBHOOK_BEARER_TOKENS", "good-token,change-me-token", "token"),
-    ("WEBHOOK_HMAC_KEYS", "change-me-api-key:change-me-api-secret", "apiKey"),
-    ("WEBHOOK_HMAC_KEYS", "real-key:Secret-CHANGE-ME", "secret"),
-    ("WEBHOOK_BASIC_USERS", "Change-Me:pw", "user"),
-    ("WEBHOOK_BASIC_USERS", "platform:please-change-me-now", "password"),
-])
+@pytest.mark.parametrize(
+    "variable,value,part",
+    [
+        ("WEBHOOK_BEARER_TOKENS", "good-token,change-me-token", "token"),
+        ("WEBHOOK_HMAC_KEYS", "change-me-api-key:change-me-api-secret", "apiKey"),
+        ("WEBHOOK_HMAC_KEYS", "real-key:Secret-CHANGE-ME", "secret"),
+        ("WEBHOOK_BASIC_USERS", "Change-Me:pw", "user"),
+        ("WEBHOOK_BASIC_USERS", "platform:please-change-me-now", "password"),
+    ],
+)
 def test_placeholder_credentials_are_refused(variable: str, value: str, part: str) -> None:
     env = {"WEBHOOK_BEARER_TOKENS": "a-real-token", variable: value}
     with pytest.raises(ConfigError) as info:
@@ -84,21 +105,32 @@ def test_placeholder_credentials_are_refused(variable: str, value: str, part: st
     assert PLACEHOLDER_MARKER == "change-me"
 
 
-@pytest.mark.parametrize("url,shown", [
-    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
-    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
-    ("rediss://casefetch:s3:cret@redis/1", "rediss://casefetch:***@redis/1"),
-    ("redis://s3cret@redis", "redis://***@redis"),
-    ("redis://:s3cret@[::1/0", "redis://:***@[::1/0"),  # does not parse: redacted all the same
-    ("unix://:s3cret@/run/redis.sock?db=2&password=s3cret",
-     "unix://:***@/run/redis.sock?db=2&password=***"),
-])
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("rediss://casefetch:s3:cret@redis/1", "rediss://casefetch:***@redis/1"),
+        ("redis://s3cret@redis", "redis://***@redis"),
+        ("redis://:s3cret@[::1/0", "redis://:***@[::1/0"),  # does not parse: redacted all the same
+        (
+            "unix://:s3cret@/run/redis.sock?db=2&password=s3cret",
+            "unix://:***@/run/redis.sock?db=2&password=***",
+        ),
+    ],
+)
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
-@pytest.mark.parametrize("url", ["http://:s3cret@redis:6379/0", "redis://:s3cret@redis:port/0",
-                                 "redis://:s3cret@redis:99999/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://:s3cret@redis:6379/0",
+        "redis://:s3cret@redis:port/0",
+        "redis://:s3cret@redis:99999/0",
+    ],
+)
 def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError, match=r"^REDIS_URL: ") as info:
         config.redis_url({"REDIS_URL": url})

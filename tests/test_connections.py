@@ -30,8 +30,14 @@ class CountingServer:
 
     def __init__(self, drop: bool = False, reply: bytes | None = None) -> None:
         self.drop = drop
-        self.reply = reply or (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
-                               b"Content-Length: %d\r\n\r\n" % len(PNG)) + PNG
+        self.reply = (
+            reply
+            or (
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(PNG)
+            )
+            + PNG
+        )
         #: Answers given first, in order, before ``reply``.
         self.replies: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -79,8 +85,12 @@ class CountingServer:
 
 
 def fetcher(slept: list[float]) -> Fetcher:
-    return closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=3,
-                                    timeout_seconds=5.0), sleep=slept.append))
+    return closed_after_test(
+        Fetcher(
+            DownloadSettings(allow_private_networks=True, max_attempts=3, timeout_seconds=5.0),
+            sleep=slept.append,
+        )
+    )
 
 
 @pytest.fixture
@@ -88,8 +98,9 @@ def slept() -> list[float]:
     return []
 
 
-def test_a_thread_fetches_file_after_file_over_one_connection(storage: LocalStorage,
-                                                             slept: list[float]) -> None:
+def test_a_thread_fetches_file_after_file_over_one_connection(
+    storage: LocalStorage, slept: list[float]
+) -> None:
     fetch = fetcher(slept)
     with CountingServer() as server:
         for i in range(5):
@@ -102,8 +113,10 @@ def test_threads_do_not_share_a_connection(storage: LocalStorage, slept: list[fl
     fetch = fetcher(slept)
     with CountingServer() as server:
         fetch_file(fetch, server.url("main"), FileKind.ITEM_IMAGE, storage, key_for("x/main"))
-        other = threading.Thread(target=fetch_file, args=(
-            fetch, server.url("other"), FileKind.ITEM_IMAGE, storage, key_for("x/other")))
+        other = threading.Thread(
+            target=fetch_file,
+            args=(fetch, server.url("other"), FileKind.ITEM_IMAGE, storage, key_for("x/other")),
+        )
         other.start()
         other.join()
         fetch_file(fetch, server.url("again"), FileKind.ITEM_IMAGE, storage, key_for("x/again"))
@@ -113,7 +126,8 @@ def test_threads_do_not_share_a_connection(storage: LocalStorage, slept: list[fl
 
 
 def test_a_connection_the_host_closed_while_kept_is_replaced_at_once(
-        storage: LocalStorage, slept: list[float]) -> None:
+    storage: LocalStorage, slept: list[float]
+) -> None:
     fetch = fetcher(slept)
     with CountingServer(drop=True) as server:
         first = fetch_file(fetch, server.url("a"), FileKind.ITEM_IMAGE, storage, key_for("x/a"))
@@ -125,28 +139,39 @@ def test_a_connection_the_host_closed_while_kept_is_replaced_at_once(
     assert (storage.root / "x/b.png").read_bytes() == PNG
 
 
-def test_a_malformed_chunked_body_is_a_retried_network_error(storage: LocalStorage,
-                                                             slept: list[float]) -> None:
-    reply = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
-             b"\r\n%x\r\n" % 16 + PNG[:16] + b"\r\nnot-a-size\r\n")
-    with CountingServer(drop=True, reply=reply) as server, \
-            pytest.raises(RetryableDownloadError, match="network error: IncompleteRead") as info:
-        fetch_file(fetcher(slept), server.url("bad"), FileKind.ITEM_IMAGE, storage,
-                   key_for("x/bad"))
+def test_a_malformed_chunked_body_is_a_retried_network_error(
+    storage: LocalStorage, slept: list[float]
+) -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n%x\r\n" % 16 + PNG[:16] + b"\r\nnot-a-size\r\n"
+    )
+    with (
+        CountingServer(drop=True, reply=reply) as server,
+        pytest.raises(RetryableDownloadError, match="network error: IncompleteRead") as info,
+    ):
+        fetch_file(
+            fetcher(slept), server.url("bad"), FileKind.ITEM_IMAGE, storage, key_for("x/bad")
+        )
     assert info.value.attempts == 3  # type: ignore[attr-defined]
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("length,connections", [("1", 1), ("+1", 2), ("0_1", 2)])
 def test_a_redirect_is_drained_for_reuse_only_when_its_length_is_ascii_digits(
-        storage: LocalStorage, slept: list[float], length: str, connections: int) -> None:
+    storage: LocalStorage, slept: list[float], length: str, connections: int
+) -> None:
     # "+1" and "0_1" are lengths to http.client (it calls int()), not to HTTP: that host's
     # connection is closed after the redirect instead of being trusted for the next answer.
     with CountingServer() as server:
-        server.replies.append(b"HTTP/1.1 302 Found\r\nLocation: /b.png\r\nContent-Length: "
-                              + length.encode() + b"\r\n\r\nx")
-        result = fetch_file(fetcher(slept), server.url("a"), FileKind.ITEM_IMAGE, storage,
-                                      key_for("x/redirected"))
+        server.replies.append(
+            b"HTTP/1.1 302 Found\r\nLocation: /b.png\r\nContent-Length: "
+            + length.encode()
+            + b"\r\n\r\nx"
+        )
+        result = fetch_file(
+            fetcher(slept), server.url("a"), FileKind.ITEM_IMAGE, storage, key_for("x/redirected")
+        )
         assert server.answered == 2 and server.accepted == connections
     assert result.attempts == 1
     assert (storage.root / "x/redirected.png").read_bytes() == PNG
@@ -189,24 +214,37 @@ def black_holes() -> Iterator[list[BlackHole]]:
 
 def two_addresses(*addresses: str) -> Resolve:
     """A resolver that maps every name to ``addresses``, in this order (as DNS may)."""
+
     def resolve(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
-                for address in addresses]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses
+        ]
+
     return resolve
 
 
 def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
-        storage: LocalStorage, black_holes: list[BlackHole]) -> None:
+    storage: LocalStorage, black_holes: list[BlackHole]
+) -> None:
     timeout = 2.0
     with CountingServer() as server:
         black_holes.append(BlackHole("127.0.0.2", server.port))
-        fetch = closed_after_test(Fetcher(
-            DownloadSettings(allow_private_networks=True, max_attempts=1,
-                             timeout_seconds=timeout),
-            resolve=two_addresses("127.0.0.2", "127.0.0.1")))
+        fetch = closed_after_test(
+            Fetcher(
+                DownloadSettings(
+                    allow_private_networks=True, max_attempts=1, timeout_seconds=timeout
+                ),
+                resolve=two_addresses("127.0.0.2", "127.0.0.1"),
+            )
+        )
         started = time.monotonic()
-        result = fetch_file(fetch, f"http://two-addresses.test:{server.port}/a.png",
-                             FileKind.ITEM_IMAGE, storage, key_for("x/two"))
+        result = fetch_file(
+            fetch,
+            f"http://two-addresses.test:{server.port}/a.png",
+            FileKind.ITEM_IMAGE,
+            storage,
+            key_for("x/two"),
+        )
         elapsed = time.monotonic() - started
         assert server.accepted == 1
     assert result.attempts == 1 and (storage.root / "x/two.png").read_bytes() == PNG
@@ -216,18 +254,23 @@ def test_a_host_whose_first_address_black_holes_is_reached_on_the_next(
 
 
 def test_a_host_whose_every_address_black_holes_times_out_within_one_timeout(
-        storage: LocalStorage, black_holes: list[BlackHole]) -> None:
+    storage: LocalStorage, black_holes: list[BlackHole]
+) -> None:
     timeout = 2.0
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
     black_holes.extend([BlackHole("127.0.0.2", port), BlackHole("127.0.0.3", port)])
-    fetch = closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True, max_attempts=1,
-                                     timeout_seconds=timeout),
-                    resolve=two_addresses("127.0.0.2", "127.0.0.3")))
+    fetch = closed_after_test(
+        Fetcher(
+            DownloadSettings(allow_private_networks=True, max_attempts=1, timeout_seconds=timeout),
+            resolve=two_addresses("127.0.0.2", "127.0.0.3"),
+        )
+    )
     started = time.monotonic()
     with pytest.raises(DownloadError, match="timed out"):
-        fetch_file(fetch, f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage,
-                    key_for("x/dead"))
+        fetch_file(
+            fetch, f"http://dead.test:{port}/a.png", FileKind.ITEM_IMAGE, storage, key_for("x/dead")
+        )
     # One timeout shared by both addresses (a timeout each would be twice as long).
     assert timeout * 0.9 <= time.monotonic() - started < timeout * 1.5

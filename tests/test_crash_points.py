@@ -65,8 +65,9 @@ Scenario = Callable[[Path, Faults | None], dict[str, Any]]
 
 
 @pytest.fixture
-def scenario(redis_server: RedisServer, payloads: dict[str, bytes]
-             ) -> Iterator[Callable[[str, bool], Scenario]]:
+def scenario(
+    redis_server: RedisServer, payloads: dict[str, bytes]
+) -> Iterator[Callable[[str, bool], Scenario]]:
     made: list[Any] = []
 
     def make(name: str, fetch_first: bool) -> Scenario:
@@ -81,8 +82,7 @@ def scenario(redis_server: RedisServer, payloads: dict[str, bytes]
                 pipe.run()
             if faults is not None:
                 faults.armed = True
-            pipe.accept(payloads[name.replace(" re-delivery", "").replace(" delivery", "")],
-                        ids[1])
+            pipe.accept(payloads[name.replace(" re-delivery", "").replace(" delivery", "")], ids[1])
             pipe.run()
             if faults is not None:
                 faults.armed = False
@@ -101,8 +101,13 @@ def scenario(redis_server: RedisServer, payloads: dict[str, bytes]
 @pytest.mark.parametrize("worker", ["all queues", "ingest apart"])
 @pytest.mark.parametrize("name", ["first delivery", "changed re-delivery"])
 def test_every_crash_point_recovers_to_the_archive_of_the_last_payload(
-        name: str, worker: str, scenario: Callable[[str, bool], Scenario], tmp_path: Path,
-        payloads: dict[str, bytes], report_line: Callable[[str], None]) -> None:
+    name: str,
+    worker: str,
+    scenario: Callable[[str, bool], Scenario],
+    tmp_path: Path,
+    payloads: dict[str, bytes],
+    report_line: Callable[[str], None],
+) -> None:
     # "all queues": ingest fetches the case's first batch itself; "ingest apart": it hands
     # every batch to the download queue (a worker started with --queues casefetch.ingest).
     run = scenario(name, worker == "all queues")
@@ -136,6 +141,8 @@ def test_every_crash_point_recovers_to_the_archive_of_the_last_payload(
             assert (mode == "crash") == (result["deaths"] > 0), faults.fired
     steps = len(points) // 2
     assert steps >= 20, points
-    report_line(f"crash points, {name}, {worker}: {len(points)} ({steps} steps x error/crash),"
-                f" each recovered to the archive of the last payload")
+    report_line(
+        f"crash points, {name}, {worker}: {len(points)} ({steps} steps x error/crash),"
+        f" each recovered to the archive of the last payload"
+    )
     print("\n".join(points))

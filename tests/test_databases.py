@@ -21,8 +21,7 @@ def test_each_test_starts_on_empty_databases_but_the_live_pipelines(tmp_path: Pa
         clients[0].set("casefetch:inbox", 1)
 
         databases.clean(server, pipeline_running=True)
-        assert sorted(clients[0].keys()) == [b"_kombu.binding.casefetch.ingest",
-                                             b"casefetch:inbox"]
+        assert sorted(clients[0].keys()) == [b"_kombu.binding.casefetch.ingest", b"casefetch:inbox"]
         assert not clients[4].exists("left-by-a-test")
         assert all(clients[db].exists("left-by-a-test") for db in databases.KEPT)
 

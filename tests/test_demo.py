@@ -35,15 +35,15 @@ def test_demo_files_are_whole_files_of_their_type() -> None:
     assert pdf[startxref:].startswith(b"xref\n")
     offsets = re.findall(rb"(\d{10}) 00000 n ", pdf)
     for number, offset in enumerate(offsets, start=1):
-        assert pdf[int(offset):].startswith(b"%d 0 obj" % number)
+        assert pdf[int(offset) :].startswith(b"%d 0 obj" % number)
     assert b"(Certificate DEMO-x-1)" in pdf
 
     png = files["photo.png"][0]
     position = 8
     while position < len(png):
-        (length,) = struct.unpack(">I", png[position:position + 4])
-        tag_and_data = png[position + 4:position + 8 + length]
-        (crc,) = struct.unpack(">I", png[position + 8 + length:position + 12 + length])
+        (length,) = struct.unpack(">I", png[position : position + 4])
+        tag_and_data = png[position + 4 : position + 8 + length]
+        (crc,) = struct.unpack(">I", png[position + 8 + length : position + 12 + length])
         assert zlib.crc32(tag_and_data) & 0xFFFFFFFF == crc
         position += 12 + length
 
@@ -53,17 +53,33 @@ def test_demo_files_are_whole_files_of_their_type() -> None:
 
 
 def test_demo_fills_the_archive_through_the_real_pipeline(
-        receiver: ReceiverProcess, worker: WorkerProcess, archive: Archive,
-        tmp_path: Path) -> None:
+    receiver: ReceiverProcess, worker: WorkerProcess, archive: Archive, tmp_path: Path
+) -> None:
     log_path = tmp_path / "demo.log"
     env = receiver_env(receiver.env["REDIS_URL"])  # the receiver's credentials: HMAC first
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch_tools", "demo", "--receiver",
-             f"{receiver.url}/webhooks", "--port", str(free_port()), "--cases", "2",
-             "--interval", "0"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "casefetch_tools",
+                "demo",
+                "--receiver",
+                f"{receiver.url}/webhooks",
+                "--port",
+                str(free_port()),
+                "--cases",
+                "2",
+                "--interval",
+                "0",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def sent() -> list[str]:
             if process.poll() is not None:
                 raise AssertionError(f"demo exited:\n{log_path.read_text()}")
@@ -78,8 +94,7 @@ def test_demo_fills_the_archive_through_the_real_pipeline(
             files = demo.case_files(cf)
             assert (folder / "case.pdf").read_bytes() == files["report.pdf"][0]
             assert (folder / f"items/001-{cf}-PHOTO.png").read_bytes() == files["photo.png"][0]
-            assert (folder / f"items/002-{cf}-SIGN.jpg").read_bytes() == \
-                files["signature.jpg"][0]
+            assert (folder / f"items/002-{cf}-SIGN.jpg").read_bytes() == files["signature.jpg"][0]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0, log_path.read_text()
@@ -87,10 +102,19 @@ def test_demo_fills_the_archive_through_the_real_pipeline(
 
 
 def test_demo_without_credentials_says_so(tmp_path: Path) -> None:
-    env = {k: v for k, v in receiver_env("redis://127.0.0.1:1/0").items()
-           if not k.startswith("WEBHOOK_")}
-    result = subprocess.run([sys.executable, "-m", "casefetch_tools", "demo", "--port", "0"],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {
+        k: v
+        for k, v in receiver_env("redis://127.0.0.1:1/0").items()
+        if not k.startswith("WEBHOOK_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "casefetch_tools", "demo", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "no credential" in result.stderr and "Traceback" not in result.stderr
 

@@ -32,9 +32,13 @@ from worker.archive import CATALOG
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 
-FAST_RECOVERY = {"CELERY_VISIBILITY_TIMEOUT": "10", "SWEEP_INTERVAL_SECONDS": "1",
-                 "SWEEP_STUCK_AFTER_SECONDS": "20", "DOWNLOAD_MAX_ATTEMPTS": "5",
-                 "DOWNLOAD_TIMEOUT_SECONDS": "5"}
+FAST_RECOVERY = {
+    "CELERY_VISIBILITY_TIMEOUT": "10",
+    "SWEEP_INTERVAL_SECONDS": "1",
+    "SWEEP_STUCK_AFTER_SECONDS": "20",
+    "DOWNLOAD_MAX_ATTEMPTS": "5",
+    "DOWNLOAD_TIMEOUT_SECONDS": "5",
+}
 
 
 @dataclass
@@ -60,14 +64,17 @@ class Tally:
         return status
 
     def line(self, name: str, archive: Archive, duplicate_writes: int, refetches: int = 0) -> str:
-        archived = sum(1 for cf in self.accepted
-                       if (archive.manifest(cf) or {}).get("status") == "complete")
+        archived = sum(
+            1 for cf in self.accepted if (archive.manifest(cf) or {}).get("status") == "complete"
+        )
         quarantine = archive.root / "quarantine"
         quarantined = len(list(quarantine.glob("*.json"))) if quarantine.exists() else 0
         lost = len(self.accepted) - archived - quarantined
-        return (f"{name}: sent={self.sent} accepted={len(self.accepted)} archived={archived} "
-                f"quarantined={quarantined} lost={lost} duplicate_writes={duplicate_writes} "
-                f"refetched_after_fault={refetches}")
+        return (
+            f"{name}: sent={self.sent} accepted={len(self.accepted)} archived={archived} "
+            f"quarantined={quarantined} lost={lost} duplicate_writes={duplicate_writes} "
+            f"refetched_after_fault={refetches}"
+        )
 
 
 @pytest.fixture
@@ -79,14 +86,22 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     workers: list[WorkerProcess] = []
 
     def add_worker(*args: str, **env: str) -> WorkerProcess:
-        process = WorkerProcess(worker_env(server.url, tmp_path / "archive",
-                                           **{**FAST_RECOVERY, **env}),
-                                tmp_path / f"worker{len(workers)}.log", *args)
+        process = WorkerProcess(
+            worker_env(server.url, tmp_path / "archive", **{**FAST_RECOVERY, **env}),
+            tmp_path / f"worker{len(workers)}.log",
+            *args,
+        )
         workers.append(process)
         return process.start()
 
-    yield {"redis": server, "files": files, "receiver": receiver, "add_worker": add_worker,
-           "archive": Archive(tmp_path / "archive"), "workers": workers}
+    yield {
+        "redis": server,
+        "files": files,
+        "receiver": receiver,
+        "add_worker": add_worker,
+        "archive": Archive(tmp_path / "archive"),
+        "workers": workers,
+    }
     for process in workers:
         process.stop(signal.SIGKILL)
     receiver.stop()
@@ -94,33 +109,42 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     server.stop()
 
 
-
-def settle_or_explain(settled: Callable[[], bool], tally: Tally, stack: dict[str, Any],
-                      timeout: float = 180) -> None:
+def settle_or_explain(
+    settled: Callable[[], bool], tally: Tally, stack: dict[str, Any], timeout: float = 180
+) -> None:
     """Wait for ``settled``; on timeout, fail with what an operator would look at."""
     try:
         wait_for(settled, timeout=timeout, interval=0.5, message="every accepted case")
     except AssertionError as exc:
         archive: Archive = stack["archive"]
-        unsettled = {cf: (archive.manifest(cf) or {}).get("status") for cf in tally.accepted
-                     if (archive.manifest(cf) or {}).get("status") != "complete"}
+        unsettled = {
+            cf: (archive.manifest(cf) or {}).get("status")
+            for cf in tally.accepted
+            if (archive.manifest(cf) or {}).get("status") != "complete"
+        }
         try:
             client = redis.Redis.from_url(stack["redis"].url)
-            queues: dict[str, int | str] = {name: client.llen(name)
-                                            for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)}
+            queues: dict[str, int | str] = {
+                name: client.llen(name) for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)
+            }
             queues["inbox"] = client.hlen(INBOX_KEY)
         except redis.RedisError as error:
             queues = {"redis": str(error)}
-        tails = "\n".join(f"--- {process.log_path.name} ({process.state()})\n"
-                          + "\n".join(process.log().splitlines()[-15:])
-                          for process in stack["workers"])
-        raise AssertionError(f"{exc}: {len(unsettled)} not complete, e.g. "
-                             f"{dict(list(unsettled.items())[:10])}; queues {queues}\n"
-                             f"{tails}") from None
+        tails = "\n".join(
+            f"--- {process.log_path.name} ({process.state()})\n"
+            + "\n".join(process.log().splitlines()[-15:])
+            for process in stack["workers"]
+        )
+        raise AssertionError(
+            f"{exc}: {len(unsettled)} not complete, e.g. "
+            f"{dict(list(unsettled.items())[:10])}; queues {queues}\n"
+            f"{tails}"
+        ) from None
 
 
-def check_archive(archive: Archive, files: FileServer, expected: dict[str, dict[str, bytes]]
-                  ) -> int:
+def check_archive(
+    archive: Archive, files: FileServer, expected: dict[str, dict[str, bytes]]
+) -> int:
     """Every case complete with the bytes served; return how many whole fetches were repeated."""
     refetches = 0
     for cf, contents in expected.items():
@@ -159,15 +183,17 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
             elif "died before putting it in place" in message:
                 events.append((stamp, -1, message.split("not adopting ", 1)[1].split(":", 1)[0]))
     assert any(kind == 1 for _, kind, _ in events), (
-        "no 'storing' line in the workers' logs: the count would be meaningless")
+        "no 'storing' line in the workers' logs: the count would be meaningless"
+    )
     stores: dict[str, int] = {}
     for _, kind, key in sorted(events, key=lambda event: event[0]):
         stores[key] = max(0, stores.get(key, 0) + kind)
     return sum(max(0, count - 1) for count in stores.values())
 
 
-def test_worker_killed_mid_download_loses_nothing(stack: dict[str, Any],
-                                                  report_line: Callable[[str], None]) -> None:
+def test_worker_killed_mid_download_loses_nothing(
+    stack: dict[str, Any], report_line: Callable[[str], None]
+) -> None:
     files: FileServer = stack["files"]
     receiver: ReceiverProcess = stack["receiver"]
     archive: Archive = stack["archive"]
@@ -216,18 +242,22 @@ def test_worker_killed_mid_download_loses_nothing(stack: dict[str, Any],
     duplicates = duplicate_writes(stack["workers"])
     for cf in interrupted:
         assert files.hits[f"/{cf}/pdf"] >= 2, "the interrupted download was fetched again"
-    leftovers = [p for p in archive.root.rglob("*") if p.is_file() and "/.tmp/" not in str(p)
-                 and p.name not in {"case.json", "manifest.json", "case.pdf", "index.html"}
-                 and "/items/" not in str(p)
-                 and not (p.parent == archive.root and p.name.startswith(CATALOG))]
+    leftovers = [
+        p
+        for p in archive.root.rglob("*")
+        if p.is_file()
+        and "/.tmp/" not in str(p)
+        and p.name not in {"case.json", "manifest.json", "case.pdf", "index.html"}
+        and "/items/" not in str(p)
+        and not (p.parent == archive.root and p.name.startswith(CATALOG))
+    ]
     assert leftovers == []
     report_line(tally.line("worker SIGKILL mid-download", archive, duplicates, refetches))
     assert len(tally.accepted) == len(expected) and duplicates == 0
     assert not (archive.root / "quarantine").exists()
 
 
-def test_redis_outage_under_load(stack: dict[str, Any],
-                                 report_line: Callable[[str], None]) -> None:
+def test_redis_outage_under_load(stack: dict[str, Any], report_line: Callable[[str], None]) -> None:
     files: FileServer = stack["files"]
     receiver: ReceiverProcess = stack["receiver"]
     server: RedisServer = stack["redis"]
@@ -259,33 +289,40 @@ def test_redis_outage_under_load(stack: dict[str, Any],
         wait_for(lambda: len(tally.accepted) >= 30, timeout=60, message="load before the outage")
         server.kill()
         phase["name"] = "down"
-        wait_for(lambda: len(during_outage) >= 20, timeout=60,
-                 message="requests during the outage")
+        wait_for(lambda: len(during_outage) >= 20, timeout=60, message="requests during the outage")
         phase["name"] = "restarting"
         server.start()
         accepted_before = len(tally.accepted)
-        wait_for(lambda: len(tally.accepted) >= accepted_before + 30, timeout=60,
-                 message="load after the outage")
+        wait_for(
+            lambda: len(tally.accepted) >= accepted_before + 30,
+            timeout=60,
+            message="load after the outage",
+        )
     finally:
         stop.set()
         thread.join()
 
     def all_archived() -> bool:
-        return all((archive.manifest(cf) or {}).get("status") == "complete"
-                   for cf in tally.accepted)
+        return all(
+            (archive.manifest(cf) or {}).get("status") == "complete" for cf in tally.accepted
+        )
 
     settle_or_explain(all_archived, tally, stack)
-    report_line(tally.line("redis SIGKILL + restart under load", archive,
-                           duplicate_writes(stack["workers"]))
-                + f" outage_requests={len(during_outage)} outage_503={during_outage.count(503)}"
-                + f" outage_max_answer_s={max(outage_seconds):.2f}")
+    report_line(
+        tally.line(
+            "redis SIGKILL + restart under load", archive, duplicate_writes(stack["workers"])
+        )
+        + f" outage_requests={len(during_outage)} outage_503={during_outage.count(503)}"
+        + f" outage_max_answer_s={max(outage_seconds):.2f}"
+    )
     assert during_outage and all(status == 503 for status in during_outage)
     assert not (archive.root / "quarantine").exists(), "an outage is not the payload's fault"
     assert max(outage_seconds) < 5, "a 503 must come promptly, not after a hang"
 
 
 def test_sweep_requeues_an_accepted_delivery_whose_message_was_lost(
-        stack: dict[str, Any], report_line: Callable[[str], None]) -> None:
+    stack: dict[str, Any], report_line: Callable[[str], None]
+) -> None:
     files: FileServer = stack["files"]
     receiver: ReceiverProcess = stack["receiver"]
     archive: Archive = stack["archive"]
@@ -300,22 +337,30 @@ def test_sweep_requeues_an_accepted_delivery_whose_message_was_lost(
     manifest = archive.settled(cf, timeout=60)
     assert manifest["status"] == "complete"
     assert client.hlen(INBOX_KEY) == 0
-    report_line(tally.line("accepted delivery's message deleted, sweep", archive,
-                           duplicate_writes(stack["workers"])))
+    report_line(
+        tally.line(
+            "accepted delivery's message deleted, sweep",
+            archive,
+            duplicate_writes(stack["workers"]),
+        )
+    )
 
 
 def test_sweep_finishes_a_case_whose_messages_were_lost(
-        stack: dict[str, Any], report_line: Callable[[str], None]) -> None:
+    stack: dict[str, Any], report_line: Callable[[str], None]
+) -> None:
     files: FileServer = stack["files"]
     receiver: ReceiverProcess = stack["receiver"]
     archive: Archive = stack["archive"]
     client = redis.Redis.from_url(stack["redis"].url)
-    stack["add_worker"]("--queues", INGEST_QUEUE,
-                        SWEEP_STUCK_AFTER_SECONDS="2")
+    stack["add_worker"]("--queues", INGEST_QUEUE, SWEEP_STUCK_AFTER_SECONDS="2")
     pdf, png = samples.pdf(), samples.png()
     cf = "SWEEP-1"
-    body = samples.body(samples.case(cf, files.add("sweep/pdf", pdf),
-                                     [samples.item("A", files.add("sweep/a", png))]))
+    body = samples.body(
+        samples.case(
+            cf, files.add("sweep/pdf", pdf), [samples.item("A", files.add("sweep/a", png))]
+        )
+    )
     tally = Tally()
     assert tally.post(receiver, cf, body) == 202
     wait_for(lambda: client.llen(DOWNLOAD_QUEUE) == 2, message="download messages queued")
@@ -326,6 +371,7 @@ def test_sweep_finishes_a_case_whose_messages_were_lost(
     manifest = archive.settled(cf, timeout=60)
     assert manifest["status"] == "complete"
     assert [f["sha256"] for f in manifest["files"]] == [sha(pdf), sha(png)]
-    report_line(tally.line("download messages deleted, sweep", archive,
-                           duplicate_writes(stack["workers"])))
+    report_line(
+        tally.line("download messages deleted, sweep", archive, duplicate_writes(stack["workers"]))
+    )
     json.dumps(manifest)

@@ -40,8 +40,25 @@ MAX_BODY = 16384
 CONCURRENCY = 16
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
-TRICKY_TEXT = ["", " ", "\x00", "é", "😀", "\u2028", "\ud7ff", "%00", "../", "\\", "'\"",
-               "A" * 3000, "null", "[]", "{}", "\ufeff", "\u202e"]
+TRICKY_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "é",
+    "😀",
+    "\u2028",
+    "\ud7ff",
+    "%00",
+    "../",
+    "\\",
+    "'\"",
+    "A" * 3000,
+    "null",
+    "[]",
+    "{}",
+    "\ufeff",
+    "\u202e",
+]
 #: What a client can put in a header at all (aiohttp refuses control characters).
 HEADER_TEXT = [t for t in TRICKY_TEXT if not any(ord(c) < 0x20 or c == "\x7f" for c in t)]
 
@@ -52,13 +69,27 @@ class Fuzzer:
 
     def payload(self) -> dict[str, Any]:
         rng = self.rng
-        items = [samples.item(f"IT-{i}{rng.choice(TRICKY_TEXT[:10])}",
-                              rng.choice([None, "", "https://files.example.com/i.png",
-                                          "ftp://x/y", "http://169.254.169.254/"]),
-                              step=rng.choice(["PHOTOGRAPHY", "TEXT_FIELD", "BOGUS"]))
-                 for i in range(rng.randrange(4))]
-        case = samples.case(f"CF-{rng.randrange(10**6)}{rng.choice(TRICKY_TEXT[:12])}",
-                            "https://files.example.com/c.pdf?sig=a%2Bb", items)
+        items = [
+            samples.item(
+                f"IT-{i}{rng.choice(TRICKY_TEXT[:10])}",
+                rng.choice(
+                    [
+                        None,
+                        "",
+                        "https://files.example.com/i.png",
+                        "ftp://x/y",
+                        "http://169.254.169.254/",
+                    ]
+                ),
+                step=rng.choice(["PHOTOGRAPHY", "TEXT_FIELD", "BOGUS"]),
+            )
+            for i in range(rng.randrange(4))
+        ]
+        case = samples.case(
+            f"CF-{rng.randrange(10**6)}{rng.choice(TRICKY_TEXT[:12])}",
+            "https://files.example.com/c.pdf?sig=a%2Bb",
+            items,
+        )
         if rng.random() < 0.2:
             case[rng.choice(list(case))] = self.json_value(3)
         return case
@@ -81,7 +112,7 @@ class Fuzzer:
         nesting = rng.choice([10, 63, 64, 65, 200, 5000])
         damages: list[Callable[[], bytes]] = [
             lambda: self.flip(body),
-            lambda: body[:rng.randrange(len(body) + 1)],
+            lambda: body[: rng.randrange(len(body) + 1)],
             lambda: self.insert(body),
             lambda: b'{"a":' + b"[" * nesting + b"]" * nesting + b"}",
             lambda: body + b" " * (MAX_BODY - len(body) + rng.randrange(1, 3)),
@@ -114,12 +145,21 @@ class Fuzzer:
             {"Authorization": f"Basic {basic}"},
             {"Authorization": f"HMAC-SHA256 {HMAC_KEY}:{signature.hex()}", "X-Api-Key": HMAC_KEY},
             {"Authorization": f"HMAC-SHA256 {HMAC_KEY}:{base64.b64encode(signature).decode()}"},
-            {"Authorization": "HMAC-SHA256 " + HMAC_KEY + ":"
-             + hmac.new(HMAC_SECRET.encode(), original, hashlib.sha256).hexdigest()},
-            {"Authorization": f"HMAC-SHA256 {HMAC_KEY}:{signature.hex()}",
-             "X-Api-Key": rng.choice(HEADER_TEXT)},
-            {"Authorization": rng.choice(["Bearer", "Basic", "HMAC-SHA256", "Digest", ""])
-             + " " + rng.choice(HEADER_TEXT)},
+            {
+                "Authorization": "HMAC-SHA256 "
+                + HMAC_KEY
+                + ":"
+                + hmac.new(HMAC_SECRET.encode(), original, hashlib.sha256).hexdigest()
+            },
+            {
+                "Authorization": f"HMAC-SHA256 {HMAC_KEY}:{signature.hex()}",
+                "X-Api-Key": rng.choice(HEADER_TEXT),
+            },
+            {
+                "Authorization": rng.choice(["Bearer", "Basic", "HMAC-SHA256", "Digest", ""])
+                + " "
+                + rng.choice(HEADER_TEXT)
+            },
             {"Authorization": f"Basic {base64.b64encode(rng.randbytes(12)).decode()}"},
             {},
         ]
@@ -131,9 +171,18 @@ class Fuzzer:
         return headers
 
     def content_type(self) -> str | None:
-        return self.rng.choice(["application/json"] * 6 + [
-            "application/json; charset=utf-8", "APPLICATION/JSON", "application/json;;;",
-            "text/plain", "multipart/form-data; boundary=x", "application/jsonx", None])
+        return self.rng.choice(
+            ["application/json"] * 6
+            + [
+                "application/json; charset=utf-8",
+                "APPLICATION/JSON",
+                "application/json;;;",
+                "text/plain",
+                "multipart/form-data; boundary=x",
+                "application/jsonx",
+                None,
+            ]
+        )
 
     def request(self) -> tuple[bytes, dict[str, str]]:
         original = samples.body(self.payload())
@@ -149,9 +198,9 @@ class Fuzzer:
 
 
 @pytest.mark.timeout(TIME_LIMIT_SECONDS + 60)
-async def test_fuzzed_requests_never_get_a_5xx(aiohttp_client: ClientFactory,
-                                               redis_server: RedisServer,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+async def test_fuzzed_requests_never_get_a_5xx(
+    aiohttp_client: ClientFactory, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     queue_url = redis_server.db_url(7)
     queue = redis.Redis.from_url(queue_url)
     queue.delete(INGEST_QUEUE)
@@ -162,8 +211,9 @@ async def test_fuzzed_requests_never_get_a_5xx(aiohttp_client: ClientFactory,
     failures: list[tuple[int, bytes, dict[str, str]]] = []
 
     async def send(body: bytes, headers: dict[str, str]) -> None:
-        response = await client.post("/webhooks", data=body, headers=headers,
-                                     skip_auto_headers={"Content-Type"})
+        response = await client.post(
+            "/webhooks", data=body, headers=headers, skip_auto_headers={"Content-Type"}
+        )
         await response.read()
         statuses[response.status] += 1
         if response.status >= 500:
@@ -182,8 +232,10 @@ async def test_fuzzed_requests_never_get_a_5xx(aiohttp_client: ClientFactory,
     queue.delete(INGEST_QUEUE)
     queue.close()
     with capsys.disabled():
-        print(f"\nfuzz: seed {seed}: {sent} requests sent, {server_errors} answered 5xx, "
-              f"{elapsed:.1f}s; statuses {dict(sorted(statuses.items()))}")
+        print(
+            f"\nfuzz: seed {seed}: {sent} requests sent, {server_errors} answered 5xx, "
+            f"{elapsed:.1f}s; statuses {dict(sorted(statuses.items()))}"
+        )
     assert sent >= REQUESTS >= 10_000 or os.environ.get("FUZZ_REQUESTS")
     assert server_errors == 0, failures[:5]
     assert accepted == statuses[202]

@@ -51,8 +51,9 @@ def test_undecodable_header_bytes_do_not_break_the_message() -> None:
 def test_header_names_become_plain_strings() -> None:
     from multidict import istr
 
-    kept = protocol.safe_headers([(istr("Content-Type"), "application/json"),
-                                  (istr("Authorization"), "Bearer x")])
+    kept = protocol.safe_headers(
+        [(istr("Content-Type"), "application/json"), (istr("Authorization"), "Bearer x")]
+    )
     assert kept == {"Content-Type": "application/json"}
     assert all(type(name) is str for name in kept)
 
@@ -61,10 +62,17 @@ def test_message_pieced_together_is_the_envelope_serialised() -> None:
     delivery = protocol.make_delivery(b'{"cfRef":"CF-1"}', {"X-Odd": "caf\udce9"})
     message = protocol.task_message("casefetch.ingest", "casefetch.ingest", [delivery], "id-3")
     envelope = json.loads(message)
-    body = base64.b64encode(json.dumps([[delivery], {}, protocol._EMBED],
-                                       separators=(",", ":")).encode()).decode()
-    expected = protocol._envelope("casefetch.ingest", "casefetch.ingest", "id-3", body,
-                                  envelope["properties"]["delivery_tag"], protocol._ORIGIN)
+    body = base64.b64encode(
+        json.dumps([[delivery], {}, protocol._EMBED], separators=(",", ":")).encode()
+    ).decode()
+    expected = protocol._envelope(
+        "casefetch.ingest",
+        "casefetch.ingest",
+        "id-3",
+        body,
+        envelope["properties"]["delivery_tag"],
+        protocol._ORIGIN,
+    )
     assert envelope == expected
     assert uuid.UUID(envelope["properties"]["delivery_tag"]).version == 4
     args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
@@ -96,15 +104,35 @@ def _utf8(body: bytes) -> bool:
 
 
 EDGES = [
-    b'{"cfRef":"x","a":"\xff"}', b'{"a":["\xc3"]}', b'\xef\xbb\xbf{"cfRef":"x"}',
-    '{"cfRef":"é"}'.encode("utf-16"), b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":"\xed\xa0\x80"}',
-    b'{"a":"\\ud800"}', b'{"a":1,"a":2}', b'{"a":01}', b'{"a":1.}', b'{"a":[1,]}', b"{} x",
-    b'{"a":"\x01"}', b" {} ", b"[]", b'"x"', b"null", b"",
-    b'{"a":' + b"[" * 65 + b"]" * 65 + b"}", b'{"a":' + b"[" * 63 + b"]" * 63 + b"}",
+    b'{"cfRef":"x","a":"\xff"}',
+    b'{"a":["\xc3"]}',
+    b'\xef\xbb\xbf{"cfRef":"x"}',
+    '{"cfRef":"é"}'.encode("utf-16"),
+    b'{"a":NaN}',
+    b'{"a":-Infinity}',
+    b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\\ud800"}',
+    b'{"a":1,"a":2}',
+    b'{"a":01}',
+    b'{"a":1.}',
+    b'{"a":[1,]}',
+    b"{} x",
+    b'{"a":"\x01"}',
+    b" {} ",
+    b"[]",
+    b'"x"',
+    b"null",
+    b"",
+    b'{"a":' + b"[" * 65 + b"]" * 65 + b"}",
+    b'{"a":' + b"[" * 63 + b"]" * 63 + b"}",
     # integers int() takes, and one digit more, wherever they fall against the sampling
-    *(b'{"p":"' + b"x" * pad + b'","n":' + b"7" * digits + b"}"
-      for pad in (0, 1, 1000, 2149, 2150, 4299) for digits in (4300, 4301)),
-    b'{"n":-' + b"1" * 4301 + b"}", b'{"n":' + b"1" * 5000 + b'.5}',
+    *(
+        b'{"p":"' + b"x" * pad + b'","n":' + b"7" * digits + b"}"
+        for pad in (0, 1, 1000, 2149, 2150, 4299)
+        for digits in (4300, 4301)
+    ),
+    b'{"n":-' + b"1" * 4301 + b"}",
+    b'{"n":' + b"1" * 5000 + b".5}",
 ]
 
 
@@ -121,8 +149,9 @@ def test_the_fast_json_check_agrees_with_json_on_mutated_cases() -> None:
     from receiver.app import _json_object
 
     rng = random.Random(6)
-    base = json.dumps({"cfRef": "CF-ü", "items": [{"n": i, "x": [1.5, None, True, "é"]}
-                                                 for i in range(5)]}).encode()
+    base = json.dumps(
+        {"cfRef": "CF-ü", "items": [{"n": i, "x": [1.5, None, True, "é"]} for i in range(5)]}
+    ).encode()
     for _ in range(3000):
         body = bytearray(base)
         for _ in range(rng.randint(1, 3)):

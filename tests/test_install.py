@@ -37,8 +37,7 @@ SOURCES = ("pyproject.toml", "README.md", "casefetch", "casefetch_tools", "recei
 def _constraints(lock: Path, target: Path) -> Path:
     """The lock's pins without their hashes: pip resolves pyproject.toml's dependencies
     itself, as `pip install .` does, but lands on the tested versions."""
-    pins = re.findall(r"^([A-Za-z0-9_.\-\[\]]+==[^\s;\\]+)(\s*;[^\\\n]+)?", lock.read_text(),
-                      re.M)
+    pins = re.findall(r"^([A-Za-z0-9_.\-\[\]]+==[^\s;\\]+)(\s*;[^\\\n]+)?", lock.read_text(), re.M)
     target.write_text("".join(f"{pin}{marker}\n" for pin, marker in pins))
     return target
 
@@ -58,14 +57,30 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     constraints = _constraints(ROOT / "requirements.lock", directory / "constraints.txt")
     result = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--constraint", str(constraints),
-         str(source)], capture_output=True, text=True, timeout=480)
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--constraint",
+            str(constraints),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    check = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True,
-                           text=True, timeout=120)
+    check = subprocess.run(
+        [str(venv / "bin" / "pip"), "check"], capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0, check.stdout
-    freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True,
-                            text=True, check=True, timeout=120).stdout.lower()
+    freeze = subprocess.run(
+        [str(venv / "bin" / "pip"), "freeze"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.lower()
     for tool in ("pytest", "hypothesis", "moto", "mypy", "ruff"):
         assert f"\n{tool}==" not in f"\n{freeze}", f"{tool} is not a dependency"
     return venv
@@ -78,9 +93,13 @@ class Process:
     def __init__(self, venv: Path, directory: Path, env: dict[str, str], *args: str) -> None:
         self.log = directory / f"{args[0]}.log"
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([str(venv / "bin" / "casefetch"), *args],
-                                            env=env, cwd=directory, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [str(venv / "bin" / "casefetch"), *args],
+                env=env,
+                cwd=directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -101,21 +120,32 @@ class Process:
 
 
 @pytest.fixture
-def pipeline(installed: Path, tmp_path: Path, file_server: FileServer
-             ) -> Iterator[tuple[int, Path]]:
+def pipeline(
+    installed: Path, tmp_path: Path, file_server: FileServer
+) -> Iterator[tuple[int, Path]]:
     redis = RedisServer(tmp_path / "redis").start()
     archive = tmp_path / "archive"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": redis.url,
-           "ARCHIVE_DIR": str(archive), "WEBHOOK_BEARER_TOKENS": TOKEN,
-           "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true", "WORKER_METRICS_PORT": "0"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "REDIS_URL": redis.url,
+        "ARCHIVE_DIR": str(archive),
+        "WEBHOOK_BEARER_TOKENS": TOKEN,
+        "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+        "WORKER_METRICS_PORT": "0",
+    }
     port = free_port()
-    processes = [Process(installed, tmp_path, env, "worker", "--concurrency", "2"),
-                 Process(installed, tmp_path, env, "receiver", "--host", "127.0.0.1",
-                         "--port", str(port))]
+    processes = [
+        Process(installed, tmp_path, env, "worker", "--concurrency", "2"),
+        Process(installed, tmp_path, env, "receiver", "--host", "127.0.0.1", "--port", str(port)),
+    ]
     try:
         worker, receiver = processes
-        wait_for(lambda: worker.alive() and " ready." in worker.output(), timeout=60,
-                 message="the installed worker to be ready")
+        wait_for(
+            lambda: worker.alive() and " ready." in worker.output(),
+            timeout=60,
+            message="the installed worker to be ready",
+        )
 
         def serving() -> bool:
             receiver.alive()
@@ -135,19 +165,31 @@ def pipeline(installed: Path, tmp_path: Path, file_server: FileServer
         redis.stop()
 
 
-def test_a_clean_install_archives_a_case(pipeline: tuple[int, Path],
-                                         file_server: FileServer) -> None:
+def test_a_clean_install_archives_a_case(
+    pipeline: tuple[int, Path], file_server: FileServer
+) -> None:
     port, archive = pipeline
     pdf, png = certificate_pdf("CF-INSTALL", "R-1"), sample_files.png(160, 120, 7)
-    payload = {"cfRef": "CF-INSTALL", "reportId": "R-1",
-               "caseUrl": file_server.add("install/case.pdf", pdf),
-               "createdAt": "2026-12-07T10:00:00.000Z",
-               "items": [{"cfRef": "IT-1", "createdAt": "2026-12-07T10:00:00.000Z",
-                          "stepAction": "PHOTOGRAPHY",
-                          "imageUrl": file_server.add("install/1.png", png)}]}
+    payload = {
+        "cfRef": "CF-INSTALL",
+        "reportId": "R-1",
+        "caseUrl": file_server.add("install/case.pdf", pdf),
+        "createdAt": "2026-12-07T10:00:00.000Z",
+        "items": [
+            {
+                "cfRef": "IT-1",
+                "createdAt": "2026-12-07T10:00:00.000Z",
+                "stepAction": "PHOTOGRAPHY",
+                "imageUrl": file_server.add("install/1.png", png),
+            }
+        ],
+    }
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks", data=json.dumps(payload).encode(), method="POST",
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        f"http://127.0.0.1:{port}/webhooks",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 202
     manifest_path = archive / case_dir("CF-INSTALL") / "manifest.json"

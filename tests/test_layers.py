@@ -48,14 +48,18 @@ def imported(node: ast.Import | ast.ImportFrom) -> list[str]:
 
 def imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
     """Every import statement, and whether it stands inside a function."""
-    def walk(node: ast.AST, in_function: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom,
-                                                                 bool]]:
+
+    def walk(
+        node: ast.AST, in_function: bool
+    ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Import | ast.ImportFrom):
                 yield child, in_function
-            inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef
-                                              | ast.Lambda)
+            inner = in_function or isinstance(
+                child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+            )
             yield from walk(child, inner)
+
     return walk(tree, False)
 
 
@@ -66,19 +70,28 @@ def parsed(path: Path) -> ast.Module:
 @pytest.mark.parametrize("path", list(modules()), ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_point_down(path: Path) -> None:
     package = path.relative_to(ROOT).parts[0]
-    wrong = [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
-             for node, _ in imports(parsed(path)) for name in imported(node)
-             if name.split(".")[0] in FORBIDDEN[package]]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+        for node, _ in imports(parsed(path))
+        for name in imported(node)
+        if name.split(".")[0] in FORBIDDEN[package]
+    ]
     assert not wrong
 
 
 def test_no_import_inside_a_function_outside_the_allowlist() -> None:
-    found = {(str(path.relative_to(ROOT)), name): node.lineno
-             for path in modules() for node, in_function in imports(parsed(path))
-             if in_function for name in imported(node)}
-    unexpected = sorted(f"{where}:{line} imports {name}"
-                        for (where, name), line in found.items()
-                        if (where, name) not in FUNCTION_IMPORTS)
+    found = {
+        (str(path.relative_to(ROOT)), name): node.lineno
+        for path in modules()
+        for node, in_function in imports(parsed(path))
+        if in_function
+        for name in imported(node)
+    }
+    unexpected = sorted(
+        f"{where}:{line} imports {name}"
+        for (where, name), line in found.items()
+        if (where, name) not in FUNCTION_IMPORTS
+    )
     assert not unexpected, "move these imports to the module's top (or the code elsewhere)"
     stale = FUNCTION_IMPORTS - found.keys()
     assert not stale, f"no longer imported in a function, drop from the allowlist: {stale}"

@@ -28,9 +28,14 @@ def test_one_thread_keeps_every_held_lock(client: redis.Redis) -> None:
     locks = Locks(client, ttl_seconds=0.3)
     with locks.acquire("t:a"), locks.acquire("t:b"):
         started = time.monotonic()
-        wait_for(lambda: time.monotonic() - started > 0.9
-                 or not (client.exists("t:a") and client.exists("t:b")),
-                 timeout=5, message="the work to end or a lock to expire")
+        wait_for(
+            lambda: (
+                time.monotonic() - started > 0.9
+                or not (client.exists("t:a") and client.exists("t:b"))
+            ),
+            timeout=5,
+            message="the work to end or a lock to expire",
+        )
         assert client.exists("t:a") and client.exists("t:b"), "a held lock expired"
     assert not client.exists("t:a") and not client.exists("t:b")
 
@@ -126,8 +131,9 @@ def test_a_batch_is_claimed_and_recorded_in_one_step_each(client: redis.Redis) -
     assert client.get(lock_key("file", case, "items/003-D")) == fourth.token.encode()
 
     held = [c.lock for c in claims[2:] if c.lock is not None]
-    remaining = books.record_many(case, "gen-1", [(2, {"status": "stored"}, held[0]),
-                                                  (3, {"status": "failed"}, held[1])])
+    remaining = books.record_many(
+        case, "gen-1", [(2, {"status": "stored"}, held[0]), (3, {"status": "failed"}, held[1])]
+    )
     assert remaining == 1  # file 1, still with the other worker
     assert all(lock.released for lock in held)
     assert not client.exists(lock_key("file", case, "items/002-C"))

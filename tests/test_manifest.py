@@ -11,11 +11,14 @@ from casefetch.codec import compact as compact_json
 from casefetch.codec import loads as parse_json
 
 
-@pytest.mark.parametrize("value", [
-    {"path": "case.pdf", "bytes": 123, "sha256": "ab" * 32, "error": None, "ok": True},
-    {"sourceUrl": "https://files/é?sig=a+b", "n": 1.5, "items": [1, "two", None]},
-    {"lone": "\ud800", "big": 2**70},  # what orjson refuses, both ways
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"path": "case.pdf", "bytes": 123, "sha256": "ab" * 32, "error": None, "ok": True},
+        {"sourceUrl": "https://files/é?sig=a+b", "n": 1.5, "items": [1, "two", None]},
+        {"lone": "\ud800", "big": 2**70},  # what orjson refuses, both ways
+    ],
+)
 def test_round_trips_like_the_standard_library(value: dict[str, object]) -> None:
     assert parse_json(compact_json(value)) == value
     assert parse_json(json.dumps(value)) == json.loads(json.dumps(value))

@@ -50,17 +50,29 @@ def worker_metrics_url(worker: WorkerProcess) -> str:
     return f"http://127.0.0.1:{worker.env['WORKER_METRICS_PORT']}/metrics"
 
 
-def test_receiver_metrics_move_with_traffic(receiver: ReceiverProcess, worker: WorkerProcess,
-                                            file_server: FileServer, archive: Archive,
-                                            unique: Callable[[str], str]) -> None:
+def test_receiver_metrics_move_with_traffic(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     before = scrape(f"{receiver.url}/metrics")
     cf = unique("MET")
     body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf())))
     assert receiver.post(body)[0] == 202
-    assert receiver.post(body, {"Authorization": "Bearer wrong",
-                                "Content-Type": "application/json"})[0] == 401
-    assert receiver.post(body, {"Authorization": "Basic bm9ib2R5Om5vcGU=",
-                                "Content-Type": "application/json"})[0] == 401
+    assert (
+        receiver.post(body, {"Authorization": "Bearer wrong", "Content-Type": "application/json"})[
+            0
+        ]
+        == 401
+    )
+    assert (
+        receiver.post(
+            body, {"Authorization": "Basic bm9ib2R5Om5vcGU=", "Content-Type": "application/json"}
+        )[0]
+        == 401
+    )
     after = scrape(f"{receiver.url}/metrics")
 
     def moved(name: str, **labels: str) -> float:
@@ -75,20 +87,36 @@ def test_receiver_metrics_move_with_traffic(receiver: ReceiverProcess, worker: W
     archive.settled(cf)
 
 
-def test_worker_metrics_move_with_traffic(receiver: ReceiverProcess, worker: WorkerProcess,
-                                          file_server: FileServer, archive: Archive,
-                                          redis_client: redis.Redis,
-                                          unique: Callable[[str], str]) -> None:
+def test_worker_metrics_move_with_traffic(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    redis_client: redis.Redis,
+    unique: Callable[[str], str],
+) -> None:
     url = worker_metrics_url(worker)
     before = scrape(url)
     cf, broken = unique("MET"), unique("MET")
     pdf, png = samples.pdf(30_000), samples.png(seed=9)
-    items = [samples.item("IT-1", file_server.add(f"{cf}/img", png, faults=[Fault(503)])),
-             samples.item("IT-2", file_server.add(f"{cf}/gone", png, always=Fault(404)))]
-    assert receiver.post(samples.body(samples.case(
-        cf, file_server.add(f"{cf}/pdf", pdf), items)))[0] == 202
-    assert receiver.post(samples.body(samples.case(
-        broken, file_server.add(f"{broken}/pdf", samples.pdf(), always=Fault(410)))))[0] == 202
+    items = [
+        samples.item("IT-1", file_server.add(f"{cf}/img", png, faults=[Fault(503)])),
+        samples.item("IT-2", file_server.add(f"{cf}/gone", png, always=Fault(404))),
+    ]
+    assert (
+        receiver.post(samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", pdf), items)))[0]
+        == 202
+    )
+    assert (
+        receiver.post(
+            samples.body(
+                samples.case(
+                    broken, file_server.add(f"{broken}/pdf", samples.pdf(), always=Fault(410))
+                )
+            )
+        )[0]
+        == 202
+    )
     quarantined = enqueue_raw(redis_client, b"{not json")
     archive.settled(cf)
     archive.settled(broken)
@@ -100,8 +128,9 @@ def test_worker_metrics_move_with_traffic(receiver: ReceiverProcess, worker: Wor
         found = scrape(url)
 
         def grew(outcome: str) -> float:
-            return (value(found, "casefetch_worker_deliveries_total", outcome=outcome)
-                    - value(before, "casefetch_worker_deliveries_total", outcome=outcome))
+            return value(found, "casefetch_worker_deliveries_total", outcome=outcome) - value(
+                before, "casefetch_worker_deliveries_total", outcome=outcome
+            )
 
         return found if grew("quarantined") >= 1 and grew("planned") >= 2 else None
 
@@ -130,19 +159,31 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_one_json_line_per_delivery_and_file_follows_a_case(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("LOG")
     items = [samples.item("IT-1", file_server.add(f"{cf}/img", samples.png()))]
-    status, answer = receiver.post(samples.body(samples.case(
-        cf, file_server.add(f"{cf}/pdf", samples.pdf()) + "?X-Signature=s3cr3t", items)))
+    status, answer = receiver.post(
+        samples.body(
+            samples.case(
+                cf, file_server.add(f"{cf}/pdf", samples.pdf()) + "?X-Signature=s3cr3t", items
+            )
+        )
+    )
     assert status == 202
     delivery_id = answer["deliveryId"]
     archive.settled(cf)
 
     def receiver_lines() -> list[dict[str, Any]]:
-        return [line for line in json_lines(receiver.log_path.read_text())
-                if line.get("deliveryId") == delivery_id]
+        return [
+            line
+            for line in json_lines(receiver.log_path.read_text())
+            if line.get("deliveryId") == delivery_id
+        ]
 
     # The receiver writes its lines in batches, up to 50 ms after the answer: the case can
     # settle before that.
@@ -178,8 +219,9 @@ def test_log_format_follows_the_terminal() -> None:
     logs.setup(json_lines=True, stream=stream)
     try:
         with logs.bound(deliveryId="d-1", cfRef="CF-1"):
-            logging.getLogger("casefetch.test").info("hello %s", "été",
-                                                     extra=logs.fields(bytes=3, none=None))
+            logging.getLogger("casefetch.test").info(
+                "hello %s", "été", extra=logs.fields(bytes=3, none=None)
+            )
         logging.getLogger("casefetch.test").info("unbound")
         first, second = (json.loads(line) for line in stream.getvalue().splitlines())
         assert first["msg"] == "hello été" and first["deliveryId"] == "d-1"
@@ -210,14 +252,23 @@ async def test_batched_lines_are_the_lines_logging_would_write() -> None:
         lines.close()
         logger.info("delivery accepted", extra=logs.fields(deliveryId="d-3", cfRef="CF-3"))
         with logs.bound(deliveryId="bound", cfRef="CF-0"):
-            logger.info("delivery accepted", extra=logs.fields(deliveryId="d-1", cfRef="CF-é",
-                                                               bytes=3, none=None))
+            logger.info(
+                "delivery accepted",
+                extra=logs.fields(deliveryId="d-1", cfRef="CF-é", bytes=3, none=None),
+            )
         batched_1, batched_2, logged, logged_bound = (
-            json.loads(line) for line in stream.getvalue().splitlines())
+            json.loads(line) for line in stream.getvalue().splitlines()
+        )
         # The call's own fields win over the bound ones, as in every other line.
-        assert batched_1 == {"ts": batched_1["ts"], "level": "info",
-                             "logger": "casefetch.test.batched", "msg": "delivery accepted",
-                             "deliveryId": "d-1", "cfRef": "CF-é", "bytes": 3}
+        assert batched_1 == {
+            "ts": batched_1["ts"],
+            "level": "info",
+            "logger": "casefetch.test.batched",
+            "msg": "delivery accepted",
+            "deliveryId": "d-1",
+            "cfRef": "CF-é",
+            "bytes": 3,
+        }
         assert logged_bound == {**batched_1, "ts": logged_bound["ts"]}
         assert batched_2["cfRef"] == "CF-\udce9"
         assert batched_1.keys() - {"bytes"} == logged.keys()
@@ -232,39 +283,58 @@ async def test_batched_lines_are_the_lines_logging_would_write() -> None:
 
 
 def test_batched_lines_go_through_logging_when_someone_else_listens(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level("INFO")
     logs.BatchedLines(logging.getLogger("casefetch.test.batched")).info(
-        "delivery accepted", deliveryId="d-1")
+        "delivery accepted", deliveryId="d-1"
+    )
     [record] = [r for r in caplog.records if r.name == "casefetch.test.batched"]
     assert logs.record_fields(record) == {"deliveryId": "d-1"}
 
 
 def test_dashboard_and_scrape_config_match_what_is_exported(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     import re
 
     yaml = pytest.importorskip("yaml")
     cf = unique("DASH")
-    assert receiver.post(samples.body(samples.case(
-        cf, file_server.add(f"{cf}/pdf", samples.pdf()))))[0] == 202
+    assert (
+        receiver.post(samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()))))[
+            0
+        ]
+        == 202
+    )
     archive.settled(cf)
     exported = families(f"{receiver.url}/metrics") | families(worker_metrics_url(worker))
     deploy = ROOT / "deploy"
     dashboard = json.loads((deploy / "grafana/dashboards/casefetch.json").read_text())
-    used = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
-            for name in re.findall(r"(casefetch_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b",
-                                   target["expr"])}
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(
+            r"(casefetch_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", target["expr"]
+        )
+    }
     assert used and used <= exported, used - exported
 
     scrape_config = yaml.safe_load((deploy / "prometheus/prometheus.yml").read_text())
-    ports = {job["job_name"]: job["dns_sd_configs"][0]["port"]
-             for job in scrape_config["scrape_configs"]}
+    ports = {
+        job["job_name"]: job["dns_sd_configs"][0]["port"] for job in scrape_config["scrape_configs"]
+    }
     assert ports == {"casefetch-receiver": 9100, "casefetch-worker": 9808}  # the metrics ports
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    monitoring = {name: service for name, service in compose["services"].items()
-                  if "monitoring" in service.get("profiles", [])}
+    monitoring = {
+        name: service
+        for name, service in compose["services"].items()
+        if "monitoring" in service.get("profiles", [])
+    }
     assert set(monitoring) == {"prometheus", "grafana"}
     for service in monitoring.values():
         for volume in service["volumes"]:

@@ -9,27 +9,44 @@ from typing import Any
 from worker.manifest import case_items, item_files
 from worker.page import render_case
 
-HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>alert(1)</script>'
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\"><script>alert(1)</script>"
 
 
 def entry(path: str, status: str = "stored", **extra: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {"path": path, "kind": "item_image", "status": status,
-                             "sourceUrl": f"https://files.example/{path}",
-                             "sha256": "ab" * 32 if status == "stored" else None,
-                             "bytes": 1234 if status == "stored" else None,
-                             "contentType": "image/jpeg" if status == "stored" else None,
-                             "error": None}
+    value: dict[str, Any] = {
+        "path": path,
+        "kind": "item_image",
+        "status": status,
+        "sourceUrl": f"https://files.example/{path}",
+        "sha256": "ab" * 32 if status == "stored" else None,
+        "bytes": 1234 if status == "stored" else None,
+        "contentType": "image/jpeg" if status == "stored" else None,
+        "error": None,
+    }
     value.update(extra)
     return value
 
 
 def manifest(files: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    pdf = {"path": "case.pdf", "kind": "case_pdf", "status": "stored", "sha256": "cd" * 32,
-           "bytes": 5000, "contentType": "application/pdf", "error": None,
-           "sourceUrl": "https://files.example/case.pdf?sig=1&x=2"}
-    value = {"cfRef": "CF-1", "reportId": "R-1", "status": "complete",
-             "updatedAt": "2026-11-28T10:00:05Z", "deliveryId": "d-1",
-             "files": [pdf, *files], "warnings": []}
+    pdf = {
+        "path": "case.pdf",
+        "kind": "case_pdf",
+        "status": "stored",
+        "sha256": "cd" * 32,
+        "bytes": 5000,
+        "contentType": "application/pdf",
+        "error": None,
+        "sourceUrl": "https://files.example/case.pdf?sig=1&x=2",
+    }
+    value = {
+        "cfRef": "CF-1",
+        "reportId": "R-1",
+        "status": "complete",
+        "updatedAt": "2026-11-28T10:00:05Z",
+        "deliveryId": "d-1",
+        "files": [pdf, *files],
+        "warnings": [],
+    }
     value.update(extra)
     return value
 
@@ -60,23 +77,48 @@ def parse(html: str) -> Links:
 
 def test_every_item_in_order_with_its_values_whatever_their_json_type() -> None:
     items = [
-        {"cfRef": "IT-1", "stepAction": "PHOTOGRAPHY", "createdAt": "2026-11-28T10:01:00Z",
-         "description": "Façade", "data": "north side", "geolocLatitude": "48.85",
-         "geolocLongitude": 2.35, "imageUrl": "https://files.example/1.jpg"},
+        {
+            "cfRef": "IT-1",
+            "stepAction": "PHOTOGRAPHY",
+            "createdAt": "2026-11-28T10:01:00Z",
+            "description": "Façade",
+            "data": "north side",
+            "geolocLatitude": "48.85",
+            "geolocLongitude": 2.35,
+            "imageUrl": "https://files.example/1.jpg",
+        },
         {"cfRef": "IT-2", "stepAction": "NUMBER_FIELD", "data": 42},
         {"cfRef": "IT-3", "stepAction": "SELECT", "data": {"choice": ["a", "b"]}},
         {"cfRef": "IT-4", "stepAction": "TEXT_FIELD", "data": None, "extraField": True},
         "not an object",
     ]
-    page = render_case(manifest([entry("items/001-IT-1.jpg", item=1)]),
-                       {"cfRef": "CF-1", "reportId": "R-1", "frame": {"w": 3},
-                        "closed": False, "createdAt": "2026-11-28T10:00:00.000Z",
-                        "items": items})
+    page = render_case(
+        manifest([entry("items/001-IT-1.jpg", item=1)]),
+        {
+            "cfRef": "CF-1",
+            "reportId": "R-1",
+            "frame": {"w": 3},
+            "closed": False,
+            "createdAt": "2026-11-28T10:00:00.000Z",
+            "items": items,
+        },
+    )
     order = [page.index(f'id="item-{n}"') for n in range(1, 6)]
     assert order == sorted(order)
-    for shown in ("north side", "48.85, 2.35", "42", "{&quot;choice&quot;: [&quot;a&quot;, "
-                  "&quot;b&quot;]}", "null", "extraField", "not an object", "false",
-                  "{&quot;w&quot;: 3}", "2026-11-28T10:00:00.000Z", "ab" * 32, "1234 bytes"):
+    for shown in (
+        "north side",
+        "48.85, 2.35",
+        "42",
+        "{&quot;choice&quot;: [&quot;a&quot;, &quot;b&quot;]}",
+        "null",
+        "extraField",
+        "not an object",
+        "false",
+        "{&quot;w&quot;: 3}",
+        "2026-11-28T10:00:00.000Z",
+        "ab" * 32,
+        "1234 bytes",
+    ):
         assert shown in page, shown
     links = parse(page)
     assert '<a href="items/001-IT-1.jpg"><img src="items/001-IT-1.jpg"' in page
@@ -84,11 +126,19 @@ def test_every_item_in_order_with_its_values_whatever_their_json_type() -> None:
 
 
 def test_the_payload_is_text_never_markup() -> None:
-    items = [{"cfRef": "IT-1", "stepAction": "PHOTOGRAPHY", "description": HOSTILE,
-              "data": HOSTILE, HOSTILE: HOSTILE}]
-    page = render_case(manifest([entry("items/001-IT-1.jpg", item=1)], cfRef=HOSTILE),
-                       {"cfRef": HOSTILE, "reportId": HOSTILE, "frame": HOSTILE,
-                        "items": items})
+    items = [
+        {
+            "cfRef": "IT-1",
+            "stepAction": "PHOTOGRAPHY",
+            "description": HOSTILE,
+            "data": HOSTILE,
+            HOSTILE: HOSTILE,
+        }
+    ]
+    page = render_case(
+        manifest([entry("items/001-IT-1.jpg", item=1)], cfRef=HOSTILE),
+        {"cfRef": HOSTILE, "reportId": HOSTILE, "frame": HOSTILE, "items": items},
+    )
     links = parse(page)
     assert "script" not in links.tags and not links.handlers
     assert links.tags.count("img") == 1, "only the item's own picture"
@@ -96,10 +146,20 @@ def test_the_payload_is_text_never_markup() -> None:
 
 
 def test_links_are_relative_and_nothing_external_is_loaded() -> None:
-    page = render_case(manifest([entry("items/001-IT-1.jpg", item=1),
-                                 entry("items/002-IT-2.mp4", item=2, contentType="video/mp4",
-                                       warning="a video where a picture was expected")]),
-                       {"items": [{"cfRef": "IT-1"}, {"cfRef": "IT-2", "stepAction": "VIDEO"}]})
+    page = render_case(
+        manifest(
+            [
+                entry("items/001-IT-1.jpg", item=1),
+                entry(
+                    "items/002-IT-2.mp4",
+                    item=2,
+                    contentType="video/mp4",
+                    warning="a video where a picture was expected",
+                ),
+            ]
+        ),
+        {"items": [{"cfRef": "IT-1"}, {"cfRef": "IT-2", "stepAction": "VIDEO"}]},
+    )
     links = parse(page)
     assert links.urls and all(not re.match(r"[a-z]+:|/", url) for url in links.urls), links.urls
     assert "video" in links.tags and "link" not in links.tags
@@ -109,8 +169,13 @@ def test_links_are_relative_and_nothing_external_is_loaded() -> None:
 
 def test_failed_files_are_shown_failed_with_their_error() -> None:
     failed = entry("items/001-IT-1", status="failed", item=1, error="HTTP 404 from the host")
-    pdf_failed = {"path": "case.pdf", "kind": "case_pdf", "status": "failed",
-                  "error": "HTTP 500 <b>", "sourceUrl": "https://files.example/case.pdf"}
+    pdf_failed = {
+        "path": "case.pdf",
+        "kind": "case_pdf",
+        "status": "failed",
+        "error": "HTTP 500 <b>",
+        "sourceUrl": "https://files.example/case.pdf",
+    }
     value = manifest([failed], status="incomplete")
     value["files"][0] = pdf_failed
     page = render_case(value, {"items": [{"cfRef": "IT-1"}]})
@@ -126,8 +191,12 @@ def test_items_find_their_files_by_position_past_999() -> None:
     for variant in (files, legacy):
         mapping = item_files(manifest(variant))
         assert {n: e["path"] for n, e in mapping.items()} == {
-            1: "items/001-IT-1.jpg", 100: "items/100-IT-100.jpg", 999: "items/999-IT-999.jpg",
-            1000: "items/1000-IT-1000.jpg", 1200: "items/1200-IT-1200.jpg"}
+            1: "items/001-IT-1.jpg",
+            100: "items/100-IT-100.jpg",
+            999: "items/999-IT-999.jpg",
+            1000: "items/1000-IT-1000.jpg",
+            1200: "items/1200-IT-1200.jpg",
+        }
         joined = case_items(manifest(variant), payload)
         assert len(joined) == 1200
         assert joined[99].file is not None and joined[99].file["path"] == "items/100-IT-100.jpg"

@@ -19,16 +19,22 @@ from tests.waiting import wait_for
 from worker.bookkeeping import Bookkeeping
 
 
-def test_webhook_becomes_a_verified_archive(receiver: ReceiverProcess, worker: WorkerProcess,
-                                            file_server: FileServer, archive: Archive,
-                                            unique: Callable[[str], str]) -> None:
+def test_webhook_becomes_a_verified_archive(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     pdf, png, jpg = samples.pdf(50_000), samples.png(seed=1), samples.jpeg(20_000, seed=2)
     # URLs deliberately without (or with misleading) extensions: the type comes from the bytes.
-    items = [samples.item("IT-1", file_server.add(f"{cf}/photo", png), data="Façade 🌞"),
-             samples.item("IT-2", file_server.add(f"{cf}/sign.png", jpg), step="SIGNATURE"),
-             samples.item("IT-3", None, step="TEXT_FIELD", data="libellé"),
-             samples.item("IT-4", "", step="EMAIL", data="a@b.c")]
+    items = [
+        samples.item("IT-1", file_server.add(f"{cf}/photo", png), data="Façade 🌞"),
+        samples.item("IT-2", file_server.add(f"{cf}/sign.png", jpg), step="SIGNATURE"),
+        samples.item("IT-3", None, step="TEXT_FIELD", data="libellé"),
+        samples.item("IT-4", "", step="EMAIL", data="a@b.c"),
+    ]
     payload = samples.case(cf, file_server.add(f"{cf}/report", pdf) + "?X-Sig=a%2Fb&e=1", items)
     body = samples.body(payload)
     status, answer = receiver.post(body)
@@ -40,9 +46,11 @@ def test_webhook_becomes_a_verified_archive(receiver: ReceiverProcess, worker: W
     files = {f["path"]: f for f in manifest["files"]}
     assert set(files) == {"case.pdf", "items/001-IT-1.png", "items/002-IT-2.jpg"}
     folder = archive.case(cf)
-    for path, data, ctype in [("case.pdf", pdf, "application/pdf"),
-                              ("items/001-IT-1.png", png, "image/png"),
-                              ("items/002-IT-2.jpg", jpg, "image/jpeg")]:
+    for path, data, ctype in [
+        ("case.pdf", pdf, "application/pdf"),
+        ("items/001-IT-1.png", png, "image/png"),
+        ("items/002-IT-2.jpg", jpg, "image/jpeg"),
+    ]:
         assert (folder / path).read_bytes() == data
         assert files[path]["sha256"] == sha(data)
         assert files[path]["bytes"] == len(data)
@@ -62,8 +70,9 @@ def enqueue_raw(redis_client: redis.Redis, body: bytes) -> str:
     return delivery["deliveryId"]
 
 
-def test_unarchivable_payloads_are_quarantined(worker: WorkerProcess, archive: Archive,
-                                               redis_client: redis.Redis) -> None:
+def test_unarchivable_payloads_are_quarantined(
+    worker: WorkerProcess, archive: Archive, redis_client: redis.Redis
+) -> None:
     good = samples.case("CF-Q", "https://files.example.com/c.pdf")
     cases: list[tuple[bytes, str, str]] = [
         (b"{not json", "not_json", "_schema"),
@@ -91,19 +100,26 @@ def test_unarchivable_payloads_are_quarantined(worker: WorkerProcess, archive: A
 
 
 def test_item_problems_are_recorded_without_losing_the_case(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     png = samples.png(seed=3)
-    items: list[Any] = [samples.item("IT-ok", file_server.add(f"{cf}/ok", png)),
-                    samples.item("IT-step", file_server.add(f"{cf}/step", png), step="HOLOGRAM"),
-                    samples.item("IT-url", "not a url"),
-                    samples.item("IT-date", None, createdAt="31/12/2026"),
-                    "not an object",
-                    samples.item("IT-geo", None, geolocLatitude=48.85, geolocLongitude="2.35"),
-                    {**samples.item("IT-extra", None), "futureField": {"kept": True}}]
-    body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items,
-                                     unknownTopLevel=[1, 2]))
+    items: list[Any] = [
+        samples.item("IT-ok", file_server.add(f"{cf}/ok", png)),
+        samples.item("IT-step", file_server.add(f"{cf}/step", png), step="HOLOGRAM"),
+        samples.item("IT-url", "not a url"),
+        samples.item("IT-date", None, createdAt="31/12/2026"),
+        "not an object",
+        samples.item("IT-geo", None, geolocLatitude=48.85, geolocLongitude="2.35"),
+        {**samples.item("IT-extra", None), "futureField": {"kept": True}},
+    ]
+    body = samples.body(
+        samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items, unknownTopLevel=[1, 2])
+    )
     assert receiver.post(body)[0] == 202
     manifest = archive.settled(cf)
     assert manifest["status"] == "incomplete"
@@ -124,12 +140,15 @@ def test_item_problems_are_recorded_without_losing_the_case(
 
 
 def test_transient_failures_are_retried_then_stored(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     pdf = samples.pdf(10_000)
-    url = file_server.add(f"{cf}/flaky.pdf", pdf,
-                          faults=[Fault(status=503), Fault(status=503)])
+    url = file_server.add(f"{cf}/flaky.pdf", pdf, faults=[Fault(status=503), Fault(status=503)])
     assert receiver.post(samples.body(samples.case(cf, url)))[0] == 202
     manifest = archive.settled(cf)
     assert manifest["status"] == "complete"
@@ -139,19 +158,30 @@ def test_transient_failures_are_retried_then_stored(
 
 
 def test_permanent_failures_end_incomplete(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     pdf = samples.pdf()
-    items = [samples.item("down", file_server.add(f"{cf}/down", samples.png(),
-                                                  always=Fault(status=503))),
-             samples.item("gone", file_server.add(f"{cf}/gone", samples.png(),
-                                                  always=Fault(status=404))),
-             samples.item("html", file_server.add(f"{cf}/html", b"<html>login</html>")),
-             samples.item("cut", file_server.add(f"{cf}/cut", samples.jpeg(50_000),
-                                                 always=Fault(truncate=10_000)))]
-    assert receiver.post(samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", pdf),
-                                                   items)))[0] == 202
+    items = [
+        samples.item(
+            "down", file_server.add(f"{cf}/down", samples.png(), always=Fault(status=503))
+        ),
+        samples.item(
+            "gone", file_server.add(f"{cf}/gone", samples.png(), always=Fault(status=404))
+        ),
+        samples.item("html", file_server.add(f"{cf}/html", b"<html>login</html>")),
+        samples.item(
+            "cut", file_server.add(f"{cf}/cut", samples.jpeg(50_000), always=Fault(truncate=10_000))
+        ),
+    ]
+    assert (
+        receiver.post(samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", pdf), items)))[0]
+        == 202
+    )
     manifest = archive.settled(cf)
     assert manifest["status"] == "incomplete"
     files = {f["itemCfRef"]: f for f in manifest["files"] if f["kind"] == "item_image"}
@@ -165,8 +195,12 @@ def test_permanent_failures_end_incomplete(
 
 
 def test_redelivery_identical_and_changed(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     pdf_url = file_server.add(f"{cf}/pdf", samples.pdf())
     one = file_server.add(f"{cf}/one", samples.png(seed=5))
@@ -186,8 +220,9 @@ def test_redelivery_identical_and_changed(
     assert file_server.hits[f"/{cf}/pdf"] == 1 and file_server.hits[f"/{cf}/one"] == 1
     assert not (archive.case(cf) / "history").exists()
 
-    changed = samples.body(samples.case(cf, pdf_url, [samples.item("A", one),
-                                                      samples.item("B", two)]))
+    changed = samples.body(
+        samples.case(cf, pdf_url, [samples.item("A", one), samples.item("B", two)])
+    )
     status, answer = receiver.post(changed)
     assert status == 202
 
@@ -204,16 +239,27 @@ def test_redelivery_identical_and_changed(
 
 
 def test_many_items_are_fetched_concurrently(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     delay = 0.5
     file_server.max_in_flight = 0
-    items = [samples.item(f"I{i}", file_server.add(f"{cf}/{i}", samples.png(seed=i),
-                                                   faults=[Fault(delay=delay)]))
-             for i in range(8)]
-    assert receiver.post(samples.body(samples.case(cf, file_server.add(
-        f"{cf}/pdf", samples.pdf()), items)))[0] == 202
+    items = [
+        samples.item(
+            f"I{i}", file_server.add(f"{cf}/{i}", samples.png(seed=i), faults=[Fault(delay=delay)])
+        )
+        for i in range(8)
+    ]
+    assert (
+        receiver.post(
+            samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items))
+        )[0]
+        == 202
+    )
     manifest = archive.settled(cf)
     assert manifest["status"] == "complete"
     # Each image is held back, so downloads done one after another never overlap.
@@ -221,19 +267,32 @@ def test_many_items_are_fetched_concurrently(
 
 
 def test_a_batch_fetches_the_rest_while_one_file_is_held_elsewhere(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, redis_client: redis.Redis, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    redis_client: redis.Redis,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
     held = lock_key("file", f"cases/{cf}", "case.pdf")
     redis_client.set(held, "another-worker", ex=60)  # another worker is fetching the PDF
-    items = [samples.item(name, file_server.add(f"{cf}/{name}", samples.png(seed=i)))
-             for i, name in enumerate(["A", "B"])]
-    assert receiver.post(samples.body(samples.case(cf, file_server.add(
-        f"{cf}/pdf", samples.pdf()), items)))[0] == 202
+    items = [
+        samples.item(name, file_server.add(f"{cf}/{name}", samples.png(seed=i)))
+        for i, name in enumerate(["A", "B"])
+    ]
+    assert (
+        receiver.post(
+            samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items))
+        )[0]
+        == 202
+    )
 
     def images_stored() -> bool:
-        return all((archive.case(cf) / "items" / f"00{n}-{name}.png").exists()
-                   for n, name in [(1, "A"), (2, "B")])
+        return all(
+            (archive.case(cf) / "items" / f"00{n}-{name}.png").exists()
+            for n, name in [(1, "A"), (2, "B")]
+        )
 
     wait_for(images_stored, message="the batch's other files to be stored")
     assert file_server.hits[f"/{cf}/pdf"] == 0
@@ -246,8 +305,12 @@ def test_a_batch_fetches_the_rest_while_one_file_is_held_elsewhere(
 
 
 def test_every_byte_the_platform_serves_is_kept(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     """Each row of issue 15's table, as phones and document stores write the files."""
     cf = unique("CF")
     pdf = samples.pdf(30_000) + b"\r\n% an incremental update's bytes, after %%EOF\r\n\x00"
@@ -260,17 +323,36 @@ def test_every_byte_the_platform_serves_is_kept(
         "avif": ("PHOTOGRAPHY", samples.avif(), {"unframed": True}, "avif", True),
         "mp4": ("VIDEO", samples.mp4(seed=3), {}, "mp4", False),
         "mov": ("VIDEO", samples.quicktime(), {}, "mov", False),
-        "sup": ("PHOTOGRAPHY", samples.png(seed=5),
-                {"faults": [Fault(status=503, headers={"Retry-After": "\u00b9"})]}, "png", False),
-        "len": ("PHOTOGRAPHY", samples.jpeg(5000, seed=6),
-                {"faults": [Fault(headers={"Content-Length": "\u00b2"})]}, "jpg", False),
+        "sup": (
+            "PHOTOGRAPHY",
+            samples.png(seed=5),
+            {"faults": [Fault(status=503, headers={"Retry-After": "\u00b9"})]},
+            "png",
+            False,
+        ),
+        "len": (
+            "PHOTOGRAPHY",
+            samples.jpeg(5000, seed=6),
+            {"faults": [Fault(headers={"Content-Length": "\u00b2"})]},
+            "jpg",
+            False,
+        ),
     }
-    items = [samples.item(name, file_server.add(f"{cf}/{name}/phöto {name}", data, **how),
-                          step=step)
-             for name, (step, data, how, _, _) in served.items()]
-    items += [samples.item("number", None, step="NUMBER_FIELD", data=42),
-              samples.item("select", None, step="SELECT", data=["a", "b"],
-                           description={"rich": True}, geolocLatitude=[48.8])]
+    items = [
+        samples.item(name, file_server.add(f"{cf}/{name}/phöto {name}", data, **how), step=step)
+        for name, (step, data, how, _, _) in served.items()
+    ]
+    items += [
+        samples.item("number", None, step="NUMBER_FIELD", data=42),
+        samples.item(
+            "select",
+            None,
+            step="SELECT",
+            data=["a", "b"],
+            description={"rich": True},
+            geolocLatitude=[48.8],
+        ),
+    ]
     case_url = file_server.add(f"{cf}/rapport-été.pdf", pdf) + "?sig=é"
     payload = samples.case(cf, case_url, items, frame=123, closed="maybe")
     assert receiver.post(samples.body(payload))[0] == 202
@@ -295,17 +377,30 @@ def test_every_byte_the_platform_serves_is_kept(
 
 
 def test_fields_of_any_json_type_leave_a_case_complete(
-        receiver: ReceiverProcess, worker: WorkerProcess, file_server: FileServer,
-        archive: Archive, unique: Callable[[str], str]) -> None:
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
     cf = unique("CF")
-    items = [samples.item("photo", file_server.add(f"{cf}/p", samples.png(seed=8)),
-                          data={"title": "Façade"}, geolocLatitude=True,
-                          geolocLongitude=None),
-             samples.item("number", None, step="NUMBER_FIELD", data=42),
-             samples.item("select", None, step="SELECT", data=["a", "b"], description=7),
-             samples.item("unknown", None, step="HOLOGRAM")]
-    body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf()), items,
-                                     frame=123, closed="maybe"))
+    items = [
+        samples.item(
+            "photo",
+            file_server.add(f"{cf}/p", samples.png(seed=8)),
+            data={"title": "Façade"},
+            geolocLatitude=True,
+            geolocLongitude=None,
+        ),
+        samples.item("number", None, step="NUMBER_FIELD", data=42),
+        samples.item("select", None, step="SELECT", data=["a", "b"], description=7),
+        samples.item("unknown", None, step="HOLOGRAM"),
+    ]
+    body = samples.body(
+        samples.case(
+            cf, file_server.add(f"{cf}/pdf", samples.pdf()), items, frame=123, closed="maybe"
+        )
+    )
     assert receiver.post(body)[0] == 202
     manifest = archive.settled(cf)
     assert manifest["status"] == "complete", manifest

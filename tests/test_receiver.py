@@ -22,9 +22,13 @@ from tests import receiver_helpers as rh
 from tests import samples
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-PAYLOAD = samples.body(samples.case("CF-R1", "https://files.example.com/c.pdf?sig=a%2Bb",
-                                    [samples.item("IT-1", "https://files.example.com/1.jpg",
-                                                  data="Été 🌞 \u2028 ligne")]))
+PAYLOAD = samples.body(
+    samples.case(
+        "CF-R1",
+        "https://files.example.com/c.pdf?sig=a%2Bb",
+        [samples.item("IT-1", "https://files.example.com/1.jpg", data="Été 🌞 \u2028 ligne")],
+    )
+)
 
 
 @pytest.fixture
@@ -42,8 +46,9 @@ def redis_client(queue_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: ClientFactory, queue_url: str,
-                 redis_client: redis.Redis) -> TestClient[Any, Any]:
+async def client(
+    aiohttp_client: ClientFactory, queue_url: str, redis_client: redis.Redis
+) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(rh.settings(queue_url)))
 
 
@@ -65,13 +70,20 @@ def queued(redis_client: redis.Redis) -> list[dict[str, Any]]:
     return deliveries
 
 
-@pytest.mark.parametrize("headers", [
-    rh.bearer(), rh.bearer("rotated-token"), rh.hmac_headers(PAYLOAD),
-    rh.hmac_headers(PAYLOAD, "second-key", "second-secret"), rh.basic(),
-], ids=["bearer", "bearer-rotated", "hmac", "hmac-second-key", "basic"])
-async def test_each_scheme_is_accepted_and_enqueued(client: TestClient[Any, Any],
-                                                    redis_client: redis.Redis,
-                                                    headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        rh.bearer(),
+        rh.bearer("rotated-token"),
+        rh.hmac_headers(PAYLOAD),
+        rh.hmac_headers(PAYLOAD, "second-key", "second-secret"),
+        rh.basic(),
+    ],
+    ids=["bearer", "bearer-rotated", "hmac", "hmac-second-key", "basic"],
+)
+async def test_each_scheme_is_accepted_and_enqueued(
+    client: TestClient[Any, Any], redis_client: redis.Redis, headers: dict[str, str]
+) -> None:
     response = await client.post("/webhooks", data=PAYLOAD, headers=headers)
     assert response.status == 202
     answer = await response.json()
@@ -84,31 +96,45 @@ async def test_each_scheme_is_accepted_and_enqueued(client: TestClient[Any, Any]
     assert "X-Api-Key" not in delivery["headers"]
 
 
-async def test_non_ascii_body_signed_over_its_exact_bytes(client: TestClient[Any, Any],
-                                                          redis_client: redis.Redis) -> None:
+async def test_non_ascii_body_signed_over_its_exact_bytes(
+    client: TestClient[Any, Any], redis_client: redis.Redis
+) -> None:
     body = '{"cfRef":"CF-ü","note":"emoji 😀, sep \u2028, quote \\"x\\""}'.encode()
     response = await client.post("/webhooks", data=body, headers=rh.hmac_headers(body))
     assert response.status == 202
     assert queued(redis_client)[0]["body"].encode() == body
 
 
-@pytest.mark.parametrize("headers", [
-    {"Content-Type": "application/json"},
-    rh.bearer("wrong"),
-    {**rh.bearer(), "Authorization": "Bearer "},
-    rh.hmac_headers(PAYLOAD, secret="wrong"),
-    rh.hmac_headers(PAYLOAD, key="unknown-key"),
-    {**rh.hmac_headers(PAYLOAD), "X-Api-Key": "second-key"},
-    rh.hmac_headers(PAYLOAD + b" "),
-    rh.basic(password="nope"),
-    {**rh.basic(), "Authorization": "Basic not-base64!"},
-    {**rh.bearer(), "Authorization": "Digest abc"},
-], ids=["missing", "bearer-wrong", "bearer-empty", "hmac-wrong-secret", "hmac-unknown-key",
-        "hmac-key-mismatch", "hmac-other-body", "basic-wrong", "basic-malformed",
-        "unknown-scheme"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/json"},
+        rh.bearer("wrong"),
+        {**rh.bearer(), "Authorization": "Bearer "},
+        rh.hmac_headers(PAYLOAD, secret="wrong"),
+        rh.hmac_headers(PAYLOAD, key="unknown-key"),
+        {**rh.hmac_headers(PAYLOAD), "X-Api-Key": "second-key"},
+        rh.hmac_headers(PAYLOAD + b" "),
+        rh.basic(password="nope"),
+        {**rh.basic(), "Authorization": "Basic not-base64!"},
+        {**rh.bearer(), "Authorization": "Digest abc"},
+    ],
+    ids=[
+        "missing",
+        "bearer-wrong",
+        "bearer-empty",
+        "hmac-wrong-secret",
+        "hmac-unknown-key",
+        "hmac-key-mismatch",
+        "hmac-other-body",
+        "basic-wrong",
+        "basic-malformed",
+        "unknown-scheme",
+    ],
+)
 async def test_bad_credentials_get_401_and_nothing_is_enqueued(
-        client: TestClient[Any, Any], redis_client: redis.Redis,
-        headers: dict[str, str]) -> None:
+    client: TestClient[Any, Any], redis_client: redis.Redis, headers: dict[str, str]
+) -> None:
     response = await client.post("/webhooks", data=PAYLOAD, headers=headers)
     assert response.status == 401
     challenge = response.headers["WWW-Authenticate"]
@@ -116,16 +142,24 @@ async def test_bad_credentials_get_401_and_nothing_is_enqueued(
     assert queued(redis_client) == []
 
 
-@pytest.mark.parametrize("body,content_type,status", [
-    (b"[1, 2]", "application/json", 400),
-    (b"not json", "application/json", 400),
-    (b'"text"', "application/json", 400),
-    (b"\xff\xfe{}", "application/json", 400),
-    (b"{}", "text/plain", 415),
-    (b"{}", "application/x-www-form-urlencoded", 415),
-])
-async def test_bad_bodies_get_4xx(client: TestClient[Any, Any], redis_client: redis.Redis,
-                                  body: bytes, content_type: str, status: int) -> None:
+@pytest.mark.parametrize(
+    "body,content_type,status",
+    [
+        (b"[1, 2]", "application/json", 400),
+        (b"not json", "application/json", 400),
+        (b'"text"', "application/json", 400),
+        (b"\xff\xfe{}", "application/json", 400),
+        (b"{}", "text/plain", 415),
+        (b"{}", "application/x-www-form-urlencoded", 415),
+    ],
+)
+async def test_bad_bodies_get_4xx(
+    client: TestClient[Any, Any],
+    redis_client: redis.Redis,
+    body: bytes,
+    content_type: str,
+    status: int,
+) -> None:
     headers = {**rh.bearer(), "Content-Type": content_type}
     response = await client.post("/webhooks", data=body, headers=headers)
     assert response.status == status
@@ -139,8 +173,9 @@ async def test_charset_parameter_is_allowed(client: TestClient[Any, Any]) -> Non
     assert response.status == 202
 
 
-async def test_body_over_the_limit_is_413(aiohttp_client: ClientFactory, queue_url: str,
-                                          redis_client: redis.Redis) -> None:
+async def test_body_over_the_limit_is_413(
+    aiohttp_client: ClientFactory, queue_url: str, redis_client: redis.Redis
+) -> None:
     client = await aiohttp_client(create_app(rh.settings(queue_url, max_body_bytes=1000)))
     big = samples.body({"cfRef": "x" * 2000})
     response = await client.post("/webhooks", data=big, headers=rh.bearer())
@@ -163,8 +198,9 @@ async def test_health_and_metrics(client: TestClient[Any, Any]) -> None:
     assert 'casefetch_receiver_requests_total{route="/webhooks",status="202"} 1.0' in text
 
 
-async def test_metrics_on_a_port_of_their_own(aiohttp_client: ClientFactory, queue_url: str,
-                                              redis_client: redis.Redis) -> None:
+async def test_metrics_on_a_port_of_their_own(
+    aiohttp_client: ClientFactory, queue_url: str, redis_client: redis.Redis
+) -> None:
     """RECEIVER_METRICS_PORT: /metrics is served there only, the public port answers 404."""
     port = free_port()
     client = await aiohttp_client(create_app(rh.settings(queue_url, metrics_port=port)))
@@ -185,8 +221,9 @@ async def test_metrics_on_a_port_of_their_own(aiohttp_client: ClientFactory, que
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
-async def test_redis_down_answers_503_promptly(aiohttp_client: ClientFactory,
-                                               tmp_path: Path) -> None:
+async def test_redis_down_answers_503_promptly(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
     server = RedisServer(tmp_path / "redis").start()
     client = await aiohttp_client(create_app(rh.settings(server.url)))
     assert (await client.post("/webhooks", data=PAYLOAD, headers=rh.bearer())).status == 202
@@ -205,7 +242,8 @@ async def test_redis_down_answers_503_promptly(aiohttp_client: ClientFactory,
 
 
 async def test_unknown_paths_and_methods_are_answered_and_counted(
-        client: TestClient[Any, Any]) -> None:
+    client: TestClient[Any, Any],
+) -> None:
     missing = await client.get("/nowhere/at/all")
     assert missing.status == 404
     wrong_method = await client.get("/webhooks")

@@ -43,16 +43,22 @@ def own_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def pipeline(own_redis: redis.Redis, tmp_path: Path) -> Built:
     sent: list[DownloadMessage] = []
-    return Pipeline(storage=LocalStorage(tmp_path / "archive"),
-                    books=Bookkeeping(own_redis, lock_seconds=5),
-                    fetcher=closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True))),
-                    send_download=sent.append), sent
+    return Pipeline(
+        storage=LocalStorage(tmp_path / "archive"),
+        books=Bookkeeping(own_redis, lock_seconds=5),
+        fetcher=closed_after_test(Fetcher(DownloadSettings(allow_private_networks=True))),
+        send_download=sent.append,
+    ), sent
 
 
 def delivery_for(file_server: FileServer, cf: str) -> Delivery:
-    body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
-                                     [samples.item("A", file_server.add(f"rec/{cf}/a",
-                                                                        samples.png()))]))
+    body = samples.body(
+        samples.case(
+            cf,
+            file_server.add(f"rec/{cf}/pdf", samples.pdf()),
+            [samples.item("A", file_server.add(f"rec/{cf}/a", samples.png()))],
+        )
+    )
     return make_delivery(body, {})
 
 
@@ -76,7 +82,8 @@ def run_all(pipe: Pipeline, sent: list[DownloadMessage]) -> list[str]:
 
 
 def test_ingest_redelivered_after_a_crash_before_the_manifest(
-        pipeline: Built, file_server: FileServer) -> None:
+    pipeline: Built, file_server: FileServer
+) -> None:
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-1")
     # The dead worker got as far as writing case.json.
@@ -89,8 +96,8 @@ def test_ingest_redelivered_after_a_crash_before_the_manifest(
 
 
 def test_a_finished_delivery_leaves_the_inbox(
-        pipeline: Built, file_server: FileServer,
-        own_redis: redis.Redis) -> None:
+    pipeline: Built, file_server: FileServer, own_redis: redis.Redis
+) -> None:
     pipe, _ = pipeline
     delivery = delivery_for(file_server, "REC-0")
     own_redis.hset(INBOX_KEY, delivery["deliveryId"], b"message")
@@ -102,7 +109,8 @@ def test_a_finished_delivery_leaves_the_inbox(
 
 
 def test_ingest_redelivered_after_a_crash_before_the_downloads_were_sent(
-        pipeline: Built, file_server: FileServer) -> None:
+    pipeline: Built, file_server: FileServer
+) -> None:
     pipe, sent = pipeline
     delivery = delivery_for(file_server, "REC-2")
     assert pipe.ingest(delivery) == "planned"
@@ -118,8 +126,8 @@ class Crash(BaseException):
 
 
 def test_download_redelivered_after_the_file_was_put_in_place(
-        pipeline: Built, file_server: FileServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline: Built, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-3"))
     [message] = sent
@@ -142,7 +150,8 @@ def test_download_redelivered_after_the_file_was_put_in_place(
 
 
 def test_sweep_resumes_a_case_whose_messages_were_lost(
-        pipeline: Built, file_server: FileServer) -> None:
+    pipeline: Built, file_server: FileServer
+) -> None:
     pipe, sent = pipeline
     pipe.ingest(delivery_for(file_server, "REC-4"))
     sent.clear()
@@ -155,15 +164,16 @@ def test_sweep_resumes_a_case_whose_messages_were_lost(
     assert pipe.intake.resume("cases/REC-4") == "finished"
 
 
-def test_stale_generation_is_ignored(pipeline: Built,
-                                     file_server: FileServer) -> None:
+def test_stale_generation_is_ignored(pipeline: Built, file_server: FileServer) -> None:
     pipe, sent = pipeline
     first = delivery_for(file_server, "REC-5")
     pipe.ingest(first)
     old_jobs = list(sent)
     sent.clear()
-    changed = make_delivery(samples.body(samples.case(
-        "REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))), {})
+    changed = make_delivery(
+        samples.body(samples.case("REC-5", file_server.add("rec/REC-5/pdf2", samples.pdf(5000)))),
+        {},
+    )
     pipe.ingest(changed)
     assert run_all(pipe, old_jobs) == ["stale", "stale"]
     run_all(pipe, sent)
@@ -190,7 +200,8 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
 
 
 def test_a_live_downloads_file_is_kept_however_long_it_is_untouched(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A slow host's bytes may sit in a buffer for minutes: the file's age says nothing. Its
     download's heartbeat (the file lock the sweep finds live) keeps it."""
     import os
@@ -216,15 +227,19 @@ def test_a_live_downloads_file_is_kept_however_long_it_is_untouched(
 
 
 def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
-        redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from casefetch.constants import ACTIVE_CASES_KEY, INGEST_QUEUE
     from worker.app import build_worker
     from worker.settings import WorkerSettings
     from worker.sweep import sweep_once
 
-    settings = WorkerSettings(redis_url=redis_server.db_url(8),
-                              archive_dir=tmp_path / "archive", stuck_after_seconds=0,
-                              visibility_timeout_seconds=0)
+    settings = WorkerSettings(
+        redis_url=redis_server.db_url(8),
+        archive_dir=tmp_path / "archive",
+        stuck_after_seconds=0,
+        visibility_timeout_seconds=0,
+    )
     app = build_worker(settings)
     client = app.casefetch.runtime.redis
     client.flushdb()
@@ -250,15 +265,16 @@ def test_work_postponed_by_an_outage_comes_back_within_half_a_minute() -> None:
     assert [backoff(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     assert backoff(500) == 30  # retries count the "file busy" ones too
 
+
 def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_that(
-        pipeline: Built, file_server: FileServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline: Built, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe, sent = pipeline
     cf = "REC-B"
-    images = [samples.item(f"I{i}", file_server.add(f"rec/{cf}/{i}", samples.png()))
-              for i in range(5)]
-    body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()),
-                                     images))
+    images = [
+        samples.item(f"I{i}", file_server.add(f"rec/{cf}/{i}", samples.png())) for i in range(5)
+    ]
+    body = samples.body(samples.case(cf, file_server.add(f"rec/{cf}/pdf", samples.pdf()), images))
     pipe.ingest(make_delivery(body, {}))
     [message] = sent
     events: list[str] = []
@@ -300,8 +316,9 @@ def test_a_batch_syncs_folders_before_it_records_and_survives_a_crash_before_tha
     runtime.files.shutdown()
     assert postponed is None and outcomes.count("stored") == 6
     # Every commit synced the folders of its files before it recorded them.
-    assert events and all(events[i].startswith("sync") and events[i + 1] == "record"
-                          for i in range(0, len(events), 2))
+    assert events and all(
+        events[i].startswith("sync") and events[i + 1] == "record" for i in range(0, len(events), 2)
+    )
     served = [file_server.served[f"/rec/{cf}/{name}"] for name in names]
     manifest = read_manifest(pipe.storage, f"cases/{cf}")
     assert manifest is not None
@@ -318,7 +335,7 @@ def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
 
     from casefetch.protocol import delivery_from_inbox, inbox_entry
 
-    delivery = make_delivery("{\"cfRef\": \"é\"}".encode(), {"X-Trace": "1"})
+    delivery = make_delivery('{"cfRef": "é"}'.encode(), {"X-Trace": "1"})
     assert delivery_from_inbox(delivery["deliveryId"], inbox_entry(delivery)) == delivery
     # Bytes nobody can read are kept as the body, for the quarantine, not dropped.
     kept = delivery_from_inbox("d-9", b"\xff{broken")
@@ -330,7 +347,8 @@ def test_an_inbox_entry_gives_back_its_delivery_whatever_wrote_it() -> None:
 
 
 def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     import base64
     import json
 
@@ -339,8 +357,9 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
     from worker.app import build_worker
     from worker.settings import WorkerSettings
 
-    app = build_worker(WorkerSettings(redis_url=redis_server.db_url(9),
-                                           archive_dir=tmp_path / "archive"))
+    app = build_worker(
+        WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path / "archive")
+    )
     client = app.casefetch.runtime.redis
     client.flushdb()
     try:
@@ -348,8 +367,10 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
         app.casefetch.runtime.pipeline.books.enqueue(unarchivable)
         [message] = client.lrange(INGEST_QUEUE, 0, -1)
         [ref], _, _ = json.loads(base64.b64decode(json.loads(message)["body"]))
-        assert ref == {"deliveryId": unarchivable["deliveryId"],
-                       "receivedAt": unarchivable["receivedAt"]}
+        assert ref == {
+            "deliveryId": unarchivable["deliveryId"],
+            "receivedAt": unarchivable["receivedAt"],
+        }
         ingest = app.tasks[INGEST_TASK]
         assert ingest.apply(args=[ref]).get() == "quarantined"
         storage = app.casefetch.runtime.pipeline.storage
@@ -360,8 +381,9 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
         assert ingest.apply(args=[ref]).get() == "duplicate"
         # An entry nobody can read is quarantined as it is, not dropped.
         client.hset(INBOX_KEY, "d-broken", b"\xff{broken")
-        assert ingest.apply(args=[{"deliveryId": "d-broken", "receivedAt": ""}]).get() \
-            == "quarantined"
+        assert (
+            ingest.apply(args=[{"deliveryId": "d-broken", "receivedAt": ""}]).get() == "quarantined"
+        )
         broken = json.loads(storage.read_bytes(archive.quarantine_key("d-broken")))
         assert base64.b64decode(broken["bodyBase64"]) == b"\xff{broken"
     finally:
@@ -369,7 +391,8 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
 
 
 def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     """A file another worker holds is that worker's to record; once a dead holder's lock
     would have expired, the message stops coming back (the sweep covers the rest)."""
     from casefetch.constants import DOWNLOAD_TASK
@@ -377,17 +400,28 @@ def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
     from worker.settings import WorkerSettings
     from worker.tasks import BUSY_RETRY_SECONDS, max_busy_retries
 
-    settings = WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path,
-                              visibility_timeout_seconds=12)
+    settings = WorkerSettings(
+        redis_url=redis_server.db_url(9), archive_dir=tmp_path, visibility_timeout_seconds=12
+    )
     app = build_worker(settings)
     books = app.casefetch.runtime.pipeline.books
     books.redis.flushdb()
     try:
         books.start("cases/HELD", "g-1", [0])
         holder = books.locks.acquire(lock_key("file", "cases/HELD", "case.pdf"))
-        message = {"case": "cases/HELD", "gen": "g-1", "cfRef": "HELD",
-                   "files": [{"index": 0, "path": "case.pdf", "kind": "case_pdf",
-                              "sourceUrl": "http://127.0.0.1:9/never-fetched"}]}
+        message = {
+            "case": "cases/HELD",
+            "gen": "g-1",
+            "cfRef": "HELD",
+            "files": [
+                {
+                    "index": 0,
+                    "path": "case.pdf",
+                    "kind": "case_pdf",
+                    "sourceUrl": "http://127.0.0.1:9/never-fetched",
+                }
+            ],
+        }
         # Eagerly, each retry runs at once, nested: this returns only once they stop.
         result = app.tasks[DOWNLOAD_TASK].apply(args=[message])
         assert result.get() == "busy"

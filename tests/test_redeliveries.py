@@ -27,8 +27,10 @@ def pipe(tmp_path: Path, redis_server: RedisServer) -> Iterator[Harness]:
 
 
 def versions(file_server: FileServer, cf: str, count: int) -> list[bytes]:
-    return [samples.body(samples.case(cf, file_server.add(f"{cf}/v{n}", samples.pdf(2000 + n))))
-            for n in range(count)]
+    return [
+        samples.body(samples.case(cf, file_server.add(f"{cf}/v{n}", samples.pdf(2000 + n))))
+        for n in range(count)
+    ]
 
 
 def hold_back(pipe: Harness, delivery_id: str) -> bytes:
@@ -49,7 +51,8 @@ def test_ids_sort_by_the_order_deliveries_were_accepted() -> None:
 
 
 def test_an_older_delivery_processed_last_goes_to_history(
-        pipe: Harness, tmp_path: Path, file_server: FileServer) -> None:
+    pipe: Harness, tmp_path: Path, file_server: FileServer
+) -> None:
     first, second = versions(file_server, "ORDER-1", 2)
     older = pipe.accept(first)
     newer = pipe.accept(second)
@@ -69,7 +72,8 @@ def test_an_older_delivery_processed_last_goes_to_history(
 
 
 def test_an_identical_newer_delivery_still_outranks_an_older_change(
-        pipe: Harness, tmp_path: Path, file_server: FileServer) -> None:
+    pipe: Harness, tmp_path: Path, file_server: FileServer
+) -> None:
     # Accepted: A, B (a change), A again. Processed: A, the second A, then B.
     a, b = versions(file_server, "ORDER-2", 2)
     first = pipe.accept(a)
@@ -89,7 +93,8 @@ def test_an_identical_newer_delivery_still_outranks_an_older_change(
 
 
 def test_an_interrupted_change_is_finished_and_no_history_is_overwritten(
-        pipe: Harness, tmp_path: Path, file_server: FileServer) -> None:
+    pipe: Harness, tmp_path: Path, file_server: FileServer
+) -> None:
     """The issue's first case: the manifest write of change B fails once (a full disk)."""
     a, b, c = versions(file_server, "ORDER-3", 3)
     root = tmp_path / "archive"

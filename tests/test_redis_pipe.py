@@ -24,8 +24,7 @@ async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisSer
     client.delete("pipe-test")
     pipe = RedisPipe.from_url(url)
     try:
-        lengths = await asyncio.gather(*(pipe.lpush("pipe-test", b"v%d" % i)
-                                         for i in range(200)))
+        lengths = await asyncio.gather(*(pipe.lpush("pipe-test", b"v%d" % i) for i in range(200)))
         assert sorted(n for n in lengths if isinstance(n, int)) == list(range(1, 201))
         assert client.llen("pipe-test") == 200
         big = b"\xff" * (3 * 1024 * 1024)
@@ -39,7 +38,8 @@ async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisSer
 
 
 async def test_error_replies_are_raised_and_the_connection_goes_on(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     url = redis_server.db_url(5)
     client = redis.Redis.from_url(url)
     client.set("pipe-string", "x")
@@ -98,11 +98,17 @@ async def test_password_and_database_are_used(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.parametrize(("url", "supported"), [
-    ("redis://localhost:6379/0", True), ("redis://h", True), ("redis://:p@h:1/3", True),
-    ("rediss://h:6380/0", False), ("unix:///tmp/r.sock", False),
-    ("redis://h/0?socket_timeout=3", False),
-])
+@pytest.mark.parametrize(
+    ("url", "supported"),
+    [
+        ("redis://localhost:6379/0", True),
+        ("redis://h", True),
+        ("redis://:p@h:1/3", True),
+        ("rediss://h:6380/0", False),
+        ("unix:///tmp/r.sock", False),
+        ("redis://h/0?socket_timeout=3", False),
+    ],
+)
 def test_only_plain_urls_are_taken(url: str, supported: bool) -> None:
     assert RedisPipe.supports(url) is supported
 
@@ -123,8 +129,9 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
     try:
         started = asyncio.get_running_loop().time()
         with pytest.raises(EnqueueError):
-            await enqueuer.enqueue({"deliveryId": "d-1", "receivedAt": "x", "body": "{}",
-                                    "headers": {}})
+            await enqueuer.enqueue(
+                {"deliveryId": "d-1", "receivedAt": "x", "body": "{}", "headers": {}}
+            )
         assert not await enqueuer.ping()
         assert asyncio.get_running_loop().time() - started < 2
     finally:
@@ -160,18 +167,26 @@ async def test_a_transaction_is_answered_by_its_exec(redis_server: RedisServer) 
     pipe = RedisPipe.from_url(url)
     try:
         # Concurrent transactions and plain commands each get their own replies.
-        results = await asyncio.gather(*(
-            pipe.transaction((b"LPUSH", b"pipe-tx", b"v%d" % i),
-                             (b"HSET", b"pipe-tx-hash", b"k%d" % i, b"v%d" % i))
-            if i % 2 else pipe.execute(b"ECHO", b"e%d" % i) for i in range(100)))
+        results = await asyncio.gather(
+            *(
+                pipe.transaction(
+                    (b"LPUSH", b"pipe-tx", b"v%d" % i),
+                    (b"HSET", b"pipe-tx-hash", b"k%d" % i, b"v%d" % i),
+                )
+                if i % 2
+                else pipe.execute(b"ECHO", b"e%d" % i)
+                for i in range(100)
+            )
+        )
         for i, result in enumerate(results):
             assert result == ([i // 2 + 1, 1] if i % 2 else b"e%d" % i)
         assert client.llen("pipe-tx") == 50 and client.hlen("pipe-tx-hash") == 50
         # A command that fails inside the transaction is raised (the others ran: Redis does
         # not roll back), and one refused while queueing aborts all of it.
         with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await pipe.transaction((b"LPUSH", b"pipe-tx-string", b"v"),
-                                   (b"LPUSH", b"pipe-tx", b"w"))
+            await pipe.transaction(
+                (b"LPUSH", b"pipe-tx-string", b"v"), (b"LPUSH", b"pipe-tx", b"w")
+            )
         with pytest.raises(ResponseError, match="EXECABORT"):
             await pipe.transaction((b"LPUSH", b"pipe-tx"), (b"LPUSH", b"pipe-tx", b"never"))
         assert client.lrange("pipe-tx", 0, 0) == [b"w"]
@@ -207,7 +222,8 @@ async def test_the_pipe_and_redis_py_write_the_same_enqueue(redis_server: RedisS
 
 
 async def test_the_receiver_enqueues_through_redis_py_where_the_pipe_cannot(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     url = redis_server.db_url(6)
     client = redis.Redis.from_url(url)
     enqueuer = Enqueuer(aioredis.Redis.from_url(url), timeout_seconds=5.0)  # no pipe

@@ -14,6 +14,13 @@ def test_warm_up_builds_the_url_expression_that_cases_then_reuse() -> None:
     warm_up()
     built = dict(memo)
     assert built
-    check_case({"cfRef": "CF-1", "reportId": "R-1", "caseUrl": "http://files/case.pdf",
-                "createdAt": "2026-11-28T10:00:00.000Z", "items": []})
+    check_case(
+        {
+            "cfRef": "CF-1",
+            "reportId": "R-1",
+            "caseUrl": "http://files/case.pdf",
+            "createdAt": "2026-11-28T10:00:00.000Z",
+            "items": [],
+        }
+    )
     assert memo == built and all(memo[k] is built[k] for k in built)

@@ -44,8 +44,12 @@ def elsewhere() -> Iterator[RecordingServer]:
 
 
 def fetcher(**overrides: Any) -> Fetcher:
-    values: dict[str, Any] = {"allow_private_networks": True, "max_attempts": 1,
-                              "timeout_seconds": 5.0, "extra_headers": {"X-Api-Key": SECRET}}
+    values: dict[str, Any] = {
+        "allow_private_networks": True,
+        "max_attempts": 1,
+        "timeout_seconds": 5.0,
+        "extra_headers": {"X-Api-Key": SECRET},
+    }
     values.update(overrides)
     return closed_after_test(Fetcher(DownloadSettings(**values), sleep=lambda _: None))
 
@@ -82,13 +86,14 @@ ALLOWED = ("localhost",)
 
 
 @pytest.mark.usefixtures("trusted")
-def test_download_headers_go_to_allowed_hosts_over_https(secure: RecordingServer,
-                                                         secure_elsewhere: RecordingServer,
-                                                         storage: LocalStorage) -> None:
+def test_download_headers_go_to_allowed_hosts_over_https(
+    secure: RecordingServer, secure_elsewhere: RecordingServer, storage: LocalStorage
+) -> None:
     target = https(secure_elsewhere, "allowed/target", Reply(body=PNG))
     start = https(secure, "allowed/start", Reply(302, {"Location": target}))
-    result = fetch_file(fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage,
-                                                  key_for("a"))
+    result = fetch_file(
+        fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage, key_for("a")
+    )
     assert result.size == len(PNG)
     # The host is what the allowlist names: another port of it gets the headers too.
     assert secure.received("allowed/start")[0]["x-api-key"] == SECRET
@@ -96,9 +101,9 @@ def test_download_headers_go_to_allowed_hosts_over_https(secure: RecordingServer
 
 
 @pytest.mark.usefixtures("trusted")
-def test_download_headers_never_go_over_plain_http(secure: RecordingServer,
-                                                   origin: RecordingServer,
-                                                   storage: LocalStorage) -> None:
+def test_download_headers_never_go_over_plain_http(
+    secure: RecordingServer, origin: RecordingServer, storage: LocalStorage
+) -> None:
     plain = origin.add("plain/target", Reply(body=PNG), host="localhost")
     assert plain.startswith("http://localhost:")
     fetch = fetcher(allowed_hosts=ALLOWED)
@@ -113,22 +118,24 @@ def test_download_headers_never_go_over_plain_http(secure: RecordingServer,
 
 
 @pytest.mark.usefixtures("trusted")
-def test_download_headers_never_reach_a_host_off_the_list(secure: RecordingServer,
-                                                          secure_elsewhere: RecordingServer,
-                                                          storage: LocalStorage) -> None:
+def test_download_headers_never_reach_a_host_off_the_list(
+    secure: RecordingServer, secure_elsewhere: RecordingServer, storage: LocalStorage
+) -> None:
     # Same server, named by its address: not a host the allowlist names, so not fetched.
     target = secure_elsewhere.add("off/target", Reply(body=PNG)).replace("http:", "https:")
     start = https(secure, "off/start", Reply(302, {"Location": target}))
     with pytest.raises(PermanentDownloadError, match="not in DOWNLOAD_ALLOWED_HOSTS"):
-        fetch_file(fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage,
-                                             key_for("o"))
+        fetch_file(
+            fetcher(allowed_hosts=ALLOWED), start, FileKind.ITEM_IMAGE, storage, key_for("o")
+        )
     assert secure.received("off/start")[0]["x-api-key"] == SECRET
     assert secure_elsewhere.received("off/target") == []
 
 
 @pytest.mark.usefixtures("trusted")
-def test_without_an_allowlist_download_headers_go_nowhere(secure: RecordingServer,
-                                                          storage: LocalStorage) -> None:
+def test_without_an_allowlist_download_headers_go_nowhere(
+    secure: RecordingServer, storage: LocalStorage
+) -> None:
     url = https(secure, "nolist/target", Reply(body=PNG))
     fetch_file(fetcher(), url, FileKind.ITEM_IMAGE, storage, key_for("n"))
     assert "x-api-key" not in secure.received("nolist/target")[0]
@@ -138,8 +145,9 @@ def test_download_headers_without_an_allowlist_stop_the_worker() -> None:
     env = {"DOWNLOAD_HEADERS": json.dumps({"X-Api-Key": SECRET})}
     with pytest.raises(ConfigError, match=r"^DOWNLOAD_HEADERS: set DOWNLOAD_ALLOWED_HOSTS"):
         WorkerSettings.from_env(env)
-    settings = WorkerSettings.from_env({**env, "DOWNLOAD_ALLOWED_HOSTS": " Files.Example.com ,"
-                                                                        "cdn.example.com"})
+    settings = WorkerSettings.from_env(
+        {**env, "DOWNLOAD_ALLOWED_HOSTS": " Files.Example.com ,cdn.example.com"}
+    )
     assert settings.download.allowed_hosts == ("files.example.com", "cdn.example.com")
     assert settings.download.extra_headers == {"X-Api-Key": SECRET}
 
@@ -152,7 +160,8 @@ def endless_png() -> Iterable[bytes]:
 
 
 def test_oversized_body_is_abandoned_as_soon_as_the_limit_passes(
-        origin: RecordingServer, storage: LocalStorage) -> None:
+    origin: RecordingServer, storage: LocalStorage
+) -> None:
     url = origin.add("endless", Reply(headers={"Content-Type": "image/png"}, body=endless_png))
     with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
         fetch_file(fetcher(max_bytes=2 * MB), url, FileKind.ITEM_IMAGE, storage, key_for("e"))
@@ -170,12 +179,14 @@ def gzip_bomb(decoded_mb: int) -> bytes:
     return b"".join(parts)
 
 
-def test_gzip_bomb_is_stopped_early_and_counted_decoded(origin: RecordingServer,
-                                                        storage: LocalStorage) -> None:
+def test_gzip_bomb_is_stopped_early_and_counted_decoded(
+    origin: RecordingServer, storage: LocalStorage
+) -> None:
     bomb = gzip_bomb(decoded_mb=200)
     assert len(bomb) < 1 * MB  # small on the wire: the raw size alone passes the limit
-    url = origin.add("bomb", Reply(headers={"Content-Type": "image/png",
-                                            "Content-Encoding": "gzip"}, body=bomb))
+    url = origin.add(
+        "bomb", Reply(headers={"Content-Type": "image/png", "Content-Encoding": "gzip"}, body=bomb)
+    )
     tracemalloc.start()
     try:
         with pytest.raises(PermanentDownloadError, match="DOWNLOAD_MAX_BYTES"):
@@ -188,9 +199,15 @@ def test_gzip_bomb_is_stopped_early_and_counted_decoded(origin: RecordingServer,
     assert not [p for p in storage.root.rglob("*") if p.is_file()]
 
 
-def test_a_gzip_encoded_file_is_stored_decoded(origin: RecordingServer,
-                                               storage: LocalStorage) -> None:
-    url = origin.add("gz", Reply(headers={"Content-Type": "image/png",
-                                          "Content-Encoding": "gzip"}, body=gzip.compress(PNG)))
+def test_a_gzip_encoded_file_is_stored_decoded(
+    origin: RecordingServer, storage: LocalStorage
+) -> None:
+    url = origin.add(
+        "gz",
+        Reply(
+            headers={"Content-Type": "image/png", "Content-Encoding": "gzip"},
+            body=gzip.compress(PNG),
+        ),
+    )
     result = fetch_file(fetcher(), url, FileKind.ITEM_IMAGE, storage, key_for("g"))
     assert (storage.root / result.key).read_bytes() == PNG

@@ -27,7 +27,10 @@ def test_a_lock_held_past_its_timeout_is_kept(client: redis.Redis) -> None:
     with books.lock("case", "cases/CF-LONG"):
         started = time.monotonic()
         # Long work: three times the lock's timeout, during which nobody else may take it.
-        wait_for(lambda: time.monotonic() - started > 0.9 or not client.exists(key),
-                 timeout=5, message="the work to end or the lock to expire")
+        wait_for(
+            lambda: time.monotonic() - started > 0.9 or not client.exists(key),
+            timeout=5,
+            message="the work to end or the lock to expire",
+        )
         assert client.exists(key), "the lock expired while its holder was still working"
     assert not client.exists(key)

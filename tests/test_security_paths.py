@@ -17,15 +17,31 @@ from worker import archive
 from worker.storage import LocalStorage
 
 HOSTILE = [
-    "..", ".", "../../outside", "../../../../../../tmp/escaped", "/etc/passwd", "/",
-    "a/b", "a\\b", "..\\..\\outside", "C:\\Windows\\win.ini", "nul\x00byte", "x" * 10_000,
-    ".tmp", ".hidden", "quarantine/../../x", "%2e%2e%2f", "CF 1", "~root", "_CF-1",
-    "\uff23\uff26-1",    # fullwidth look-alike of CF-1
-    "\u0421F-1",        # Cyrillic Es: looks like CF-1
-    "CF-1\u200b",       # zero-width space
-    "CF\u22121",        # minus sign, not a hyphen
-    "\ud800",           # a lone surrogate (JSON allows it as an escape)
-    "CF-1",             # the genuine one, last: nothing may have taken its folder
+    "..",
+    ".",
+    "../../outside",
+    "../../../../../../tmp/escaped",
+    "/etc/passwd",
+    "/",
+    "a/b",
+    "a\\b",
+    "..\\..\\outside",
+    "C:\\Windows\\win.ini",
+    "nul\x00byte",
+    "x" * 10_000,
+    ".tmp",
+    ".hidden",
+    "quarantine/../../x",
+    "%2e%2e%2f",
+    "CF 1",
+    "~root",
+    "_CF-1",
+    "\uff23\uff26-1",  # fullwidth look-alike of CF-1
+    "\u0421F-1",  # Cyrillic Es: looks like CF-1
+    "CF-1\u200b",  # zero-width space
+    "CF\u22121",  # minus sign, not a hyphen
+    "\ud800",  # a lone surrogate (JSON allows it as an escape)
+    "CF-1",  # the genuine one, last: nothing may have taken its folder
 ]
 
 
@@ -53,8 +69,9 @@ def files_under(path: Path) -> set[Path]:
     return {Path(dirpath) / name for dirpath, _dirs, names in os.walk(path) for name in names}
 
 
-def test_hostile_case_refs_stay_in_their_own_folder(pipe: Harness, root: Path,
-                                                    file_server: RecordingServer) -> None:
+def test_hostile_case_refs_stay_in_their_own_folder(
+    pipe: Harness, root: Path, file_server: RecordingServer
+) -> None:
     pdf_url = file_server.add("paths/case.pdf", Reply(body=samples.pdf()))
     png_url = file_server.add("paths/item.png", Reply(body=samples.png()))
     for cf_ref in HOSTILE:
@@ -87,12 +104,14 @@ class CaseInsensitiveStorage(LocalStorage):
 
 
 def test_refs_differing_only_by_case_never_share_a_folder_on_a_case_insensitive_disk(
-        root: Path, redis_server: RedisServer, file_server: RecordingServer) -> None:
+    root: Path, redis_server: RedisServer, file_server: RecordingServer
+) -> None:
     pipe = harness(root, redis_server.url, CaseInsensitiveStorage(root))
     pdf_url = file_server.add("ci/case.pdf", Reply(body=samples.pdf()))
     refs = ["CF-CI-1", "cf-ci-1", "Cf-Ci-1"]
-    bodies = {ref: samples.body(samples.case(ref, pdf_url, [samples.item("IT", None)]))
-              for ref in refs}
+    bodies = {
+        ref: samples.body(samples.case(ref, pdf_url, [samples.item("IT", None)])) for ref in refs
+    }
     for ref in refs:
         pipe.deliver(bodies[ref])
     pipe.deliver(bodies["cf-ci-1"])  # a re-delivery finds its own folder again
@@ -107,7 +126,8 @@ def test_refs_differing_only_by_case_never_share_a_folder_on_a_case_insensitive_
 
 
 def test_refs_differing_only_by_case_keep_plain_names_on_a_case_sensitive_disk(
-        pipe: Harness, root: Path, file_server: RecordingServer) -> None:
+    pipe: Harness, root: Path, file_server: RecordingServer
+) -> None:
     pdf_url = file_server.add("cs/case.pdf", Reply(body=samples.pdf()))
     for ref in ["CF-CS-1", "cf-cs-1"]:
         pipe.deliver(samples.body(samples.case(ref, pdf_url)))
@@ -125,8 +145,10 @@ def test_every_hostile_name_encodes_to_one_safe_path_component(name: str) -> Non
 def test_forced_encoding_differs_from_every_kept_name() -> None:
     assert archive.safe_name("CF-1", encode=True).startswith("_CF-1.")
     assert archive.safe_name("CF-1", encode=True) != archive.safe_name("cf-1", encode=True)
-    assert archive.safe_name("CF-1", encode=True).lower() != archive.safe_name(
-        "cf-1", encode=True).lower()
+    assert (
+        archive.safe_name("CF-1", encode=True).lower()
+        != archive.safe_name("cf-1", encode=True).lower()
+    )
 
 
 def test_readers_know_both_places_a_case_may_be() -> None:

@@ -39,8 +39,14 @@ MAX_BODY = 65536
 READ_TIMEOUT = 1.0
 BODY = samples.body(samples.case("CF-SEC", "https://files.example.com/c.pdf"))
 #: Strings that must never show up in a log, a metric or a stored record.
-SECRETS = [TOKEN, HMAC_SECRET, BASIC_PASSWORD, "almost-" + TOKEN, "guessed-password",
-           base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()]
+SECRETS = [
+    TOKEN,
+    HMAC_SECRET,
+    BASIC_PASSWORD,
+    "almost-" + TOKEN,
+    "guessed-password",
+    base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode(),
+]
 
 
 def sig(body: bytes, secret: str = HMAC_SECRET) -> bytes:
@@ -57,11 +63,16 @@ def queue_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def hostile_receiver(queue_url: str,
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
+def hostile_receiver(
+    queue_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReceiverProcess]:
     env = receiver_env(queue_url)
-    env.update({"RECEIVER_MAX_BODY_BYTES": str(MAX_BODY),
-                "RECEIVER_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)})
+    env.update(
+        {
+            "RECEIVER_MAX_BODY_BYTES": str(MAX_BODY),
+            "RECEIVER_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
+        }
+    )
     log_path = tmp_path_factory.mktemp("logs") / "hostile-receiver.log"
     process = ReceiverProcess(env, log_path).start()
     yield process
@@ -76,15 +87,22 @@ def queue(queue_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def request(headers: list[tuple[str, str]] | list[tuple[bytes, bytes]], body: bytes = BODY,
-            length: int | None = None, content_type: str = "application/json") -> bytes:
+def request(
+    headers: list[tuple[str, str]] | list[tuple[bytes, bytes]],
+    body: bytes = BODY,
+    length: int | None = None,
+    content_type: str = "application/json",
+) -> bytes:
     lines = [b"POST /webhooks HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
     if content_type:
         lines.append(b"Content-Type: " + content_type.encode())
     lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
     for name, value in headers:
-        lines.append((name.encode("latin-1") if isinstance(name, str) else name) + b": "
-                     + (value.encode("latin-1") if isinstance(value, str) else value))
+        lines.append(
+            (name.encode("latin-1") if isinstance(name, str) else name)
+            + b": "
+            + (value.encode("latin-1") if isinstance(value, str) else value)
+        )
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
@@ -118,10 +136,17 @@ AUTH_CASES: list[tuple[str, list[Any]]] = [
     ("invalid-utf8-token", [(b"Authorization", b"Bearer \xff\xfe\xfd")]),
     ("hmac-unconfigured-key", [("Authorization", f"HMAC-SHA256 other-key:{sig(BODY).hex()}")]),
     ("hmac-wrong-secret", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY, 'x').hex()}")]),
-    ("hmac-x-api-key-disagrees", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
-                                  ("X-Api-Key", "second-key")]),
-    ("hmac-empty-x-api-key", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
-                              ("X-Api-Key", "")]),
+    (
+        "hmac-x-api-key-disagrees",
+        [
+            ("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
+            ("X-Api-Key", "second-key"),
+        ],
+    ),
+    (
+        "hmac-empty-x-api-key",
+        [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"), ("X-Api-Key", "")],
+    ),
     ("hmac-short-hex", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()[:-2]}")]),
     ("hmac-long-hex", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}00")]),
     ("hmac-not-hex-nor-base64", [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{'z*' * 32}")]),
@@ -142,8 +167,9 @@ AUTH_CASES: list[tuple[str, list[Any]]] = [
 
 
 @pytest.mark.parametrize("headers", [c[1] for c in AUTH_CASES], ids=[c[0] for c in AUTH_CASES])
-def test_malformed_credentials_get_401(hostile_receiver: ReceiverProcess, queue: redis.Redis,
-                                       headers: list[Any]) -> None:
+def test_malformed_credentials_get_401(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis, headers: list[Any]
+) -> None:
     answer = exchange(hostile_receiver.port, request(headers))
     assert status_of(answer) == 401, answer[:300]
     assert b"WWW-Authenticate: Bearer" in answer
@@ -151,8 +177,10 @@ def test_malformed_credentials_get_401(hostile_receiver: ReceiverProcess, queue:
 
 
 GOOD = [("Authorization", f"Bearer {TOKEN}")]
-HMAC_GOOD = [("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
-             ("X-Api-Key", HMAC_KEY)]
+HMAC_GOOD = [
+    ("Authorization", f"HMAC-SHA256 {HMAC_KEY}:{sig(BODY).hex()}"),
+    ("X-Api-Key", HMAC_KEY),
+]
 AMBIGUOUS_CASES: list[tuple[str, list[tuple[str, str]]]] = [
     ("two-authorization", [*GOOD, ("Authorization", "Bearer other")]),
     ("two-equal-authorization", [*GOOD, *GOOD]),
@@ -166,18 +194,22 @@ AMBIGUOUS_CASES: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
-@pytest.mark.parametrize("headers", [c[1] for c in AMBIGUOUS_CASES],
-                         ids=[c[0] for c in AMBIGUOUS_CASES])
-def test_ambiguous_requests_get_400(hostile_receiver: ReceiverProcess, queue: redis.Redis,
-                                    headers: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize(
+    "headers", [c[1] for c in AMBIGUOUS_CASES], ids=[c[0] for c in AMBIGUOUS_CASES]
+)
+def test_ambiguous_requests_get_400(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis, headers: list[tuple[str, str]]
+) -> None:
     """Two of a header the receiver reads once: which one counts would depend on who reads
     it (a proxy, the receiver, the worker). aiohttp 3.14 refuses two Content-Types or
     Content-Lengths itself; the receiver checks all four whatever aiohttp does."""
     answer = exchange(hostile_receiver.port, request(headers))
     assert status_of(answer) == 400, answer[:300]
     name, said = headers[-1][0].lower().encode(), answer.lower()
-    assert (b"more than one " + name in said  # the receiver's answer
-            or (name.startswith(b"content-") and b"duplicate" in said))  # aiohttp's
+    assert (
+        b"more than one " + name in said  # the receiver's answer
+        or (name.startswith(b"content-") and b"duplicate" in said)
+    )  # aiohttp's
     assert queue.llen(INGEST_QUEUE) == 0
     # Each alone is fine.
     assert status_of(exchange(hostile_receiver.port, request(headers[:1]))) == 202
@@ -202,20 +234,27 @@ BODY_CASES: list[tuple[str, bytes, str, int]] = [
 ]
 
 
-@pytest.mark.parametrize("body,content_type,status", [c[1:] for c in BODY_CASES],
-                         ids=[c[0] for c in BODY_CASES])
-def test_hostile_bodies_are_refused(hostile_receiver: ReceiverProcess, queue: redis.Redis,
-                                    body: bytes, content_type: str, status: int) -> None:
+@pytest.mark.parametrize(
+    "body,content_type,status", [c[1:] for c in BODY_CASES], ids=[c[0] for c in BODY_CASES]
+)
+def test_hostile_bodies_are_refused(
+    hostile_receiver: ReceiverProcess,
+    queue: redis.Redis,
+    body: bytes,
+    content_type: str,
+    status: int,
+) -> None:
     answer = exchange(hostile_receiver.port, request(GOOD, body, content_type=content_type))
     assert status_of(answer) == status, answer[:300]
     assert queue.llen(INGEST_QUEUE) == 0
 
 
-@pytest.mark.parametrize("encoding,status", [("gzip", 415), ("deflate", 415),
-                                             ("GZIP, identity", 415),
-                                             ("br", 400)])  # aiohttp refuses it itself
-def test_compressed_bodies_are_refused(hostile_receiver: ReceiverProcess, queue: redis.Redis,
-                                       encoding: str, status: int) -> None:
+@pytest.mark.parametrize(
+    "encoding,status", [("gzip", 415), ("deflate", 415), ("GZIP, identity", 415), ("br", 400)]
+)  # aiohttp refuses it itself
+def test_compressed_bodies_are_refused(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis, encoding: str, status: int
+) -> None:
     """A gzip bomb posted to the receiver is never inflated (nor is any compressed body)."""
     bomb = gzip.compress(b"{" + b" " * (64 * MAX_BODY) + b"}")
     headers = [*GOOD, ("Content-Encoding", encoding)]
@@ -224,36 +263,44 @@ def test_compressed_bodies_are_refused(hostile_receiver: ReceiverProcess, queue:
     assert queue.llen(INGEST_QUEUE) == 0
 
 
-def test_malformed_chunked_framing_is_a_400(hostile_receiver: ReceiverProcess,
-                                            queue: redis.Redis) -> None:
-    raw = (b"POST /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-           b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-           b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
-           b"zz\r\n{}\r\n0\r\n\r\n")
+def test_malformed_chunked_framing_is_a_400(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
+    raw = (
+        b"POST /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    )
     assert status_of(exchange(hostile_receiver.port, raw)) == 400
     assert queue.llen(INGEST_QUEUE) == 0
 
 
-def test_nesting_up_to_the_limit_is_accepted(hostile_receiver: ReceiverProcess,
-                                             queue: redis.Redis) -> None:
+def test_nesting_up_to_the_limit_is_accepted(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
     depth = MAX_JSON_DEPTH - 1
     body = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
     assert status_of(exchange(hostile_receiver.port, request(GOOD, body))) == 202
     assert queue.llen(INGEST_QUEUE) == 1
 
 
-def test_a_lying_content_length_is_refused_unread(hostile_receiver: ReceiverProcess,
-                                                  queue: redis.Redis) -> None:
+def test_a_lying_content_length_is_refused_unread(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
     answer = exchange(hostile_receiver.port, request(GOOD, b"{}", length=10**12))
     assert status_of(answer) == 413
     assert queue.llen(INGEST_QUEUE) == 0
 
 
 def test_chunked_body_over_the_limit_is_refused_before_the_end(
-        hostile_receiver: ReceiverProcess, queue: redis.Redis) -> None:
-    head = (b"POST /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
+    head = (
+        b"POST /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+    )
     chunk = b"%x\r\n" % 16384 + b" " * 16384 + b"\r\n"
     with socket.create_connection(("127.0.0.1", hostile_receiver.port), timeout=10) as sock:
         sock.sendall(head)
@@ -279,8 +326,9 @@ UNREAD_CASES: list[tuple[str, list[tuple[str, str]]]] = [
 CLAIMED = 5 * 1024 * 1024 - 1  # under the default RECEIVER_MAX_BODY_BYTES
 
 
-def claim_a_large_body(port: int, headers: list[tuple[str, str]], wait: float
-                       ) -> tuple[float, bytes]:
+def claim_a_large_body(
+    port: int, headers: list[tuple[str, str]], wait: float
+) -> tuple[float, bytes]:
     """Send headers announcing CLAIMED bytes and only the first few; what comes back within
     ``wait`` seconds, and when."""
     raw = request(headers, BODY, length=CLAIMED)
@@ -294,11 +342,10 @@ def claim_a_large_body(port: int, headers: list[tuple[str, str]], wait: float
     return time.monotonic() - started, answer
 
 
-@pytest.mark.parametrize("headers", [c[1] for c in UNREAD_CASES],
-                         ids=[c[0] for c in UNREAD_CASES])
-def test_credentials_are_refused_before_the_body_is_read(receiver: ReceiverProcess,
-                                                         headers: list[tuple[str, str]]
-                                                         ) -> None:
+@pytest.mark.parametrize("headers", [c[1] for c in UNREAD_CASES], ids=[c[0] for c in UNREAD_CASES])
+def test_credentials_are_refused_before_the_body_is_read(
+    receiver: ReceiverProcess, headers: list[tuple[str, str]]
+) -> None:
     """An unknown apiKey costs no 5 MiB read and no HMAC: the 401 comes while the body has
     barely started (the receiver, waiting for it, would answer 408 after 30 s)."""
     elapsed, answer = claim_a_large_body(receiver.port, headers, wait=10)
@@ -357,7 +404,8 @@ def test_slow_body_gets_408(hostile_receiver: ReceiverProcess, queue: redis.Redi
 
 
 def test_the_receiver_still_serves_and_logged_no_credential(
-        hostile_receiver: ReceiverProcess, queue: redis.Redis) -> None:
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
     answer = exchange(hostile_receiver.port, request(GOOD))
     assert status_of(answer) == 202
     log = hostile_receiver.log_path.read_text(errors="replace")
@@ -372,9 +420,12 @@ def test_the_receiver_still_serves_and_logged_no_credential(
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
-async def test_no_credential_in_logs_metrics_or_queue(aiohttp_client: ClientFactory,
-                                                      queue_url: str, queue: redis.Redis,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_credential_in_logs_metrics_or_queue(
+    aiohttp_client: ClientFactory,
+    queue_url: str,
+    queue: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level("DEBUG")
     client = await aiohttp_client(create_app(rh.settings(queue_url)))
     attempts = [
@@ -383,7 +434,8 @@ async def test_no_credential_in_logs_metrics_or_queue(aiohttp_client: ClientFact
         rh.hmac_headers(BODY, secret="guessed-password"),
         {**rh.hmac_headers(BODY), "X-Api-Key": "almost-" + TOKEN},
         {**rh.bearer(), "Cookie": f"session={TOKEN}", "Proxy-Authorization": f"Basic {TOKEN}"},
-        rh.basic(), rh.hmac_headers(BODY),
+        rh.basic(),
+        rh.hmac_headers(BODY),
     ]
     statuses = [(await client.post("/webhooks", data=BODY, headers=h)).status for h in attempts]
     assert statuses == [401, 401, 401, 401, 202, 202, 202]
@@ -401,11 +453,16 @@ async def test_no_credential_in_logs_metrics_or_queue(aiohttp_client: ClientFact
     assert "casefetch_receiver_auth_failures_total" in metrics
 
 
-def test_quarantine_records_hold_no_credential(tmp_path: Path,
-                                               redis_server: RedisServer) -> None:
+def test_quarantine_records_hold_no_credential(tmp_path: Path, redis_server: RedisServer) -> None:
     pipe = harness(tmp_path / "archive", redis_server.url)
-    headers = safe_headers([("Authorization", f"Bearer {TOKEN}"), ("X-Api-Key", HMAC_KEY),
-                            ("Cookie", f"s={TOKEN}"), ("Content-Type", "application/json")])
+    headers = safe_headers(
+        [
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("X-Api-Key", HMAC_KEY),
+            ("Cookie", f"s={TOKEN}"),
+            ("Content-Type", "application/json"),
+        ]
+    )
     delivery = make_delivery(b"[1]", headers)
     assert pipe.pipeline.ingest(delivery) == "quarantined"
     record = pipe.quarantine(delivery["deliveryId"])
@@ -415,8 +472,9 @@ def test_quarantine_records_hold_no_credential(tmp_path: Path,
     pipe.client.close()
 
 
-def test_receiver_answers_in_time_while_slow_clients_wait(hostile_receiver: ReceiverProcess,
-                                                          queue: redis.Redis) -> None:
+def test_receiver_answers_in_time_while_slow_clients_wait(
+    hostile_receiver: ReceiverProcess, queue: redis.Redis
+) -> None:
     """Slow clients hold a socket each, not the server: others are served meanwhile."""
     partial = b"POST /webhooks HTTP/1.1\r\nHost: x\r\n"
     stalled = [socket.create_connection(("127.0.0.1", hostile_receiver.port)) for _ in range(50)]
@@ -426,8 +484,11 @@ def test_receiver_answers_in_time_while_slow_clients_wait(hostile_receiver: Rece
         answer = exchange(hostile_receiver.port, request(GOOD), timeout=5)
         assert status_of(answer) == 202
         # ...and every stalled one is dropped once its time is up.
-        wait_for(lambda: all(select.select([s], [], [], 0)[0] for s in stalled),
-                 timeout=READ_TIMEOUT + 5, message="stalled connections to be closed")
+        wait_for(
+            lambda: all(select.select([s], [], [], 0)[0] for s in stalled),
+            timeout=READ_TIMEOUT + 5,
+            message="stalled connections to be closed",
+        )
     finally:
         for sock in stalled:
             sock.close()

@@ -42,12 +42,10 @@ def server() -> Iterator[RecordingServer]:
     running.stop()
 
 
-
 def settings(**overrides: Any) -> DownloadSettings:
     values: dict[str, Any] = {"max_attempts": 1, "timeout_seconds": 2.0}
     values.update(overrides)
     return DownloadSettings(**values)
-
 
 
 def localhost_is_public(host: str, address: IPAddress) -> None:
@@ -58,43 +56,87 @@ def localhost_is_public(host: str, address: IPAddress) -> None:
 
 def fetch(url: str, storage: LocalStorage, check: Any = None, **overrides: Any) -> Any:
     download = settings(**overrides)
-    return fetch_file(closed_after_test(Fetcher(download, check=check, sleep=lambda _: None)),
-        url, FileKind.ITEM_IMAGE, storage, key_for("x"))
+    return fetch_file(
+        closed_after_test(Fetcher(download, check=check, sleep=lambda _: None)),
+        url,
+        FileKind.ITEM_IMAGE,
+        storage,
+        key_for("x"),
+    )
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.255.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-    "100.64.0.1", "0.0.0.0", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1",
-    "::ffff:169.254.169.254", "::ffff:10.0.0.1", "2002:7f00:1::1", "64:ff9b::7f00:1",
-    "2001:db8::1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.255.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::1",
+        "64:ff9b::7f00:1",
+        "2001:db8::1",
+    ],
+)
 def test_non_public_addresses(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700::1111",
-                                     "2a00:1450:4001:80b::200e"])
+@pytest.mark.parametrize(
+    "address", ["93.184.215.14", "8.8.8.8", "2606:4700::1111", "2a00:1450:4001:80b::200e"]
+)
 def test_public_addresses(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("url", [
-    "file:///etc/passwd", "ftp://files.example.com/a.png", "gopher://127.0.0.1:70/_x",
-    "data:image/png;base64,AAAA", "javascript:alert(1)", "dict://127.0.0.1:6379/info",
-    "//files.example.com/a.png", "http:///a.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://files.example.com/a.png",
+        "gopher://127.0.0.1:70/_x",
+        "data:image/png;base64,AAAA",
+        "javascript:alert(1)",
+        "dict://127.0.0.1:6379/info",
+        "//files.example.com/a.png",
+        "http:///a.png",
+    ],
+)
 def test_only_http_and_https_are_fetched(url: str, storage: LocalStorage) -> None:
     with pytest.raises(PermanentDownloadError) as info:
         fetch(url, storage, allow_private_networks=True)
     assert getattr(info.value, "attempts", 0) == 1
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[0:0:0:0:0:ffff:7f00:1]", "0.0.0.0",
-])
-def test_literal_private_addresses_are_refused_unrequested(host: str, server: RecordingServer,
-                                                           storage: LocalStorage) -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[0:0:0:0:0:ffff:7f00:1]",
+        "0.0.0.0",
+    ],
+)
+def test_literal_private_addresses_are_refused_unrequested(
+    host: str, server: RecordingServer, storage: LocalStorage
+) -> None:
     path = f"literal-{len(server.replies)}"
     url = server.add(path, Reply(body=PNG), host=host)
     with pytest.raises(BlockedAddress, match="non-public"):
@@ -103,8 +145,9 @@ def test_literal_private_addresses_are_refused_unrequested(host: str, server: Re
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.1", "2130706433", "0x7f000001"])
-def test_names_resolving_to_loopback_are_refused_at_connect(host: str, server: RecordingServer,
-                                                            storage: LocalStorage) -> None:
+def test_names_resolving_to_loopback_are_refused_at_connect(
+    host: str, server: RecordingServer, storage: LocalStorage
+) -> None:
     path = f"name-{len(server.replies)}"
     url = server.add(path, Reply(body=PNG), host=host)
     assert UrlGuard(settings()).check(url)  # not an address literal: only connecting tells
@@ -127,18 +170,19 @@ def test_redirect_to_loopback_is_refused(server: RecordingServer, storage: Local
     assert server.received("redirect/target") == []
 
 
-def test_redirect_to_a_name_resolving_to_loopback_is_refused(server: RecordingServer,
-                                                             storage: LocalStorage) -> None:
+def test_redirect_to_a_name_resolving_to_loopback_is_refused(
+    server: RecordingServer, storage: LocalStorage
+) -> None:
     target = server.add("redirect/by-name", Reply(body=PNG), host="127.1")
-    start = server.add("redirect/start-name", Reply(301, {"Location": target}),
-                       host="localhost")
+    start = server.add("redirect/start-name", Reply(301, {"Location": target}), host="localhost")
     with pytest.raises(BlockedAddress, match="non-public"):
         fetch(start, storage, check=localhost_is_public)
     assert server.received("redirect/by-name") == []
 
 
 def test_allowed_redirect_is_followed_when_private_networks_are_allowed(
-        server: RecordingServer, storage: LocalStorage) -> None:
+    server: RecordingServer, storage: LocalStorage
+) -> None:
     target = server.add("redirect/ok", Reply(body=PNG))
     start = server.add("redirect/ok-start", Reply(307, {"Location": "/redirect/ok"}))
     assert fetch(start, storage, allow_private_networks=True).size == len(PNG)
@@ -147,8 +191,8 @@ def test_allowed_redirect_is_followed_when_private_networks_are_allowed(
 
 
 def test_the_address_checked_is_the_address_connected_to(
-        server: RecordingServer, storage: LocalStorage,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    server: RecordingServer, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DNS rebinding: a first answer passes the check, a later one points at 127.0.0.1.
 
     The name is resolved once, by the connection itself, so the later answer is never asked
@@ -195,15 +239,17 @@ def test_allowed_hosts_restrict_further(server: RecordingServer, storage: LocalS
 
 
 def test_private_networks_setting_loosens_only_the_address_check(
-        server: RecordingServer, storage: LocalStorage) -> None:
+    server: RecordingServer, storage: LocalStorage
+) -> None:
     url = server.add("loosened", Reply(body=PNG), host="localhost")
     assert fetch(url, storage, allow_private_networks=True).size == len(PNG)
     with pytest.raises(PermanentDownloadError, match="scheme"):
         fetch("file:///etc/passwd", storage, allow_private_networks=True)
 
 
-def test_private_hosts_may_resolve_to_private_addresses(server: RecordingServer,
-                                                        storage: LocalStorage) -> None:
+def test_private_hosts_may_resolve_to_private_addresses(
+    server: RecordingServer, storage: LocalStorage
+) -> None:
     """DOWNLOAD_PRIVATE_HOSTS (the demo's file host): the names listed may be private, no
     other host may, whatever it is called."""
     named = server.add("private/named", Reply(body=PNG), host="localhost")
@@ -240,10 +286,12 @@ def test_a_plain_pool_would_have_connected(server: RecordingServer) -> None:
     assert urllib3.PoolManager(retries=False).request("GET", url).status == 200
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/a.png", "http://127.0.0.1:port/a.png",
-                                 "http://[::1/a.png"])
-def test_a_malformed_url_is_refused_as_such(url: str, server: RecordingServer,
-                                            storage: LocalStorage) -> None:
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/a.png", "http://127.0.0.1:port/a.png", "http://[::1/a.png"]
+)
+def test_a_malformed_url_is_refused_as_such(
+    url: str, server: RecordingServer, storage: LocalStorage
+) -> None:
     with pytest.raises(PermanentDownloadError, match="invalid URL") as info:
         fetch(url, storage, allow_private_networks=True)
     assert getattr(info.value, "attempts", 0) == 1

@@ -71,14 +71,26 @@ class Stack:
     def files(self) -> Path:
         return self.directory / "files"
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
-        command = ["docker-compose", "-p", self.project, "--project-directory", str(ROOT),
-                   "--env-file", str(self.directory / "stack.env"),
-                   "-f", str(ROOT / "docker-compose.yml"),
-                   "-f", str(ROOT / "tests" / "stack" / "files.yml"), *args]
-        result = subprocess.run(command, env=self.env, capture_output=True, text=True,
-                                timeout=timeout, cwd=ROOT)
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        command = [
+            "docker-compose",
+            "-p",
+            self.project,
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(self.directory / "stack.env"),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "-f",
+            str(ROOT / "tests" / "stack" / "files.yml"),
+            *args,
+        ]
+        result = subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
@@ -89,30 +101,56 @@ class Stack:
             filters += ["--filter", f"label=com.docker.compose.service={service}"]
         out = subprocess.run(
             ["podman", "ps", "--all", *filters, "--format", "json"],
-            capture_output=True, text=True, check=True, timeout=60).stdout
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
         found = []
         for row in json.loads(out or "[]"):
-            found.append({"id": row["Id"], "name": row["Names"][0], "state": row["State"],
-                          "service": row["Labels"].get("com.docker.compose.service", "")})
+            found.append(
+                {
+                    "id": row["Id"],
+                    "name": row["Names"][0],
+                    "state": row["State"],
+                    "service": row["Labels"].get("com.docker.compose.service", ""),
+                }
+            )
         return found
 
     def logs(self, container: str) -> str:
-        result = subprocess.run(["podman", "logs", container], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["podman", "logs", container], capture_output=True, text=True, timeout=60
+        )
         return result.stdout + result.stderr
 
     def address(self, container: str) -> str:
         return subprocess.run(
-            ["podman", "inspect", "--format",
-             "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container],
-            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+            [
+                "podman",
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                container,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
 
     def send(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json",
-                   **auth_headers(body, hmac_pair=f"{HMAC_KEY}:{HMAC_SECRET}")}
-        request = urllib.request.Request(f"http://127.0.0.1:{self.receiver_port}/webhooks",
-                                         data=body, headers=headers, method="POST")
+        headers = {
+            "Content-Type": "application/json",
+            **auth_headers(body, hmac_pair=f"{HMAC_KEY}:{HMAC_SECRET}"),
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.receiver_port}/webhooks",
+            data=body,
+            headers=headers,
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read())
@@ -153,8 +191,11 @@ class HealthChecks(threading.Thread):
         while not self.done.wait(1.0):
             for container in self.stack.containers():
                 if container["service"] in self.services and container["state"] == "running":
-                    subprocess.run(["podman", "healthcheck", "run", container["id"]],
-                                   capture_output=True, timeout=60)
+                    subprocess.run(
+                        ["podman", "healthcheck", "run", container["id"]],
+                        capture_output=True,
+                        timeout=60,
+                    )
 
     def __enter__(self) -> HealthChecks:
         self.start()
@@ -169,7 +210,9 @@ def _podman_service(directory: Path) -> Iterator[str]:
     socket = directory / "podman.sock"
     process = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        stdout=subprocess.DEVNULL, stderr=(directory / "podman.log").open("wb"))
+        stdout=subprocess.DEVNULL,
+        stderr=(directory / "podman.log").open("wb"),
+    )
     try:
         wait_for(socket.exists, timeout=30, message="podman's API socket")
         yield f"unix://{socket}"
@@ -189,17 +232,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory.chmod(0o755)
     (directory / "files").mkdir(mode=0o755)
     started = time.monotonic()
-    subprocess.run([str(ROOT / "deploy" / "standin" / "build.sh")], check=True,
-                   capture_output=True, timeout=600,
-                   env={**os.environ, "PYTHON_IMAGE": PYTHON_IMAGE, "REDIS_IMAGE": REDIS_IMAGE})
+    subprocess.run(
+        [str(ROOT / "deploy" / "standin" / "build.sh")],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "PYTHON_IMAGE": PYTHON_IMAGE, "REDIS_IMAGE": REDIS_IMAGE},
+    )
     bases = time.monotonic() - started
     receiver_port, files_port = free_port(), free_port()
     project = f"cfstack{os.getpid()}"
     settings = {
-        "PYTHON_IMAGE": PYTHON_IMAGE, "REDIS_IMAGE": REDIS_IMAGE,
-        "CASEFETCH_IMAGE_TAG": project, "ARCHIVE_HOST_DIR": str(directory / "archive"),
-        "CASEFETCH_PORT": str(receiver_port), "FLOWER_PORT": str(free_port()),
-        "STACK_FILES_DIR": str(directory / "files"), "STACK_FILES_PORT": str(files_port),
+        "PYTHON_IMAGE": PYTHON_IMAGE,
+        "REDIS_IMAGE": REDIS_IMAGE,
+        "CASEFETCH_IMAGE_TAG": project,
+        "ARCHIVE_HOST_DIR": str(directory / "archive"),
+        "CASEFETCH_PORT": str(receiver_port),
+        "FLOWER_PORT": str(free_port()),
+        "STACK_FILES_DIR": str(directory / "files"),
+        "STACK_FILES_PORT": str(files_port),
         "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
         # The file host is a container on the compose network, a private address: named
         # as the one private host, with private networks left off as the stack ships.
@@ -207,10 +258,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     (directory / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     for podman_host in _podman_service(directory):
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-               "DOCKER_HOST": podman_host}
-        built = Stack(directory, env, project, receiver_port, files_port,
-                      timings={"stand-in bases (built or kept)": bases})
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/root"),
+            "DOCKER_HOST": podman_host,
+        }
+        built = Stack(
+            directory,
+            env,
+            project,
+            receiver_port,
+            files_port,
+            timings={"stand-in bases (built or kept)": bases},
+        )
         try:
             started = time.monotonic()
             built.compose("build", timeout=900)
@@ -222,10 +282,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             built.timings["up to ready"] = time.monotonic() - started
             yield built
         finally:
-            built.compose("down", "--volumes", "--remove-orphans", "--timeout", "5",
-                          timeout=300, check=False)
-            subprocess.run(["podman", "rmi", "--force", f"casefetch:{project}"],
-                           capture_output=True, timeout=120)
+            built.compose(
+                "down", "--volumes", "--remove-orphans", "--timeout", "5", timeout=300, check=False
+            )
+            subprocess.run(
+                ["podman", "rmi", "--force", f"casefetch:{project}"],
+                capture_output=True,
+                timeout=120,
+            )
 
 
 def _wait_until_ready(stack: Stack, downloads: int = 1) -> None:
@@ -238,7 +302,8 @@ def _wait_until_ready(stack: Stack, downloads: int = 1) -> None:
             if container["state"] not in {"running", "created", "configured"}:
                 raise AssertionError(
                     f"{container['name']} is {container['state']}:\n"
-                    f"{stack.logs(container['id'])[-4000:]}")
+                    f"{stack.logs(container['id'])[-4000:]}"
+                )
         if len([c for c in workers if c["service"] == "worker-download"]) < downloads:
             return False
         if not all(" ready." in stack.logs(c["id"]) for c in workers):
@@ -256,11 +321,22 @@ def _wait_until_ready(stack: Stack, downloads: int = 1) -> None:
 
 def _case(stack: Stack, cf_ref: str, pdf_url: str, images: list[str]) -> dict[str, Any]:
     return {
-        "cfRef": cf_ref, "reportId": f"R-{cf_ref}", "caseUrl": pdf_url,
-        "createdAt": "2026-12-07T10:00:00.000Z", "frame": "stack", "closed": True,
-        "items": [{"cfRef": f"IT-{n}", "createdAt": "2026-12-07T10:00:01.000Z",
-                   "stepAction": "PHOTOGRAPHY", "data": f"photo {n}", "imageUrl": url}
-                  for n, url in enumerate(images, 1)],
+        "cfRef": cf_ref,
+        "reportId": f"R-{cf_ref}",
+        "caseUrl": pdf_url,
+        "createdAt": "2026-12-07T10:00:00.000Z",
+        "frame": "stack",
+        "closed": True,
+        "items": [
+            {
+                "cfRef": f"IT-{n}",
+                "createdAt": "2026-12-07T10:00:01.000Z",
+                "stepAction": "PHOTOGRAPHY",
+                "data": f"photo {n}",
+                "imageUrl": url,
+            }
+            for n, url in enumerate(images, 1)
+        ],
     }
 
 
@@ -271,18 +347,24 @@ def _slow_pdf(cf_ref: str) -> bytes:
     return header + b"\n" + padding + rest
 
 
-def _send_cases(stack: Stack, prefix: str, count: int, slow: bool = False
-                ) -> dict[str, dict[str, bytes]]:
+def _send_cases(
+    stack: Stack, prefix: str, count: int, slow: bool = False
+) -> dict[str, dict[str, bytes]]:
     """Serve and send ``count`` cases; answers the bytes each case's files must hold."""
     sent: dict[str, dict[str, bytes]] = {}
     for n in range(count):
         cf_ref = f"{prefix}-{n}"
         pdf = _slow_pdf(cf_ref) if slow else certificate_pdf(cf_ref, f"R-{cf_ref}")
-        files = {"case.pdf": pdf, "items/001-IT-1.png": sample_files.png(160, 120, n),
-                 "items/002-IT-2.jpg": sample_files.jpeg(seed=n)}
+        files = {
+            "case.pdf": pdf,
+            "items/001-IT-1.png": sample_files.png(160, 120, n),
+            "items/002-IT-2.jpg": sample_files.jpeg(seed=n),
+        }
         pdf_url = stack.serve(f"{cf_ref}.pdf", pdf) + (f"?rate={SLOW_RATE}" if slow else "")
-        images = [stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
-                  stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"])]
+        images = [
+            stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
+            stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"]),
+        ]
         status, answer = stack.send(_case(stack, cf_ref, pdf_url, images))
         assert status == 202 and answer["status"] == "accepted", answer
         sent[cf_ref] = files
@@ -308,7 +390,8 @@ def _all_complete(stack: Stack, sent: dict[str, dict[str, bytes]], timeout: floa
 
 
 def test_the_stack_archives_scales_and_survives_a_killed_worker(
-        stack: Stack, report_line: Any) -> None:
+    stack: Stack, report_line: Any
+) -> None:
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{stack.receiver_port}/metrics", timeout=5)
         raise AssertionError("the published port serves /metrics")
@@ -317,8 +400,10 @@ def test_the_stack_archives_scales_and_survives_a_killed_worker(
     started = time.monotonic()
     first = _send_cases(stack, "CF-STACK", 4)
     _all_complete(stack, first, timeout=60)
-    report_line(f"compose stack: 4 cases archived in {time.monotonic() - started:.1f} s "
-                "on the host's bind mount")
+    report_line(
+        f"compose stack: 4 cases archived in {time.monotonic() - started:.1f} s "
+        "on the host's bind mount"
+    )
 
     stack.compose("up", "-d", "--scale", "worker-download=3", timeout=300)
     _wait_until_ready(stack, downloads=3)
@@ -330,13 +415,16 @@ def test_the_stack_archives_scales_and_survives_a_killed_worker(
     def fetching() -> list[dict[str, Any]]:
         return [e for e in stack.file_host()["inFlight"] if str(e["path"]).endswith(".pdf")]
 
-    in_flight = wait_for(fetching, timeout=60, interval=0.2,
-                         message="slow downloads in flight")
+    in_flight = wait_for(fetching, timeout=60, interval=0.2, message="slow downloads in flight")
     by_address = {stack.address(c["id"]): c for c in downloaders}
     victim = next(by_address[e["client"]] for e in in_flight if e["client"] in by_address)
     cut = {e["path"] for e in in_flight if e["client"] == stack.address(victim["id"])}
-    subprocess.run(["podman", "kill", "--signal", "KILL", victim["id"]], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["podman", "kill", "--signal", "KILL", victim["id"]],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     killed_at = time.time()
 
     _all_complete(stack, slow, timeout=240)
@@ -345,16 +433,18 @@ def test_the_stack_archives_scales_and_survives_a_killed_worker(
     resumed = [e["start"] for e in log if e["path"] in cut and e["start"] > killed_at]
     assert resumed, "the killed worker's downloads were fetched again"
     resume = min(resumed) - killed_at
-    report_line(f"compose stack: SIGKILLed {victim['name']} during {len(cut)} download(s); "
-                f"fetched again {resume:.1f} s later, all 6 slow cases complete "
-                f"{settled:.1f} s after the kill")
+    report_line(
+        f"compose stack: SIGKILLed {victim['name']} during {len(cut)} download(s); "
+        f"fetched again {resume:.1f} s later, all 6 slow cases complete "
+        f"{settled:.1f} s after the kill"
+    )
     assert resume < 120, "the contract's two minutes"
 
-    verify = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "verify",
-                           check=False)
+    verify = stack.compose(
+        "exec", "-T", "worker-ingest", "casefetch", "archive", "verify", check=False
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    listed = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "list",
-                           "--json")
+    listed = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "list", "--json")
     cf_refs = {case["cfRef"] for case in json.loads(listed.stdout)}
     assert cf_refs == set(first) | set(slow)
 

@@ -41,8 +41,10 @@ def download_messages(client: redis.Redis, case: str) -> list[str]:
     """The download messages for ``case`` kombu keeps: queued, or held by a worker (a retry
     waiting for its countdown is held too)."""
     found = []
-    raws = [*client.lrange(DOWNLOAD_QUEUE, 0, -1),
-            *(json.loads(v)[0] for v in client.hvals("unacked"))]
+    raws = [
+        *client.lrange(DOWNLOAD_QUEUE, 0, -1),
+        *(json.loads(v)[0] for v in client.hvals("unacked")),
+    ]
     for raw in raws:
         envelope = json.loads(raw) if isinstance(raw, bytes) else raw
         body = base64.b64decode(envelope["body"]).decode()
@@ -59,14 +61,20 @@ def sweep_passes(client: redis.Redis, count: int) -> None:
 
 
 def test_a_trickling_host_settles_its_case_and_leaves_nothing_queued(
-        own_db: str, file_server: FileServer, tmp_path: Path) -> None:
+    own_db: str, file_server: FileServer, tmp_path: Path
+) -> None:
     attempts, deadline, backoff = 3, 1.5, 0.5
-    env = worker_env(own_db, tmp_path / "archive", DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS=str(deadline),
-                     DOWNLOAD_MAX_ATTEMPTS=str(attempts),
-                     DOWNLOAD_BACKOFF_MAX_SECONDS=str(backoff),
-                     # Sweeps as often as they come: each finds the case without progress.
-                     SWEEP_INTERVAL_SECONDS="0.5", SWEEP_STUCK_AFTER_SECONDS="0.5",
-                     CELERY_VISIBILITY_TIMEOUT="5")
+    env = worker_env(
+        own_db,
+        tmp_path / "archive",
+        DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS=str(deadline),
+        DOWNLOAD_MAX_ATTEMPTS=str(attempts),
+        DOWNLOAD_BACKOFF_MAX_SECONDS=str(backoff),
+        # Sweeps as often as they come: each finds the case without progress.
+        SWEEP_INTERVAL_SECONDS="0.5",
+        SWEEP_STUCK_AFTER_SECONDS="0.5",
+        CELERY_VISIBILITY_TIMEOUT="5",
+    )
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     client = redis.Redis.from_url(own_db)
     try:
@@ -97,10 +105,15 @@ def test_a_trickling_host_settles_its_case_and_leaves_nothing_queued(
 
 
 def test_a_lost_delivery_is_archived_while_the_ingest_queue_never_drains(
-        own_db: str, file_server: FileServer, tmp_path: Path) -> None:
+    own_db: str, file_server: FileServer, tmp_path: Path
+) -> None:
     visibility = 5
-    env = worker_env(own_db, tmp_path / "archive", CELERY_VISIBILITY_TIMEOUT=str(visibility),
-                     SWEEP_INTERVAL_SECONDS="0.5")
+    env = worker_env(
+        own_db,
+        tmp_path / "archive",
+        CELERY_VISIBILITY_TIMEOUT=str(visibility),
+        SWEEP_INTERVAL_SECONDS="0.5",
+    )
     worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency", "2").start()
     client = redis.Redis.from_url(own_db)
     books = Bookkeeping(client)
@@ -121,8 +134,9 @@ def test_a_lost_delivery_is_archived_while_the_ingest_queue_never_drains(
     try:
         wait_for(lambda: client.llen(INGEST_QUEUE) >= 10, message="a backlog")
         cf = "LOST-UNDER-BACKLOG"
-        lost = make_delivery(samples.body(samples.case(
-            cf, file_server.add("backlog/lost", samples.pdf()))), {})
+        lost = make_delivery(
+            samples.body(samples.case(cf, file_server.add("backlog/lost", samples.pdf()))), {}
+        )
         books.enqueue(lost)
         # As if a worker popped its message and Redis died before kombu noted it.
         take_message(client, INGEST_QUEUE, lost["deliveryId"])

@@ -10,8 +10,12 @@ from casefetch_tools.polling import poll
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05,
-             message: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
     value = poll(predicate, timeout, interval)
     if not value:

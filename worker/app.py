@@ -42,8 +42,13 @@ from worker.sweep import Sweeper
 from worker.tasks import register_tasks
 
 
-def build_worker(settings: WorkerSettings | None = None, *, redis_client: redis.Redis | None = None,
-                 storage: Storage | None = None, fetcher: FileFetcher | None = None) -> Any:
+def build_worker(
+    settings: WorkerSettings | None = None,
+    *,
+    redis_client: redis.Redis | None = None,
+    storage: Storage | None = None,
+    fetcher: FileFetcher | None = None,
+) -> Any:
     """The Celery app of a worker, with everything it runs on. Collaborators handed in (a
     test's) are used as they are; the others are built from ``settings`` (by default the
     environment's) when the first task needs them. The app's ``casefetch`` attribute is its
@@ -53,15 +58,22 @@ def build_worker(settings: WorkerSettings | None = None, *, redis_client: redis.
 
     def build_runtime(process: WorkerProcess) -> Runtime:
         client = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=30)
+            settings.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
         store = storage or make_storage(settings)
         backlog = BacklogCollector(client, store)
         metrics.registry.register(backlog)
-        return Runtime(client, ObservedStorage(store, metrics, backlog),
-                       ObservedFetcher(fetcher or Fetcher(settings.download), metrics),
-                       process.download_threads, settings.visibility_timeout_seconds,
-                       Catalog(settings.catalog_path))
+        return Runtime(
+            client,
+            ObservedStorage(store, metrics, backlog),
+            ObservedFetcher(fetcher or Fetcher(settings.download), metrics),
+            process.download_threads,
+            settings.visibility_timeout_seconds,
+            Catalog(settings.catalog_path),
+        )
 
     process = WorkerProcess(settings, build_runtime)
     app = Celery("casefetch", broker=settings.redis_url, set_as_current=False)
@@ -94,8 +106,10 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_default_queue": INGEST_QUEUE,
         # `celery -A worker worker` without -Q consumes every queue, like `casefetch worker`.
         "task_queues": [_queue(name) for name in ALL_QUEUES],
-        "task_routes": {INGEST_TASK: {"queue": INGEST_QUEUE},
-                        DOWNLOAD_TASK: {"queue": DOWNLOAD_QUEUE}},
+        "task_routes": {
+            INGEST_TASK: {"queue": INGEST_QUEUE},
+            DOWNLOAD_TASK: {"queue": DOWNLOAD_QUEUE},
+        },
         "task_create_missing_queues": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
@@ -148,10 +162,16 @@ def _install_lifecycle(app: Any, process: WorkerProcess) -> None:
     signals.worker_shutdown.connect(stopping, weak=False)
 
 
-def worker_argv(queues: list[str] | None, concurrency: int | None,
-                loglevel: str = "INFO") -> list[str]:
-    argv = ["worker", f"--loglevel={loglevel}",
-            f"--queues={','.join(queues or ALL_QUEUES)}", "--without-gossip", "--without-mingle"]
+def worker_argv(
+    queues: list[str] | None, concurrency: int | None, loglevel: str = "INFO"
+) -> list[str]:
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--queues={','.join(queues or ALL_QUEUES)}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     return argv

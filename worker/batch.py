@@ -29,8 +29,9 @@ log = logging.getLogger("casefetch.worker")
 COMMIT_EVERY_SECONDS = 0.5
 
 
-def fetch_batch(runtime: Runtime, message: DownloadMessage
-                ) -> tuple[list[str], BaseException | None]:
+def fetch_batch(
+    runtime: Runtime, message: DownloadMessage
+) -> tuple[list[str], BaseException | None]:
     """Fetch the files of a download message; their outcomes, and why to come back, if so."""
     files = runtime.pipeline.files
     jobs = file_jobs(message)
@@ -87,10 +88,16 @@ class _Batch:
                     release(claim.lock)
             except Exception as exc:
                 # A bug must not leave the case pending for ever: record the file as failed.
-                log.error("download %s/%s failed unexpectedly", self.case, job.get("path"),
-                          exc_info=exc)
-                group.append(Finished(job, claim, failed_entry(
-                    job, f"internal error: {type(exc).__name__}: {exc}")))
+                log.error(
+                    "download %s/%s failed unexpectedly", self.case, job.get("path"), exc_info=exc
+                )
+                group.append(
+                    Finished(
+                        job,
+                        claim,
+                        failed_entry(job, f"internal error: {type(exc).__name__}: {exc}"),
+                    )
+                )
         if not group:
             return
         try:
@@ -105,8 +112,11 @@ class _Batch:
     def settle_if_redelivered(self) -> None:
         """Every file was fetched already (a redelivered message): make sure the case is
         settled."""
-        if (ClaimStatus.DONE.value not in self.outcomes or self.committed
-                or self.postponed is not None):
+        if (
+            ClaimStatus.DONE.value not in self.outcomes
+            or self.committed
+            or self.postponed is not None
+        ):
             return
         try:
             self.files.settler.settle_if_done(self.case, self.gen)

@@ -83,8 +83,7 @@ class Bookkeeping:
     def start(self, case: str, gen: str, indices: list[int]) -> None:
         """Make ``gen`` the case's current work, with ``indices`` still to fetch."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(case_key(case, "pending"), case_key(case, "results"),
-                    case_key(case, "intents"))
+        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "intents"))
         pipe.set(case_key(case, "gen"), gen)
         if indices:
             pipe.sadd(case_key(case, "pending"), *indices)
@@ -96,8 +95,10 @@ class Bookkeeping:
 
     def intend_many(self, case: str, entries: dict[int, Entry]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
-        self.redis.hset(case_key(case, "intents"),
-                        mapping={str(i): compact_json(entry) for i, entry in entries.items()})
+        self.redis.hset(
+            case_key(case, "intents"),
+            mapping={str(i): compact_json(entry) for i, entry in entries.items()},
+        )
 
     def results(self, case: str) -> dict[int, Entry]:
         raw = self.redis.hgetall(case_key(case, "results"))
@@ -113,8 +114,12 @@ class Bookkeeping:
         if not files:
             return []
         tokens = [new_token() for _ in files]
-        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "intents"),
-                *(lock_key("file", case, path) for _, path in files)]
+        keys = [
+            case_key(case, "gen"),
+            case_key(case, "results"),
+            case_key(case, "intents"),
+            *(lock_key("file", case, path) for _, path in files),
+        ]
         args: list[Any] = [gen, self.locks.ttl_ms]
         for (index, _), token in zip(files, tokens, strict=True):
             args += [index, token]
@@ -126,8 +131,13 @@ class Bookkeeping:
                 claims.append(Claim(status))
                 continue
             intent = found[2 * i + 1]
-            claims.append(Claim(status, HeldLock(self.locks, keys[3 + i], token),
-                                parse_json(intent) if intent else None))
+            claims.append(
+                Claim(
+                    status,
+                    HeldLock(self.locks, keys[3 + i], token),
+                    parse_json(intent) if intent else None,
+                )
+            )
         return claims
 
     # Checked and taken atomically: no generation can start, and no other worker record a
@@ -150,12 +160,17 @@ class Bookkeeping:
     return out
     """
 
-    def record_many(self, case: str, gen: str,
-                    done: list[tuple[int, Entry, HeldLock | None]]) -> int | None:
+    def record_many(
+        self, case: str, gen: str, done: list[tuple[int, Entry, HeldLock | None]]
+    ) -> int | None:
         """Store several finished entries of one case in one round trip, releasing their
         locks; return how many files remain, or None if ``gen`` is stale."""
-        keys = [case_key(case, "gen"), case_key(case, "results"), case_key(case, "pending"),
-                ACTIVE_CASES_KEY]
+        keys = [
+            case_key(case, "gen"),
+            case_key(case, "results"),
+            case_key(case, "pending"),
+            ACTIVE_CASES_KEY,
+        ]
         args: list[Any] = [gen, case, time.time()]
         for index, entry, lock in done:
             keys.append(lock.key if lock else lock_key("none"))
@@ -190,8 +205,12 @@ class Bookkeeping:
 
     def finish(self, case: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "gen"),
-                    case_key(case, "intents"))
+        pipe.delete(
+            case_key(case, "pending"),
+            case_key(case, "results"),
+            case_key(case, "gen"),
+            case_key(case, "intents"),
+        )
         pipe.zrem(ACTIVE_CASES_KEY, case)
         pipe.execute()
 
@@ -207,12 +226,14 @@ class Bookkeeping:
         pipe.zrem(INBOX_INDEX_KEY, delivery_id)
         pipe.execute()
 
-    def undelivered(self, older_than_seconds: float, limit: int = 1000
-                    ) -> list[tuple[str, bytes]]:
+    def undelivered(self, older_than_seconds: float, limit: int = 1000) -> list[tuple[str, bytes]]:
         """Accepted deliveries not finished for a while, with their inbox entry."""
         ceiling = time.time() - older_than_seconds
-        ids = [i.decode() for i in self.redis.zrangebyscore(INBOX_INDEX_KEY, 0, ceiling, 0, limit)
-               if isinstance(i, bytes)]
+        ids = [
+            i.decode()
+            for i in self.redis.zrangebyscore(INBOX_INDEX_KEY, 0, ceiling, 0, limit)
+            if isinstance(i, bytes)
+        ]
         found = []
         for delivery_id in ids:
             entry = self.redis.hget(INBOX_KEY, delivery_id)
@@ -226,16 +247,24 @@ class Bookkeeping:
         """Queue a delivery (its message, and the delivery in the inbox), as the receiver
         does."""
         transaction: Any = self.redis.pipeline(transaction=True)  # execute_command: untyped
-        for command in enqueue_commands(ingest_message(delivery, origin), inbox_entry(delivery),
-                                        delivery["deliveryId"], time.time()):
+        for command in enqueue_commands(
+            ingest_message(delivery, origin),
+            inbox_entry(delivery),
+            delivery["deliveryId"],
+            time.time(),
+        ):
             transaction.execute_command(*command)
         transaction.execute()
 
     def requeue(self, delivery: Delivery, origin: str | None = None) -> bool:
         """Queue a delivery still in the inbox again, at the head of the ingest queue (it is
         taken next), and restart its inbox clock; False if it left the inbox meanwhile."""
-        return bool(self._requeue(keys=[INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY], args=[
-            ingest_message(delivery, origin), delivery["deliveryId"], time.time()]))
+        return bool(
+            self._requeue(
+                keys=[INGEST_QUEUE, INBOX_KEY, INBOX_INDEX_KEY],
+                args=[ingest_message(delivery, origin), delivery["deliveryId"], time.time()],
+            )
+        )
 
     # KEYS: the ingest queue, the inbox, its index. kombu pops from the right: RPUSH puts the
     # message first in line.
@@ -270,7 +299,7 @@ class Bookkeeping:
         prefix = lock_key("file", "")
         found = set()
         for raw in self.redis.scan_iter(match=f"{prefix}*", count=1000):
-            case, _, path = _text(raw)[len(prefix):].partition(":")
+            case, _, path = _text(raw)[len(prefix) :].partition(":")
             if path:
                 found.add(f"{case}/{path}")
         return found

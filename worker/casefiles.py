@@ -23,4 +23,3 @@ def read_manifest(storage: Storage, case: str) -> Manifest | None:
 
 def write_manifest(storage: Storage, case: str, manifest: Manifest) -> None:
     storage.write_bytes(archive.case_key(case, archive.MANIFEST), codec.pretty(manifest))
-

@@ -31,8 +31,20 @@ BUSY_TIMEOUT_SECONDS = 10.0
 #: What :meth:`Catalog.rebuild` calls with each case it reads: (folder, manifest, payload).
 Visit = Callable[[str, Manifest, Any], None]
 
-_COLUMNS = ("folder", "cfRef", "reportId", "status", "filesStored", "filesTotal",
-            "filesFailed", "warnings", "bytes", "updatedAt", "createdAt", "deliveryId")
+_COLUMNS = (
+    "folder",
+    "cfRef",
+    "reportId",
+    "status",
+    "filesStored",
+    "filesTotal",
+    "filesFailed",
+    "warnings",
+    "bytes",
+    "updatedAt",
+    "createdAt",
+    "deliveryId",
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS cases (
     folder TEXT PRIMARY KEY, cfRef TEXT NOT NULL, reportId TEXT, status TEXT NOT NULL,
@@ -85,13 +97,20 @@ class Query:
 def row_for(folder: str, manifest: Manifest, payload: Any) -> Row:
     summary: CaseSummary = summarise(folder, manifest)
     created = payload.get("createdAt") if isinstance(payload, dict) else None
-    return Row(folder=folder, cfRef=_storable(summary.cfRef),
-               reportId=None if summary.reportId is None else _storable(str(summary.reportId)),
-               status=summary.status, filesStored=summary.filesStored,
-               filesTotal=summary.filesTotal, filesFailed=summary.filesFailed,
-               warnings=summary.warnings, bytes=summary.bytes, updatedAt=summary.updatedAt,
-               createdAt=_storable(created) if isinstance(created, str) else None,
-               deliveryId=summary.deliveryId)
+    return Row(
+        folder=folder,
+        cfRef=_storable(summary.cfRef),
+        reportId=None if summary.reportId is None else _storable(str(summary.reportId)),
+        status=summary.status,
+        filesStored=summary.filesStored,
+        filesTotal=summary.filesTotal,
+        filesFailed=summary.filesFailed,
+        warnings=summary.warnings,
+        bytes=summary.bytes,
+        updatedAt=summary.updatedAt,
+        createdAt=_storable(created) if isinstance(created, str) else None,
+        deliveryId=summary.deliveryId,
+    )
 
 
 def _storable(text: str) -> str:
@@ -188,7 +207,8 @@ class Catalog:
             found = db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM cases {where} "
                 "ORDER BY updatedAt DESC, cfRef DESC LIMIT ? OFFSET ?",
-                [*params, query.limit, query.offset]).fetchall()
+                [*params, query.limit, query.offset],
+            ).fetchall()
         return [Row(*values) for values in found], int(total)
 
 
@@ -205,8 +225,9 @@ def _where(query: Query) -> tuple[str, list[Any]]:
         clauses.append("updatedAt < ?")
         params.append(query.before)
     if query.text:
-        pattern = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace(
-            "_", "\\_") + "%"
+        pattern = (
+            "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
         clauses.append("(cfRef LIKE ? ESCAPE '\\' OR reportId LIKE ? ESCAPE '\\')")
         params += [pattern, pattern]
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
@@ -216,7 +237,8 @@ def _upsert(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
     db.executemany(
         f"INSERT OR REPLACE INTO cases ({', '.join(_COLUMNS)}) "
         f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
-        [tuple(getattr(row, column) for column in _COLUMNS) for row in rows])
+        [tuple(getattr(row, column) for column in _COLUMNS) for row in rows],
+    )
 
 
 def _rows_from(storage: Storage, visit: Visit | None) -> Iterator[Row]:

@@ -37,22 +37,34 @@ Origin = tuple[str, str, int]
 Resolve = Callable[..., Sequence[tuple[Any, ...]]]
 
 #: What a reused connection raises when the server closed it while it was idle.
-_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError,
-          BrokenPipeError)
+_STALE = (
+    http.client.RemoteDisconnected,
+    http.client.BadStatusLine,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 
 
 def origin_of(parts: SplitResult) -> Origin:
     """Scheme, host and port of a split http(s) URL whose port parses (the guard checked)."""
-    return (parts.scheme, (parts.hostname or "").lower(),
-            parts.port or (443 if parts.scheme == "https" else 80))
+    return (
+        parts.scheme,
+        (parts.hostname or "").lower(),
+        parts.port or (443 if parts.scheme == "https" else 80),
+    )
 
 
 class ConnectFailed(OSError):
     """The host's name did not resolve, or none of its addresses took the connection."""
 
 
-def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCheck,
-                   resolve: Resolve = socket.getaddrinfo) -> socket.socket:
+def guarded_socket(
+    host: str,
+    port: int,
+    timeout: float | None,
+    check: AddressCheck,
+    resolve: Resolve = socket.getaddrinfo,
+) -> socket.socket:
     """A socket connected to ``host``: resolved once, every address checked (the check
     raises to refuse), connected to a checked address.
 
@@ -73,8 +85,11 @@ def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCh
     deadline = None if timeout is None else time.monotonic() + timeout
     timeouts = 0
     for tried, text in enumerate(addresses):
-        share = (None if deadline is None
-                 else max(0.0, deadline - time.monotonic()) / (len(addresses) - tried))
+        share = (
+            None
+            if deadline is None
+            else max(0.0, deadline - time.monotonic()) / (len(addresses) - tried)
+        )
         try:
             # An address literal: create_connection makes no DNS query of its own.
             sock = socket.create_connection((text, port), share)
@@ -91,8 +106,14 @@ def guarded_socket(host: str, port: int, timeout: float | None, check: AddressCh
 
 
 class GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck,
-                 resolve: Resolve = socket.getaddrinfo) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        check: AddressCheck,
+        resolve: Resolve = socket.getaddrinfo,
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
         self.check = check
         self.resolve = resolve
@@ -102,8 +123,14 @@ class GuardedHTTPConnection(http.client.HTTPConnection):
 
 
 class GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, timeout: float, check: AddressCheck,
-                 resolve: Resolve = socket.getaddrinfo) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        check: AddressCheck,
+        resolve: Resolve = socket.getaddrinfo,
+    ) -> None:
         # A context per connection, as urllib3 makes one: it reads the trust store
         # (SSL_CERT_FILE, SSL_CERT_DIR, the system's) when the connection is made.
         self.tls = ssl.create_default_context()
@@ -123,9 +150,13 @@ class GuardedHTTPSConnection(http.client.HTTPSConnection):
 class Response:
     """A response whose connection goes back to its thread's set once its body is read."""
 
-    def __init__(self, raw: http.client.HTTPResponse,
-                 connection: http.client.HTTPConnection, origin: Origin,
-                 owner: Connections) -> None:
+    def __init__(
+        self,
+        raw: http.client.HTTPResponse,
+        connection: http.client.HTTPConnection,
+        origin: Origin,
+        owner: Connections,
+    ) -> None:
         self.raw = raw
         self.status = raw.status
         self._connection = connection
@@ -172,8 +203,7 @@ class Response:
 class Connections:
     """Each thread's kept-alive connections, one per origin."""
 
-    def __init__(self, check: AddressCheck, timeout: float,
-                 resolve: Resolve | None = None) -> None:
+    def __init__(self, check: AddressCheck, timeout: float, resolve: Resolve | None = None) -> None:
         self.check = check
         self.timeout = timeout
         self.resolve = resolve or socket.getaddrinfo
@@ -204,8 +234,13 @@ class Connections:
         while len(kept) > ORIGINS_PER_THREAD:
             kept.pop(next(iter(kept))).close()
 
-    def _send(self, connection: http.client.HTTPConnection, origin: Origin, target: str,
-              headers: dict[str, str]) -> Response:
+    def _send(
+        self,
+        connection: http.client.HTTPConnection,
+        origin: Origin,
+        target: str,
+        headers: dict[str, str],
+    ) -> Response:
         try:
             connection.request("GET", target, headers=headers)
             raw = connection.getresponse()
@@ -220,8 +255,7 @@ class Connections:
         return cls(host, port, self.timeout, self.check, self.resolve)
 
     def _kept(self) -> dict[Origin, http.client.HTTPConnection]:
-        kept: dict[Origin, http.client.HTTPConnection] | None = getattr(self._local, "kept",
-                                                                         None)
+        kept: dict[Origin, http.client.HTTPConnection] | None = getattr(self._local, "kept", None)
         if kept is None:
             kept = self._local.kept = {}
             with self._every_lock:
@@ -240,6 +274,10 @@ class Connections:
     def __enter__(self) -> Connections:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()

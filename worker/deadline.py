@@ -49,8 +49,9 @@ class Watchdog:
         with self._wake:
             self._watches[key] = watch
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="casefetch-deadlines",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="casefetch-deadlines", daemon=True
+                )
                 self._thread.start()
             elif len(self._watches) == 1:
                 self._wake.notify()  # the thread waits without a time limit

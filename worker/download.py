@@ -51,24 +51,35 @@ class FetchResult:
 class FileFetcher(Protocol):
     """What the pipeline fetches with: a :class:`Fetcher`, or one wrapped (metrics)."""
 
-    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str], step_action: str | None = None,
-                     owner: str | None = None) -> tuple[FetchResult, Staged]: ...
+    def fetch_staged(
+        self,
+        url: str,
+        kind: FileKind,
+        storage: Storage,
+        key_for: Callable[[FileType], str],
+        step_action: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[FetchResult, Staged]: ...
 
     def close(self) -> None: ...
 
 
 class Fetcher:
-    def __init__(self, settings: DownloadSettings, check: AddressCheck | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 resolve: Resolve | None = None) -> None:
+    def __init__(
+        self,
+        settings: DownloadSettings,
+        check: AddressCheck | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        resolve: Resolve | None = None,
+    ) -> None:
         """``check`` decides which addresses may be connected to (by default what
         DOWNLOAD_ALLOW_PRIVATE_NETWORKS says); ``resolve`` turns a host name into addresses
         (by default the system's resolver)."""
         self.settings = settings
         self.guard = UrlGuard(settings)
-        self.connections = Connections(check or address_check(settings),
-                                       settings.timeout_seconds, resolve)
+        self.connections = Connections(
+            check or address_check(settings), settings.timeout_seconds, resolve
+        )
         self.sleep = sleep
         self.watchdog = Watchdog()
         self._buffers = threading.local()
@@ -80,13 +91,23 @@ class Fetcher:
     def __enter__(self) -> Fetcher:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
-    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str], step_action: str | None = None,
-                     owner: str | None = None) -> tuple[FetchResult, Staged]:
+    def fetch_staged(
+        self,
+        url: str,
+        kind: FileKind,
+        storage: Storage,
+        key_for: Callable[[FileType], str],
+        step_action: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[FetchResult, Staged]:
         """Download ``url`` into ``storage`` under ``key_for(type)``, retrying as allowed, up to
         the file verified and written, but not yet under its name: the caller commits it (or
         discards it). Files committed together cost one round trip for their intents, and one
@@ -99,8 +120,14 @@ class Fetcher:
             attempts += 1
             try:
                 stored = self._attempt(url, _Slot(kind, step_action, owner), storage, key_for)
-                return FetchResult(stored.key, stored.file_type, stored.sha256, stored.size,
-                                   attempts, stored.warning), stored.staged
+                return FetchResult(
+                    stored.key,
+                    stored.file_type,
+                    stored.sha256,
+                    stored.size,
+                    attempts,
+                    stored.warning,
+                ), stored.staged
             except RetryableDownloadError as exc:
                 if attempts >= self.settings.max_attempts:
                     exc.attempts = attempts  # type: ignore[attr-defined]
@@ -146,8 +173,9 @@ class Fetcher:
             return response
         raise PermanentDownloadError("too many redirects", url)
 
-    def _attempt(self, url: str, slot: _Slot, storage: Storage,
-                 key_for: Callable[[FileType], str]) -> _Stored:
+    def _attempt(
+        self, url: str, slot: _Slot, storage: Storage, key_for: Callable[[FileType], str]
+    ) -> _Stored:
         # One try, from its request to its last byte, within DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS.
         deadline = time.monotonic() + self.settings.attempt_timeout_seconds
         response = self._open(url)
@@ -177,21 +205,33 @@ class Fetcher:
         if length == header_values.INVALID:
             raise RetryableDownloadError(
                 f"protocol error: Content-Length {response.header('Content-Length')!r} "
-                "is not a length", url)
+                "is not a length",
+                url,
+            )
         if length is not None and length > self.settings.max_bytes:
             raise PermanentDownloadError(
                 f"file of {length} bytes is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})",
-                url)
+                url,
+            )
         return length
 
     def _too_long(self, url: str) -> RetryableDownloadError:
         return RetryableDownloadError(
             f"timed out: the try took over DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS "
-            f"({self.settings.attempt_timeout_seconds:g} s)", url)
+            f"({self.settings.attempt_timeout_seconds:g} s)",
+            url,
+        )
 
-    def _stream(self, response: Response, url: str, slot: _Slot, storage: Storage,
-                key_for: Callable[[FileType], str], length: int | None, watch: Watch
-                ) -> _Stored:
+    def _stream(
+        self,
+        response: Response,
+        url: str,
+        slot: _Slot,
+        storage: Storage,
+        key_for: Callable[[FileType], str],
+        length: int | None,
+        watch: Watch,
+    ) -> _Stored:
         try:
             stored = self._stream_body(response, url, slot, storage, key_for, length)
         except DownloadError:
@@ -203,9 +243,15 @@ class Fetcher:
             raise self._too_long(url)
         return stored
 
-    def _stream_body(self, response: Response, url: str, slot: _Slot,
-                     storage: Storage, key_for: Callable[[FileType], str], length: int | None
-                     ) -> _Stored:
+    def _stream_body(
+        self,
+        response: Response,
+        url: str,
+        slot: _Slot,
+        storage: Storage,
+        key_for: Callable[[FileType], str],
+        length: int | None,
+    ) -> _Stored:
         chunks = self._body(response, url, length)
         first: bytes | memoryview = b""
         short = b""  # first reads under SNIFF_BYTES, copied: the next read reuses the buffer
@@ -236,18 +282,21 @@ class Fetcher:
                 size += len(chunk)
                 if size > self.settings.max_bytes:
                     raise PermanentDownloadError(
-                        f"file is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})", url)
+                        f"file is over DOWNLOAD_MAX_BYTES ({self.settings.max_bytes})", url
+                    )
                 digest.update(chunk)
                 staged.write(chunk)
                 if ending is not None:
                     ending.feed(chunk)
             if ending is not None and not ending.whole():
                 raise RetryableDownloadError(
-                    "body cut short: the connection closed before the file's end", url)
+                    "body cut short: the connection closed before the file's end", url
+                )
         return _Stored(key, file_type, digest.hexdigest(), size, staged, warning)
 
-    def _body(self, response: Response, url: str, length: int | None
-              ) -> Iterator[bytes | memoryview]:
+    def _body(
+        self, response: Response, url: str, length: int | None
+    ) -> Iterator[bytes | memoryview]:
         """The response's body, decoded, chunk by chunk; each chunk is valid until the next
         is asked for (they are read into one buffer per thread, without a copy).
 
@@ -264,8 +313,7 @@ class Fetcher:
         else:
             raise PermanentDownloadError(f"unsupported Content-Encoding {encoding!r}", url)
 
-    def _raw_body(self, response: Response, url: str, expected: int | None
-                  ) -> Iterator[memoryview]:
+    def _raw_body(self, response: Response, url: str, expected: int | None) -> Iterator[memoryview]:
         raw = response.raw
         buffer = self._buffer()
         received = 0
@@ -280,8 +328,7 @@ class Fetcher:
             yield buffer[:count]
         if expected is not None and received != expected:
             # http.client stops at Content-Length; fewer bytes mean the connection dropped.
-            raise RetryableDownloadError(
-                f"body cut short: {received} of {expected} bytes", url)
+            raise RetryableDownloadError(f"body cut short: {received} of {expected} bytes", url)
 
     def _buffer(self) -> memoryview:
         buffer: memoryview | None = getattr(self._buffers, "buffer", None)
@@ -310,8 +357,9 @@ class _Stored:
     warning: str | None
 
 
-def _prepend(first: bytes | memoryview, rest: Iterator[bytes | memoryview]
-             ) -> Iterator[bytes | memoryview]:
+def _prepend(
+    first: bytes | memoryview, rest: Iterator[bytes | memoryview]
+) -> Iterator[bytes | memoryview]:
     yield first
     yield from rest
 
@@ -326,8 +374,12 @@ def _inflate(chunks: Iterator[memoryview], encoding: str, url: str) -> Iterator[
             if inflater is None:
                 wrapped = encoding == "deflate" and _zlib_header(data)
                 inflater = zlib.decompressobj(
-                    zlib.MAX_WBITS | 16 if encoding != "deflate"
-                    else zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+                    zlib.MAX_WBITS | 16
+                    if encoding != "deflate"
+                    else zlib.MAX_WBITS
+                    if wrapped
+                    else -zlib.MAX_WBITS
+                )
             while data and not inflater.eof:
                 out = inflater.decompress(data, CHUNK_BYTES)
                 data = inflater.unconsumed_tail
@@ -336,11 +388,9 @@ def _inflate(chunks: Iterator[memoryview], encoding: str, url: str) -> Iterator[
         if inflater is not None and not inflater.eof:
             # The transfer was whole, but the compressed stream in it is not: the host
             # sent a cut file (retried).
-            raise RetryableDownloadError(f"body cut short: the {encoding} stream does not end",
-                                         url)
+            raise RetryableDownloadError(f"body cut short: the {encoding} stream does not end", url)
     except zlib.error as exc:
-        raise RetryableDownloadError(f"body could not be decoded ({encoding}): {exc}",
-                                     url) from exc
+        raise RetryableDownloadError(f"body could not be decoded ({encoding}): {exc}", url) from exc
 
 
 def _zlib_header(data: bytes) -> bool:

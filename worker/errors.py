@@ -83,8 +83,9 @@ class DownloadError(WorkerError):
 
 
 class RetryableDownloadError(DownloadError):
-    def __init__(self, message: str, url: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, url: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, url)
         self.retry_after = retry_after
 

@@ -49,8 +49,9 @@ class Files:
         """Claim the files of one download message (one case, one generation) at once."""
         if not jobs:
             return []
-        return self.books.claim_many(jobs[0]["case"], jobs[0]["gen"],
-                                     [(int(job["index"]), job["path"]) for job in jobs])
+        return self.books.claim_many(
+            jobs[0]["case"], jobs[0]["gen"], [(int(job["index"]), job["path"]) for job in jobs]
+        )
 
     def fetch_claimed(self, job: FileJob, claim: Claim) -> Finished:
         """A file we hold the lock of: adopted from a dead worker, or fetched and staged
@@ -69,11 +70,15 @@ class Files:
         try:
             self._put_in_place(case, [f for f in done if f.staged is not None])
             self.storage.sync_folders(
-                archive.case_key(case, f.entry["path"]) for f in done
-                if f.entry["status"] == FileStatus.STORED)
+                archive.case_key(case, f.entry["path"])
+                for f in done
+                if f.entry["status"] == FileStatus.STORED
+            )
             remaining = self.books.record_many(
-                case, gen, [(int(f.job["index"]), f.entry, f.claim.lock if f.claim else None)
-                            for f in done])
+                case,
+                gen,
+                [(int(f.job["index"]), f.entry, f.claim.lock if f.claim else None) for f in done],
+            )
         finally:
             for f in done:
                 if f.claim is not None and f.claim.lock is not None:
@@ -93,10 +98,15 @@ class Files:
             for finished in staged:
                 assert finished.staged is not None
                 job = finished.job
-                with logs.bound(deliveryId=job.get("gen"), cfRef=job.get("cfRef"),
-                                path=job.get("path")):
-                    log.info("storing %s sha256=%s bytes=%d", finished.staged.key,
-                             finished.entry["sha256"], finished.entry["bytes"])
+                with logs.bound(
+                    deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")
+                ):
+                    log.info(
+                        "storing %s sha256=%s bytes=%d",
+                        finished.staged.key,
+                        finished.entry["sha256"],
+                        finished.entry["bytes"],
+                    )
                     finished.staged.commit(sync_folder=False)
                 placed += 1
         finally:
@@ -114,16 +124,34 @@ class Files:
 
         try:
             # The file's lock is the download's heartbeat: its key names what it writes.
-            result, staged = self.fetcher.fetch_staged(job["sourceUrl"], kind, self.storage,
-                                                       key_for, job.get("stepAction"),
-                                                       owner=archive.case_key(case, path))
+            result, staged = self.fetcher.fetch_staged(
+                job["sourceUrl"],
+                kind,
+                self.storage,
+                key_for,
+                job.get("stepAction"),
+                owner=archive.case_key(case, path),
+            )
         except DownloadError as exc:
             attempts = getattr(exc, "attempts", 1)
-            log.warning("download failed for %s %s after %d attempt(s): %s",
-                        job["cfRef"], path, attempts, exc.message)
-            return Finished(job, claim, {"path": path, "kind": kind.value,
-                                         "status": FileStatus.FAILED.value,
-                                         "error": exc.message, "attempts": attempts})
+            log.warning(
+                "download failed for %s %s after %d attempt(s): %s",
+                job["cfRef"],
+                path,
+                attempts,
+                exc.message,
+            )
+            return Finished(
+                job,
+                claim,
+                {
+                    "path": path,
+                    "kind": kind.value,
+                    "status": FileStatus.FAILED.value,
+                    "error": exc.message,
+                    "attempts": attempts,
+                },
+            )
         return Finished(job, claim, _stored_entry(case, path, kind, result), staged)
 
     def _adopt(self, case: str, job: FileJob, intent: Entry | None) -> Entry | None:
@@ -145,8 +173,13 @@ class Files:
 
 
 def failed_entry(job: FileJob, error: str) -> Entry:
-    return {"path": job["path"], "kind": job["kind"], "status": FileStatus.FAILED.value,
-            "error": error[:500], "attempts": 1}
+    return {
+        "path": job["path"],
+        "kind": job["kind"],
+        "status": FileStatus.FAILED.value,
+        "error": error[:500],
+        "attempts": 1,
+    }
 
 
 def release(lock: HeldLock) -> None:
@@ -156,10 +189,16 @@ def release(lock: HeldLock) -> None:
 
 
 def _stored_entry(case: str, path: str, kind: FileKind, result: FetchResult) -> Entry:
-    entry: Entry = {"path": result.key[len(case) + 1:], "kind": kind.value,
-             "status": FileStatus.STORED.value, "sha256": result.sha256, "bytes": result.size,
-             "contentType": result.file_type.content_type, "error": None,
-             "attempts": result.attempts}
+    entry: Entry = {
+        "path": result.key[len(case) + 1 :],
+        "kind": kind.value,
+        "status": FileStatus.STORED.value,
+        "sha256": result.sha256,
+        "bytes": result.size,
+        "contentType": result.file_type.content_type,
+        "error": None,
+        "attempts": result.attempts,
+    }
     if result.warning:
         entry["warning"] = result.warning
     return entry

@@ -52,8 +52,13 @@ def is_public(address: IPAddress) -> bool:
             embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         if not all(is_public(inner) for inner in embedded):
             return False
-    return (address.is_global and not address.is_multicast and not address.is_reserved
-            and not address.is_unspecified and not address.is_link_local)
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_unspecified
+        and not address.is_link_local
+    )
 
 
 def refuse_non_public(host: str, address: IPAddress) -> None:

@@ -108,10 +108,14 @@ class Ingest:
             if digest == described:
                 return self._same_payload(case, check, previous, delivery_id)
             if delivery_id != previous["deliveryId"] and accepted_before(
-                    delivery_id, previous.get("latestDeliveryId") or previous["deliveryId"]):
+                delivery_id, previous.get("latestDeliveryId") or previous["deliveryId"]
+            ):
                 self._keep_history(case, delivery_id, body)
-                log.info("delivery %s of %s is older than the archived one: kept in history",
-                         delivery_id, check.cf_ref)
+                log.info(
+                    "delivery %s of %s is older than the archived one: kept in history",
+                    delivery_id,
+                    check.cf_ref,
+                )
                 return "superseded"
             if current is None:
                 current = casefiles.read(self.storage, case, archive.CASE_JSON)
@@ -127,8 +131,9 @@ class Ingest:
         self.dispatch(case, manifest)
         return "planned"
 
-    def _same_payload(self, case: str, check: CaseCheck, manifest: Manifest,
-                      delivery_id: str) -> str:
+    def _same_payload(
+        self, case: str, check: CaseCheck, manifest: Manifest, delivery_id: str
+    ) -> str:
         latest = manifest.get("latestDeliveryId") or manifest["deliveryId"]
         if delivery_id != latest and accepted_before(latest, delivery_id):
             # Accepted after the delivery the manifest names: an older changed payload
@@ -169,8 +174,9 @@ class Ingest:
             held = self.books.held(case, [f["path"] for f in files])
             files = [f for f, busy in zip(files, held, strict=True) if not busy]
         for batch in batches(files, BATCH_FILES):
-            self.send_download({"case": case, "gen": gen, "cfRef": manifest["cfRef"],
-                                "files": batch})
+            self.send_download(
+                {"case": case, "gen": gen, "cfRef": manifest["cfRef"], "files": batch}
+            )
         return len(files)
 
     def resume(self, case: str, wait_seconds: float = 30) -> str:
@@ -196,8 +202,12 @@ def batches(files: list[FileRef], size: int) -> list[list[FileRef]]:
 
 
 def _job(index: int, entry: Entry) -> FileRef:
-    job: FileRef = {"index": index, "path": entry["path"], "kind": entry["kind"],
-           "sourceUrl": entry["sourceUrl"]}
+    job: FileRef = {
+        "index": index,
+        "path": entry["path"],
+        "kind": entry["kind"],
+        "sourceUrl": entry["sourceUrl"],
+    }
     if entry.get("stepAction") == StepAction.VIDEO:
         job["stepAction"] = StepAction.VIDEO.value  # the one step whose file may be a video
     return job
@@ -218,12 +228,12 @@ def _orphans(previous: Manifest, manifest: Manifest) -> list[str]:
     """Files an earlier delivery stored that the new one may no longer reference, with
     those the earlier one was to remove itself (it may not have settled)."""
     now = {e["path"] for e in manifest["files"]}
-    earlier = [*previous.get("replaced", []),
-               *(e["path"] for e in previous.get("files", [])
-                 if e.get("status") == FileStatus.STORED)]
+    earlier = [
+        *previous.get("replaced", []),
+        *(e["path"] for e in previous.get("files", []) if e.get("status") == FileStatus.STORED),
+    ]
     return [path for path in dict.fromkeys(earlier) if path not in now]
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-

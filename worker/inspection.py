@@ -95,8 +95,12 @@ def summarise(folder: str, manifest: Manifest) -> CaseSummary:
     )
 
 
-def list_cases(storage: Storage, status: str | None = None, since: str | None = None,
-               with_warnings: bool = False) -> list[CaseSummary]:
+def list_cases(
+    storage: Storage,
+    status: str | None = None,
+    since: str | None = None,
+    with_warnings: bool = False,
+) -> list[CaseSummary]:
     """One summary per case, newest update first; ``since`` is an ISO timestamp prefix;
     ``with_warnings``: only cases whose manifest lists warnings."""
     found = []
@@ -149,15 +153,24 @@ def show_case(storage: Storage, cf_ref: str) -> dict[str, Any]:
     """The manifest, the payload's items joined with their files, and the earlier deliveries."""
     folder, manifest = find_case(storage, cf_ref)
     payload = read_payload(storage, folder)
-    items = [{"position": item.position, "cfRef": item.fields.get("cfRef"),
-              "stepAction": item.fields.get("stepAction"), "file": item.file}
-             for item in case_items(manifest, payload)]
-    history = sorted(key.rsplit("/", 1)[-1].removesuffix(".json") for key in
-                     storage.list(f"{folder}/{archive.HISTORY}/"))
+    items = [
+        {
+            "position": item.position,
+            "cfRef": item.fields.get("cfRef"),
+            "stepAction": item.fields.get("stepAction"),
+            "file": item.file,
+        }
+        for item in case_items(manifest, payload)
+    ]
+    history = sorted(
+        key.rsplit("/", 1)[-1].removesuffix(".json")
+        for key in storage.list(f"{folder}/{archive.HISTORY}/")
+    )
     return {"folder": folder, "manifest": manifest, "items": items, "history": history}
 
 
 # -- verify -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Target:
@@ -180,8 +193,9 @@ class Problem:
         return asdict(self)
 
 
-def verify_targets(storage: Storage, cf_ref: str | None = None
-                   ) -> tuple[list[Target], list[Problem]]:
+def verify_targets(
+    storage: Storage, cf_ref: str | None = None
+) -> tuple[list[Target], list[Problem]]:
     """Every stored file to re-hash (of one case, or of all), and manifests that cannot be read."""
     if cf_ref is not None:
         folder, manifest = find_case(storage, cf_ref)
@@ -195,11 +209,17 @@ def verify_targets(storage: Storage, cf_ref: str | None = None
             except NotFound:
                 continue
             except ValueError as exc:
-                problems.append(Problem(folder.rsplit("/", 1)[-1], archive.MANIFEST,
-                                        f"unreadable manifest: {exc}"))
-    targets = [Target(str(manifest.get("cfRef", folder)), folder, entry)
-               for folder, manifest in cases for entry in manifest["files"]
-               if entry.get("status") == FileStatus.STORED.value]
+                problems.append(
+                    Problem(
+                        folder.rsplit("/", 1)[-1], archive.MANIFEST, f"unreadable manifest: {exc}"
+                    )
+                )
+    targets = [
+        Target(str(manifest.get("cfRef", folder)), folder, entry)
+        for folder, manifest in cases
+        for entry in manifest["files"]
+        if entry.get("status") == FileStatus.STORED.value
+    ]
     return targets, problems
 
 
@@ -211,9 +231,13 @@ def verify_file(storage: Storage, target: Target) -> Problem | None:
         return Problem(target.cfRef, target.entry["path"], "missing")
     expected_size = target.entry.get("bytes")
     if sha256 != target.entry.get("sha256"):
-        return Problem(target.cfRef, target.entry["path"],
-                       f"sha256 mismatch (size {size}, manifest says {expected_size})")
+        return Problem(
+            target.cfRef,
+            target.entry["path"],
+            f"sha256 mismatch (size {size}, manifest says {expected_size})",
+        )
     if expected_size is not None and size != expected_size:
-        return Problem(target.cfRef, target.entry["path"],
-                       f"size {size}, manifest says {expected_size}")
+        return Problem(
+            target.cfRef, target.entry["path"], f"size {size}, manifest says {expected_size}"
+        )
     return None

@@ -53,8 +53,9 @@ class Renewer:
         with self._mutex:
             self._held.add((key, token))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="casefetch-locks",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="casefetch-locks", daemon=True
+                )
                 self._thread.start()
 
     def drop(self, key: str, token: str) -> None:
@@ -116,8 +117,12 @@ class HeldLock:
         self.locks.renewer.hold(self.key, self.token)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.locks.renewer.drop(self.key, self.token)
         if not self.released:
             self.released = True

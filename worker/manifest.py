@@ -59,15 +59,23 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _entry(path: str, kind: FileKind, source_url: str, item: ItemCheck | None = None
-           ) -> Entry:
+def _entry(path: str, kind: FileKind, source_url: str, item: ItemCheck | None = None) -> Entry:
     entry: Entry = {"path": path, "kind": kind.value}
     if item is not None:
         entry["item"] = item.position
         entry["itemCfRef"] = item.cf_ref
         entry["stepAction"] = item.step_action
-    entry.update({"sourceUrl": source_url, "status": FileStatus.PENDING.value, "sha256": None,
-                  "bytes": None, "contentType": None, "error": None, "attempts": 0})
+    entry.update(
+        {
+            "sourceUrl": source_url,
+            "status": FileStatus.PENDING.value,
+            "sha256": None,
+            "bytes": None,
+            "contentType": None,
+            "error": None,
+            "attempts": 0,
+        }
+    )
     return entry
 
 
@@ -87,13 +95,15 @@ def plan(check: CaseCheck) -> tuple[list[Entry], list[dict[str, Any]]]:
     warnings: list[dict[str, Any]] = []
     for item in check.items:
         if item.errors:
-            warnings.append({"item": item.position, "itemCfRef": item.cf_ref,
-                             "errors": item.errors})
+            warnings.append(
+                {"item": item.position, "itemCfRef": item.cf_ref, "errors": item.errors}
+            )
         url = item.image_url or item.bad_image_url
         if not url:
             continue
-        entry = _entry(archive.item_stem(item.position, item.cf_ref or "item"),
-                       FileKind.ITEM_IMAGE, url, item)
+        entry = _entry(
+            archive.item_stem(item.position, item.cf_ref or "item"), FileKind.ITEM_IMAGE, url, item
+        )
         if item.image_url is None:
             entry["status"] = FileStatus.FAILED.value
             entry["error"] = f"invalid imageUrl: {'; '.join(item.errors['imageUrl'])}"
@@ -105,22 +115,42 @@ def reuse(files: list[Entry], previous: Manifest | None) -> list[Entry]:
     """Carry over what an earlier delivery already stored from the same URL to the same place."""
     if not previous:
         return files
-    stored = {(stem(e), e["sourceUrl"]): e for e in previous.get("files", [])
-              if e.get("status") == FileStatus.STORED.value}
+    stored = {
+        (stem(e), e["sourceUrl"]): e
+        for e in previous.get("files", [])
+        if e.get("status") == FileStatus.STORED.value
+    }
     merged = []
     for entry in files:
         earlier = stored.get((stem(entry), entry["sourceUrl"]))
         if entry["status"] == FileStatus.PENDING.value and earlier is not None:
-            entry = cast(Entry, {**entry, **{k: earlier[k] for k in
-                                             ("path", "status", "sha256", "bytes",
-                                              "contentType", "attempts", "warning")
-                                             if k in earlier}, "error": None})
+            entry = cast(
+                Entry,
+                {
+                    **entry,
+                    **{
+                        k: earlier[k]
+                        for k in (
+                            "path",
+                            "status",
+                            "sha256",
+                            "bytes",
+                            "contentType",
+                            "attempts",
+                            "warning",
+                        )
+                        if k in earlier
+                    },
+                    "error": None,
+                },
+            )
         merged.append(entry)
     return merged
 
 
-def new_manifest(check: CaseCheck, delivery_id: str, files: list[Entry],
-                 warnings: list[dict[str, Any]]) -> Manifest:
+def new_manifest(
+    check: CaseCheck, delivery_id: str, files: list[Entry], warnings: list[dict[str, Any]]
+) -> Manifest:
     return {
         "cfRef": check.cf_ref,
         "reportId": check.report_id,
@@ -149,8 +179,14 @@ def file_warnings(files: list[Entry]) -> list[dict[str, Any]]:
     for entry in files:
         if entry.get("status") == FileStatus.STORED.value and entry.get("warning"):
             item = item_position(entry)
-            warnings.append({"item": item, "itemCfRef": entry.get("itemCfRef"),
-                             "path": entry["path"], "errors": {"file": [entry["warning"]]}})
+            warnings.append(
+                {
+                    "item": item,
+                    "itemCfRef": entry.get("itemCfRef"),
+                    "path": entry["path"],
+                    "errors": {"file": [entry["warning"]]},
+                }
+            )
     return warnings
 
 
@@ -159,8 +195,12 @@ def settle(manifest: Manifest, results: dict[int, Entry]) -> Manifest:
     files = [results.get(index, entry) for index, entry in enumerate(manifest["files"])]
     # Warnings about files are rebuilt from the entries: a retried case is settled again.
     warnings = [w for w in manifest.get("warnings") or [] if "path" not in w]
-    settled = {**manifest, "files": files, "updatedAt": now_iso(),
-               "warnings": warnings + file_warnings(files)}
+    settled = {
+        **manifest,
+        "files": files,
+        "updatedAt": now_iso(),
+        "warnings": warnings + file_warnings(files),
+    }
     settled["status"] = case_status(settled).value
     return settled
 
@@ -211,8 +251,10 @@ def case_items(manifest: Manifest, payload: Any) -> list[CaseItem]:
     """The payload's items in order, each joined with its file (:func:`item_files`)."""
     files = item_files(manifest)
     raw_items = payload.get("items") if isinstance(payload, dict) else None
-    return [CaseItem(position, item, files.get(position))
-            for position, item in enumerate(raw_items if isinstance(raw_items, list) else [], 1)]
+    return [
+        CaseItem(position, item, files.get(position))
+        for position, item in enumerate(raw_items if isinstance(raw_items, list) else [], 1)
+    ]
 
 
 def pending_indices(manifest: Manifest) -> list[int]:

@@ -44,9 +44,15 @@ def file_jobs(message: DownloadMessage) -> list[FileJob]:
     """The one-file jobs of a download message."""
     jobs = []
     for ref in message["files"]:
-        job: FileJob = {"case": message["case"], "gen": message["gen"],
-                        "cfRef": message["cfRef"], "index": ref["index"], "path": ref["path"],
-                        "kind": ref["kind"], "sourceUrl": ref["sourceUrl"]}
+        job: FileJob = {
+            "case": message["case"],
+            "gen": message["gen"],
+            "cfRef": message["cfRef"],
+            "index": ref["index"],
+            "path": ref["path"],
+            "kind": ref["kind"],
+            "sourceUrl": ref["sourceUrl"],
+        }
         if "stepAction" in ref:
             job["stepAction"] = ref["stepAction"]
         jobs.append(job)

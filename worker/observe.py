@@ -44,33 +44,55 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.deliveries = Counter(
-            "casefetch_worker_deliveries", "Deliveries ingested, by outcome "
-            "(planned, duplicate, resumed, quarantined)", ["outcome"], registry=registry)
+            "casefetch_worker_deliveries",
+            "Deliveries ingested, by outcome (planned, duplicate, resumed, quarantined)",
+            ["outcome"],
+            registry=registry,
+        )
         self.cases = Counter(
-            "casefetch_worker_cases", "Cases settled, by outcome (complete, incomplete)",
-            ["outcome"], registry=registry)
+            "casefetch_worker_cases",
+            "Cases settled, by outcome (complete, incomplete)",
+            ["outcome"],
+            registry=registry,
+        )
         self.files = Counter(
-            "casefetch_worker_files", "Files fetched, by outcome (stored, failed)",
-            ["outcome", "kind"], registry=registry)
+            "casefetch_worker_files",
+            "Files fetched, by outcome (stored, failed)",
+            ["outcome", "kind"],
+            registry=registry,
+        )
         self.bytes = Counter(
-            "casefetch_worker_downloaded_bytes", "Bytes of files stored", registry=registry)
+            "casefetch_worker_downloaded_bytes", "Bytes of files stored", registry=registry
+        )
         self.download_seconds = Histogram(
-            "casefetch_worker_download_seconds", "Time to fetch one file, retries included",
-            ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
-            registry=registry)
+            "casefetch_worker_download_seconds",
+            "Time to fetch one file, retries included",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
         self.download_retries = Counter(
-            "casefetch_worker_download_retries", "Download attempts beyond the first",
-            registry=registry)
+            "casefetch_worker_download_retries",
+            "Download attempts beyond the first",
+            registry=registry,
+        )
         self.task_retries = Counter(
-            "casefetch_worker_task_retries", "Tasks put back for later (lock busy, Redis or "
-            "archive unavailable), by task", ["task"], registry=registry)
+            "casefetch_worker_task_retries",
+            "Tasks put back for later (lock busy, Redis or archive unavailable), by task",
+            ["task"],
+            registry=registry,
+        )
 
 
 class BacklogCollector(Collector):
     """Gauges read at scrape time: queue depth, cases in progress, quarantine size."""
 
-    def __init__(self, redis_client: Any, storage: Storage,
-                 refresh_seconds: float = QUARANTINE_REFRESH_SECONDS) -> None:
+    def __init__(
+        self,
+        redis_client: Any,
+        storage: Storage,
+        refresh_seconds: float = QUARANTINE_REFRESH_SECONDS,
+    ) -> None:
         self.redis = redis_client
         self.storage = storage
         self.refresh_seconds = refresh_seconds
@@ -83,8 +105,11 @@ class BacklogCollector(Collector):
             stale = time.monotonic() - self._counted_at > self.refresh_seconds
             if self._quarantined is None or stale:
                 try:
-                    self._quarantined = sum(1 for key in self.storage.list(
-                        f"{archive.QUARANTINE}/") if key.endswith(".json"))
+                    self._quarantined = sum(
+                        1
+                        for key in self.storage.list(f"{archive.QUARANTINE}/")
+                        if key.endswith(".json")
+                    )
                     self._counted_at = time.monotonic()
                 except (StorageError, OSError):
                     log.warning("cannot count the quarantine", exc_info=True)
@@ -98,8 +123,9 @@ class BacklogCollector(Collector):
     def collect(self) -> Iterable[Any]:
         quarantined = self.quarantined()
         if quarantined is not None:
-            yield GaugeMetricFamily("casefetch_quarantine_records",
-                                    "Deliveries held in quarantine", value=quarantined)
+            yield GaugeMetricFamily(
+                "casefetch_quarantine_records", "Deliveries held in quarantine", value=quarantined
+            )
         try:
             pipe = self.redis.pipeline(transaction=False)
             for queue in ALL_QUEUES:
@@ -108,13 +134,15 @@ class BacklogCollector(Collector):
             *depths, active = pipe.execute()
         except (RedisError, OSError):
             return
-        depth = GaugeMetricFamily("casefetch_queue_depth", "Messages waiting, by queue",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily(
+            "casefetch_queue_depth", "Messages waiting, by queue", labels=["queue"]
+        )
         for queue, length in zip(ALL_QUEUES, depths, strict=True):
             depth.add_metric([queue], int(length))
         yield depth
-        yield GaugeMetricFamily("casefetch_cases_in_progress",
-                                "Cases with downloads outstanding", value=int(active))
+        yield GaugeMetricFamily(
+            "casefetch_cases_in_progress", "Cases with downloads outstanding", value=int(active)
+        )
 
 
 class ObservedFetcher:
@@ -127,13 +155,20 @@ class ObservedFetcher:
     def close(self) -> None:
         self.inner.close()
 
-    def fetch_staged(self, url: str, kind: FileKind, storage: Storage,
-                     key_for: Callable[[FileType], str], step_action: str | None = None,
-                     owner: str | None = None) -> tuple[FetchResult, Staged]:
+    def fetch_staged(
+        self,
+        url: str,
+        kind: FileKind,
+        storage: Storage,
+        key_for: Callable[[FileType], str],
+        step_action: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[FetchResult, Staged]:
         started = time.perf_counter()
         try:
-            result, staged = self.inner.fetch_staged(url, kind, storage, key_for, step_action,
-                                                     owner)
+            result, staged = self.inner.fetch_staged(
+                url, kind, storage, key_for, step_action, owner
+            )
         except DownloadError as exc:
             self._failed(kind, started, exc)
             raise
@@ -143,23 +178,38 @@ class ObservedFetcher:
     def _failed(self, kind: FileKind, started: float, exc: DownloadError) -> None:
         attempts = int(getattr(exc, "attempts", 1))
         self._count(FileStatus.FAILED, kind, started, attempts)
-        log.warning("file failed", extra=logs.fields(
-            kind=kind.value, status=FileStatus.FAILED.value, attempts=attempts, error=exc.message,
-            seconds=round(time.perf_counter() - started, 3)))
+        log.warning(
+            "file failed",
+            extra=logs.fields(
+                kind=kind.value,
+                status=FileStatus.FAILED.value,
+                attempts=attempts,
+                error=exc.message,
+                seconds=round(time.perf_counter() - started, 3),
+            ),
+        )
 
     def _stored(self, kind: FileKind, started: float, result: FetchResult) -> None:
         self._count(FileStatus.STORED, kind, started, result.attempts)
         self.metrics.bytes.inc(result.size)
-        log.info("file stored", extra=logs.fields(
-            kind=kind.value, status=FileStatus.STORED.value, key=result.key, bytes=result.size,
-            sha256=result.sha256, attempts=result.attempts,
-            seconds=round(time.perf_counter() - started, 3)))
+        log.info(
+            "file stored",
+            extra=logs.fields(
+                kind=kind.value,
+                status=FileStatus.STORED.value,
+                key=result.key,
+                bytes=result.size,
+                sha256=result.sha256,
+                attempts=result.attempts,
+                seconds=round(time.perf_counter() - started, 3),
+            ),
+        )
 
-    def _count(self, outcome: FileStatus, kind: FileKind, started: float, attempts: int
-               ) -> None:
+    def _count(self, outcome: FileStatus, kind: FileKind, started: float, attempts: int) -> None:
         self.metrics.files.labels(outcome=outcome.value, kind=kind.value).inc()
         self.metrics.download_seconds.labels(outcome=outcome.value).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         if attempts > 1:
             self.metrics.download_retries.inc(attempts - 1)
 
@@ -186,8 +236,9 @@ class _ObservedStaged:
 class ObservedStorage(Storage):
     """The pipeline's storage, watching settled manifests and new quarantine records."""
 
-    def __init__(self, inner: Storage, metrics: WorkerMetrics,
-                 backlog: BacklogCollector | None = None) -> None:
+    def __init__(
+        self, inner: Storage, metrics: WorkerMetrics, backlog: BacklogCollector | None = None
+    ) -> None:
         self.inner = inner
         self.metrics = metrics
         self.backlog = backlog
@@ -217,17 +268,26 @@ class ObservedStorage(Storage):
         files = manifest.get("files", [])
         stored = sum(1 for f in files if f.get("status") == FileStatus.STORED)
         with logs.bound(path=None):  # the file whose download settled it is not the point
-            log.info("case settled", extra=logs.fields(
-                cfRef=manifest.get("cfRef"), deliveryId=manifest.get("deliveryId"),
-                status=status.value, files=len(files), stored=stored,
-                warnings=len(manifest.get("warnings") or [])))
+            log.info(
+                "case settled",
+                extra=logs.fields(
+                    cfRef=manifest.get("cfRef"),
+                    deliveryId=manifest.get("deliveryId"),
+                    status=status.value,
+                    files=len(files),
+                    stored=stored,
+                    warnings=len(manifest.get("warnings") or []),
+                ),
+            )
 
-    def stage(self, key: str, cache: bool = True, owner: str | None = None
-              ) -> contextlib.AbstractContextManager[Staged]:
+    def stage(
+        self, key: str, cache: bool = True, owner: str | None = None
+    ) -> contextlib.AbstractContextManager[Staged]:
         return self.inner.stage(key, cache, owner)
 
-    def remove_stale_temp(self, older_than_seconds: float,
-                          live_owners: Collection[str] = frozenset()) -> int:
+    def remove_stale_temp(
+        self, older_than_seconds: float, live_owners: Collection[str] = frozenset()
+    ) -> int:
         return self.inner.remove_stale_temp(older_than_seconds, live_owners)
 
     def sync_folders(self, keys: Iterable[str]) -> None:
@@ -279,8 +339,9 @@ def install(app: Any, metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") 
         if getattr(task, "app", None) is app:
             _on_prerun(task=task, args=args)
 
-    def postrun(sender: Any = None, task: Any = None, retval: Any = None, state: Any = None,
-                **kw: Any) -> None:
+    def postrun(
+        sender: Any = None, task: Any = None, retval: Any = None, state: Any = None, **kw: Any
+    ) -> None:
         if getattr(task, "app", None) is not app:
             return
         if getattr(task, "name", None) == INGEST_TASK and state == "SUCCESS":
@@ -290,8 +351,9 @@ def install(app: Any, metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") 
 
     def retried(sender: Any = None, request: Any = None, **kw: Any) -> None:
         if getattr(sender, "app", None) is app:
-            metrics.task_retries.labels(task=str(getattr(request, "task", None)
-                                                 or getattr(sender, "name", "?"))).inc()
+            metrics.task_retries.labels(
+                task=str(getattr(request, "task", None) or getattr(sender, "name", "?"))
+            ).inc()
 
     signals.worker_init.connect(starting, weak=False)
     signals.task_prerun.connect(prerun, weak=False)
@@ -306,7 +368,8 @@ def serve(metrics: WorkerMetrics, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=metrics.registry)
     except OSError as exc:
         # A second worker on the same host must still work; it just exports nothing.
-        log.warning("worker metrics not served: cannot listen on %s:%d: %s", addr, port,
-                    exc.strerror)
+        log.warning(
+            "worker metrics not served: cannot listen on %s:%d: %s", addr, port, exc.strerror
+        )
         return
     log.info("worker metrics on http://%s:%d/metrics", addr, port)

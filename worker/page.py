@@ -22,13 +22,22 @@ from worker.sniff import FileKind
 _STATUS_WORDS = frozenset(status.value for status in (*CaseStatus, *FileStatus))
 
 #: Image types a browser draws; others (HEIC, TIFF) are linked, not shown.
-DRAWN_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif",
-                          "image/bmp"})
+DRAWN_IMAGES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp"}
+)
 #: Case fields shown in the header; every other field is listed under "other fields".
 HEADER_FIELDS = ("reportId", "createdAt", "frame", "closed")
 #: Item fields shown in their own row; the others are listed as sent.
-ITEM_FIELDS = ("cfRef", "stepAction", "description", "data", "createdAt", "geolocLatitude",
-               "geolocLongitude", "imageUrl")
+ITEM_FIELDS = (
+    "cfRef",
+    "stepAction",
+    "description",
+    "data",
+    "createdAt",
+    "geolocLatitude",
+    "geolocLongitude",
+    "imageUrl",
+)
 
 #: The page's own policy, for file:// and static sites (the server sends a stricter one).
 META_POLICY = "script-src 'none'; connect-src 'none'; form-action 'none'; base-uri 'none'"
@@ -107,10 +116,10 @@ def document(title: str, body: str, nav: str = "", policy: str = META_POLICY) ->
     (JSON allows ``"\\ud800"``) is shown as its escape: the page is valid UTF-8 whatever
     the payload holds (case.json keeps the value as sent)."""
     return _encodable(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{policy}\">"
-        "<meta name=\"referrer\" content=\"no-referrer\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+        '<meta name="referrer" content="no-referrer">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
         f"<body><main>{nav}{body}</main></body></html>\n"
     )
@@ -172,7 +181,10 @@ def _warnings(manifest: Manifest) -> str:
         return ""
     lines = "".join(
         f"<li>item {esc(w.get('item'))} ({esc(w.get('itemCfRef'))}): {esc(w.get('errors'))}</li>"
-        if isinstance(w, dict) else f"<li>{esc(w)}</li>" for w in warnings)
+        if isinstance(w, dict)
+        else f"<li>{esc(w)}</li>"
+        for w in warnings
+    )
     return f'<h2>Warnings ({len(warnings)})</h2><ul class="warning">{lines}</ul>'
 
 
@@ -185,31 +197,39 @@ def _warnings_by_item(manifest: Manifest) -> dict[int, list[Any]]:
 
 
 def _pdf(manifest: Manifest) -> str:
-    entry = next((e for e in manifest.get("files") or []
-                  if e.get("kind") == FileKind.CASE_PDF.value), None)
+    entry = next(
+        (e for e in manifest.get("files") or [] if e.get("kind") == FileKind.CASE_PDF.value), None
+    )
     if entry is None:
         return ""
     head = "<h2>Certificate (PDF)</h2>"
     if entry.get("status") != FileStatus.STORED.value:
         return head + _file_facts(entry)
     link = href(str(entry["path"]))
-    return (head + _file_facts(entry)
-            + f'<object class="pdf" data="{link}" type="application/pdf">'
-            f'<p><a href="{link}">Open the PDF</a></p></object>')
+    return (
+        head + _file_facts(entry) + f'<object class="pdf" data="{link}" type="application/pdf">'
+        f'<p><a href="{link}">Open the PDF</a></p></object>'
+    )
 
 
 def _file_facts(entry: Entry) -> str:
     """Status, link, size, type, sha256 and error of one file."""
     status = entry.get("status")
-    pairs = [("file", f'{badge(status)} <a href="{href(str(entry["path"]))}">'
-                      f"{esc(entry['path'])}</a>"
-              if status == FileStatus.STORED.value else
-              f"{badge(status)} <span class=\"mono\">{esc(entry.get('path'))}</span>")]
+    pairs = [
+        (
+            "file",
+            f'{badge(status)} <a href="{href(str(entry["path"]))}">{esc(entry["path"])}</a>'
+            if status == FileStatus.STORED.value
+            else f'{badge(status)} <span class="mono">{esc(entry.get("path"))}</span>',
+        )
+    ]
     if status == FileStatus.STORED.value:
         size = int(entry.get("bytes") or 0)
-        pairs += [("size", f"{human_bytes(size)} ({size} bytes)"),
-                  ("type", esc(entry.get("contentType"))),
-                  ("sha256", f'<span class="mono">{esc(entry.get("sha256"))}</span>')]
+        pairs += [
+            ("size", f"{human_bytes(size)} ({size} bytes)"),
+            ("type", esc(entry.get("contentType"))),
+            ("sha256", f'<span class="mono">{esc(entry.get("sha256"))}</span>'),
+        ]
     if entry.get("warning"):
         pairs.append(("warning", f'<span class="warning">{esc(entry["warning"])}</span>'))
     if entry.get("error"):
@@ -222,23 +242,30 @@ def _item(item: CaseItem, warnings: list[Any]) -> str:
     fields = item.fields
     pairs = []
     for name in ITEM_FIELDS:
-        if name in fields and name not in {"description", "geolocLatitude",
-                                           "geolocLongitude"}:
+        if name in fields and name not in {"description", "geolocLatitude", "geolocLongitude"}:
             pairs.append((name, esc(fields[name])))
     if "geolocLatitude" in fields or "geolocLongitude" in fields:
-        pairs.append(("coordinates", f"{esc(fields.get('geolocLatitude'))}, "
-                                     f"{esc(fields.get('geolocLongitude'))}"))
+        pairs.append(
+            (
+                "coordinates",
+                f"{esc(fields.get('geolocLatitude'))}, {esc(fields.get('geolocLongitude'))}",
+            )
+        )
     pairs += [(name, esc(value)) for name, value in fields.items() if name not in ITEM_FIELDS]
     if not isinstance(item.raw, dict):
         pairs.append(("item", f'<span class="error">not an object: {esc(item.raw)}</span>'))
     pairs += [("warning", f'<span class="warning">{esc(w)}</span>') for w in warnings]
-    title = (f"<h3>#{item.position} · {esc(fields.get('stepAction', '?'))}"
-             + (f" — {esc(fields['description'])}" if "description" in fields else "")
-             + "</h3>")
+    title = (
+        f"<h3>#{item.position} · {esc(fields.get('stepAction', '?'))}"
+        + (f" — {esc(fields['description'])}" if "description" in fields else "")
+        + "</h3>"
+    )
     facts = _file_facts(item.file) if item.file else ""
-    return (f'<section class="card item" id="item-{item.position}">'
-            f"<div>{title}{_rows(pairs)}{facts}</div>"
-            f'<div class="file">{_preview(item)}</div></section>')
+    return (
+        f'<section class="card item" id="item-{item.position}">'
+        f"<div>{title}{_rows(pairs)}{facts}</div>"
+        f'<div class="file">{_preview(item)}</div></section>'
+    )
 
 
 def _preview(item: CaseItem) -> str:
@@ -251,19 +278,26 @@ def _preview(item: CaseItem) -> str:
     if content_type in DRAWN_IMAGES:
         return f'<a href="{link}"><img src="{link}" alt="{label}" loading="lazy"></a>'
     if content_type.startswith("video/"):
-        return (f'<video controls preload="metadata" src="{link}"></video>'
-                f'<p><a href="{link}">Open the video</a></p>')
+        return (
+            f'<video controls preload="metadata" src="{link}"></video>'
+            f'<p><a href="{link}">Open the video</a></p>'
+        )
     return f'<p><a href="{link}">Open the file ({escape(content_type)})</a></p>'
 
 
 def _raw(case: dict[str, Any]) -> str:
-    other = [(name, esc(value)) for name, value in case.items()
-             if name not in {*HEADER_FIELDS, "cfRef", "caseUrl", "items"}]
+    other = [
+        (name, esc(value))
+        for name, value in case.items()
+        if name not in {*HEADER_FIELDS, "cfRef", "caseUrl", "items"}
+    ]
     parts = ["<h2>As received</h2>"]
     if "caseUrl" in case:
         other.insert(0, ("caseUrl", f'<span class="mono">{esc(case["caseUrl"])}</span>'))
     parts.append(_rows(other))
-    parts.append(f'<p><a href="{href(archive.CASE_JSON)}">case.json</a> (the payload) · '
-                 f'<a href="{href(archive.MANIFEST)}">manifest.json</a> (files and checksums)'
-                 "</p>")
+    parts.append(
+        f'<p><a href="{href(archive.CASE_JSON)}">case.json</a> (the payload) · '
+        f'<a href="{href(archive.MANIFEST)}">manifest.json</a> (files and checksums)'
+        "</p>"
+    )
     return "".join(parts)

@@ -54,8 +54,11 @@ def quarantine(storage: Storage, delivery: Delivery, reason: str, errors: Any) -
 
 def record_ids(storage: Storage) -> list[str]:
     """Every quarantined deliveryId, oldest first (ids sort by arrival)."""
-    ids = [key.rsplit("/", 1)[-1].removesuffix(".json")
-           for key in storage.list(f"{archive.QUARANTINE}/") if key.endswith(".json")]
+    ids = [
+        key.rsplit("/", 1)[-1].removesuffix(".json")
+        for key in storage.list(f"{archive.QUARANTINE}/")
+        if key.endswith(".json")
+    ]
     return sorted(ids)
 
 

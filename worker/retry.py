@@ -24,9 +24,14 @@ def retryable(entry: Entry) -> bool:
 
 def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
     """Re-queue the case's failed downloads; the paths re-queued (empty: nothing to retry)."""
-    case = next((folder for folder in archive.case_dirs(cf_ref)
-                 if (casefiles.read_manifest(pipeline.storage, folder) or {}).get("cfRef")
-                 == cf_ref), None)
+    case = next(
+        (
+            folder
+            for folder in archive.case_dirs(cf_ref)
+            if (casefiles.read_manifest(pipeline.storage, folder) or {}).get("cfRef") == cf_ref
+        ),
+        None,
+    )
     if case is None:
         raise CaseNotFound(cf_ref)
     with pipeline.books.lock("case", case, wait_seconds=30):
@@ -41,15 +46,25 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
         files: list[Entry] = list(manifest["files"])
         for index in indices:
             files[index] = _pending(files[index])
-        manifest = {**manifest, "files": files, "status": CaseStatus.PENDING.value,
-                    "updatedAt": now_iso()}
+        manifest = {
+            **manifest,
+            "files": files,
+            "status": CaseStatus.PENDING.value,
+            "updatedAt": now_iso(),
+        }
         casefiles.write_manifest(pipeline.storage, case, manifest)
         pipeline.intake.dispatch(case, manifest)
         return [str(files[i]["path"]) for i in indices]
 
 
 def _pending(entry: Entry) -> Entry:
-    pending: Entry = {**entry, "status": FileStatus.PENDING.value, "sha256": None, "bytes": None,
-               "contentType": None, "error": None}
+    pending: Entry = {
+        **entry,
+        "status": FileStatus.PENDING.value,
+        "sha256": None,
+        "bytes": None,
+        "contentType": None,
+        "error": None,
+    }
     pending.pop("warning", None)
     return pending

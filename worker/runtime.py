@@ -31,18 +31,28 @@ ORIGIN = f"casefetch-worker@{socket.gethostname()}"
 class Runtime:
     """The per-process collaborators, handed in (a test hands in its own)."""
 
-    def __init__(self, client: redis.Redis, storage: Storage, fetcher: FileFetcher,
-                 download_threads: int = 8, lock_seconds: float = 60.0,
-                 catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        storage: Storage,
+        fetcher: FileFetcher,
+        download_threads: int = 8,
+        lock_seconds: float = 60.0,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.redis = client
         # A file lock outlives its holder by at most lock_seconds (the visibility timeout),
         # so work redelivered after a crash waits no longer than the message did.
-        self.pipeline = Pipeline(storage=storage,
-                                 books=Bookkeeping(client, lock_seconds=lock_seconds),
-                                 fetcher=fetcher, send_download=self.send_download,
-                                 catalog=catalog)
-        self.files = ThreadPoolExecutor(max_workers=download_threads,
-                                        thread_name_prefix="casefetch-file")
+        self.pipeline = Pipeline(
+            storage=storage,
+            books=Bookkeeping(client, lock_seconds=lock_seconds),
+            fetcher=fetcher,
+            send_download=self.send_download,
+            catalog=catalog,
+        )
+        self.files = ThreadPoolExecutor(
+            max_workers=download_threads, thread_name_prefix="casefetch-file"
+        )
         self._kept = threading.local()
 
     def send_download(self, job: DownloadMessage) -> None:
@@ -55,8 +65,9 @@ class Runtime:
     def publish_download(self, job: DownloadMessage) -> None:
         # The message Celery's send_task would publish, in one LPUSH: a case of a thousand
         # files is planned without a thousand trips through Celery's publisher.
-        self.redis.lpush(DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job],
-                                                      origin=ORIGIN))
+        self.redis.lpush(
+            DOWNLOAD_QUEUE, task_message(DOWNLOAD_TASK, DOWNLOAD_QUEUE, [job], origin=ORIGIN)
+        )
 
     @contextlib.contextmanager
     def keep_first_download(self, keep: bool = True) -> Iterator[list[DownloadMessage]]:
@@ -84,8 +95,7 @@ class Runtime:
 class WorkerProcess:
     """What the tasks of one worker process share: its settings and its :class:`Runtime`."""
 
-    def __init__(self, settings: WorkerSettings,
-                 build: Callable[[WorkerProcess], Runtime]) -> None:
+    def __init__(self, settings: WorkerSettings, build: Callable[[WorkerProcess], Runtime]) -> None:
         self.settings = settings
         self._build = build
         self._runtime: Runtime | None = None

@@ -39,17 +39,29 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024
 
 _MISSING_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
-_REFUSED = frozenset({"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
-                      "SignatureDoesNotMatch", "403", "Forbidden", "InvalidObjectState"})
+_REFUSED = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "403",
+        "Forbidden",
+        "InvalidObjectState",
+    }
+)
 #: Credentials may come from ``X_FILE`` (Docker secrets); otherwise boto3's standard chain.
-_CREDENTIALS = (("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
-                ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
-                ("AWS_SESSION_TOKEN", "aws_session_token"))
+_CREDENTIALS = (
+    ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    ("AWS_SESSION_TOKEN", "aws_session_token"),
+)
 
 
 class S3Storage(Storage):
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "",
-                 part_size: int = PART_BYTES) -> None:
+    def __init__(
+        self, client: S3Client, bucket: str, prefix: str = "", part_size: int = PART_BYTES
+    ) -> None:
         if part_size < MIN_PART_BYTES:
             raise ValueError(f"part_size must be at least {MIN_PART_BYTES} bytes (S3's minimum)")
         self.client = client
@@ -58,25 +70,29 @@ class S3Storage(Storage):
         self.part_size = part_size
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings,
-                      env: config.Env | None = None) -> S3Storage:
+    def from_settings(cls, settings: WorkerSettings, env: config.Env | None = None) -> S3Storage:
         """A storage on a boto3 client; ConfigError when the settings cannot make one."""
         if not settings.s3_bucket:
             raise ConfigError("S3_BUCKET", "required when STORAGE_BACKEND=s3")
         env = config.environ() if env is None else env
         credentials = {param: config.read(env, name) for name, param in _CREDENTIALS}
-        explicit = ({k: v for k, v in credentials.items() if v}
-                    if credentials["aws_access_key_id"] and credentials["aws_secret_access_key"]
-                    else {})
+        explicit = (
+            {k: v for k, v in credentials.items() if v}
+            if credentials["aws_access_key_id"] and credentials["aws_secret_access_key"]
+            else {}
+        )
         client_config = Config(
             retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10, read_timeout=60, max_pool_connections=32,
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=32,
             # MinIO and most S3-compatible stores serve buckets by path, not by sub-domain.
             s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
         )
         try:
             client = boto3.session.Session().client(
-                "s3", endpoint_url=settings.s3_endpoint_url, config=client_config, **explicit)
+                "s3", endpoint_url=settings.s3_endpoint_url, config=client_config, **explicit
+            )
         except (ValueError, BotoCoreError) as exc:
             raise ConfigError("S3_ENDPOINT_URL", f"cannot use it for S3: {exc}") from exc
         return cls(client, settings.s3_bucket, settings.s3_prefix)
@@ -88,8 +104,7 @@ class S3Storage(Storage):
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stage(self, key: str, cache: bool = True, owner: str | None = None
-              ) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None) -> Iterator[Staged]:
         # Staged: the parts sent so far, and what is left in memory (under one part). The
         # object appears when the upload is completed (commit), whole, or never (discard).
         # ``cache`` is for local disks: nothing here goes through a page cache. ``owner`` is
@@ -111,8 +126,10 @@ class S3Storage(Storage):
     def move(self, source: str, destination: str) -> None:
         with self.translate("read", source):
             self.client.copy_object(
-                Bucket=self.bucket, Key=self.object_key(destination),
-                CopySource={"Bucket": self.bucket, "Key": self.object_key(source)})
+                Bucket=self.bucket,
+                Key=self.object_key(destination),
+                CopySource={"Bucket": self.bucket, "Key": self.object_key(source)},
+            )
         self.delete(source)
 
     def delete(self, key: str) -> None:
@@ -150,7 +167,8 @@ class S3Storage(Storage):
         strip = len(self.prefix) + 1 if self.prefix else 0
         with self.translate("list", prefix):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full)
+                Bucket=self.bucket, Prefix=full
+            )
             for page in pages:
                 for item in page.get("Contents", []):
                     yield item["Key"][strip:]
@@ -158,8 +176,9 @@ class S3Storage(Storage):
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def remove_stale_temp(self, older_than_seconds: float,
-                          live_owners: Collection[str] = frozenset()) -> int:
+    def remove_stale_temp(
+        self, older_than_seconds: float, live_owners: Collection[str] = frozenset()
+    ) -> int:
         """Abort multipart uploads left by writers that died (their parts cost storage).
 
         An upload whose key a live owner covers (its writer's heartbeat goes on) is kept,
@@ -172,22 +191,27 @@ class S3Storage(Storage):
         strip = len(self.prefix) + 1 if self.prefix else 0
         with self.translate("list uploads under", self.prefix or "/"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "")
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
+            )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if (_covered(upload["Key"][strip:], live_owners)
-                            or self._last_activity(upload) >= ceiling):
+                    if (
+                        _covered(upload["Key"][strip:], live_owners)
+                        or self._last_activity(upload) >= ceiling
+                    ):
                         continue
                     self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     removed += 1
         if removed:
             log.info("aborted %d stale multipart upload(s) in %s", removed, self.describe())
         return removed
 
     def _last_activity(self, upload: dict[str, Any]) -> float:
-        parts = self.client.list_parts(Bucket=self.bucket, Key=upload["Key"],
-                                       UploadId=upload["UploadId"]).get("Parts", [])
+        parts = self.client.list_parts(
+            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        ).get("Parts", [])
         times = [upload["Initiated"], *(part["LastModified"] for part in parts)]
         return max(float(t.timestamp()) for t in times)
 
@@ -201,8 +225,9 @@ class S3Storage(Storage):
         except ClientError as exc:
             raise self._client_error(exc, action, key) from exc
         except BotoCoreError as exc:
-            raise StorageError(f"S3 {action} of {key} in bucket {self.bucket} failed: {exc}",
-                               key) from exc
+            raise StorageError(
+                f"S3 {action} of {key} in bucket {self.bucket} failed: {exc}", key
+            ) from exc
 
     def _client_error(self, exc: ClientError, action: str, key: str) -> StorageError:
         error = exc.response.get("Error", {})
@@ -211,15 +236,20 @@ class S3Storage(Storage):
         if code == "NoSuchBucket":
             return BucketMissing(
                 f"S3 bucket {self.bucket!r} does not exist (S3_BUCKET); create it and the "
-                f"postponed work resumes", key)
+                f"postponed work resumes",
+                key,
+            )
         if code in _MISSING_KEY and action == "read":
             return NotFound(f"no object {key}", key)
         if code in _REFUSED:
             return AccessRefused(
                 f"S3 refused to {action} {key} in bucket {self.bucket!r}: {code}: {message}; "
-                f"check the credentials and the bucket policy", key)
-        return StorageError(f"S3 {action} of {key} in bucket {self.bucket!r} failed: "
-                            f"{code}: {message}", key)
+                f"check the credentials and the bucket policy",
+                key,
+            )
+        return StorageError(
+            f"S3 {action} of {key} in bucket {self.bucket!r} failed: {code}: {message}", key
+        )
 
 
 def _covered(key: str, owners: Collection[str]) -> bool:
@@ -261,11 +291,16 @@ class _Upload:
         with s3.translate("write", self.key):
             if self.upload_id is None:
                 self.upload_id = s3.client.create_multipart_upload(
-                    Bucket=s3.bucket, Key=self.object_key)["UploadId"]
+                    Bucket=s3.bucket, Key=self.object_key
+                )["UploadId"]
             number = len(self.parts) + 1
-            answer = s3.client.upload_part(Bucket=s3.bucket, Key=self.object_key,
-                                           UploadId=self.upload_id, PartNumber=number,
-                                           Body=self._take())
+            answer = s3.client.upload_part(
+                Bucket=s3.bucket,
+                Key=self.object_key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=self._take(),
+            )
         self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
     def commit(self, sync_folder: bool = True) -> None:
@@ -287,8 +322,11 @@ class _Upload:
             self._send_part()
         with s3.translate("write", self.key):
             s3.client.complete_multipart_upload(
-                Bucket=s3.bucket, Key=self.object_key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts})
+                Bucket=s3.bucket,
+                Key=self.object_key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
         self.upload_id = None
 
     def abort(self) -> None:
@@ -299,7 +337,8 @@ class _Upload:
         upload_id, self.upload_id = self.upload_id, None
         try:
             self.storage.client.abort_multipart_upload(
-                Bucket=self.storage.bucket, Key=self.object_key, UploadId=upload_id)
+                Bucket=self.storage.bucket, Key=self.object_key, UploadId=upload_id
+            )
         except (ClientError, BotoCoreError) as exc:
             # The object still never appears; a bucket lifecycle rule reclaims the parts.
             log.warning("could not abort the upload of %s (%s): %s", self.key, upload_id, exc)

@@ -134,10 +134,20 @@ def check_item(position: int, raw: Any) -> ItemCheck:
 
 
 #: A case every rule accepts, for :func:`warm_up`.
-_WARM_UP_CASE = {"cfRef": "warm-up", "reportId": "warm-up", "caseUrl": "https://warm.up/case.pdf",
-                 "createdAt": "2026-01-01T00:00:00.000Z",
-                 "items": [{"cfRef": "warm-up", "createdAt": "2026-01-01T00:00:00.000Z",
-                            "stepAction": "PHOTOGRAPHY", "imageUrl": "https://warm.up/1.jpg"}]}
+_WARM_UP_CASE = {
+    "cfRef": "warm-up",
+    "reportId": "warm-up",
+    "caseUrl": "https://warm.up/case.pdf",
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "items": [
+        {
+            "cfRef": "warm-up",
+            "createdAt": "2026-01-01T00:00:00.000Z",
+            "stepAction": "PHOTOGRAPHY",
+            "imageUrl": "https://warm.up/1.jpg",
+        }
+    ],
+}
 
 
 def warm_up() -> None:

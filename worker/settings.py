@@ -72,24 +72,32 @@ class WorkerSettings:
         d = DownloadSettings
         download = DownloadSettings(
             max_bytes=config.read_int(env, "DOWNLOAD_MAX_BYTES", d.max_bytes, 1),
-            timeout_seconds=config.read_float(env, "DOWNLOAD_TIMEOUT_SECONDS", d.timeout_seconds,
-                                              0.001),
-            attempt_timeout_seconds=config.read_float(env, "DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS",
-                                                      d.attempt_timeout_seconds, 0.001),
+            timeout_seconds=config.read_float(
+                env, "DOWNLOAD_TIMEOUT_SECONDS", d.timeout_seconds, 0.001
+            ),
+            attempt_timeout_seconds=config.read_float(
+                env, "DOWNLOAD_ATTEMPT_TIMEOUT_SECONDS", d.attempt_timeout_seconds, 0.001
+            ),
             max_attempts=config.read_int(env, "DOWNLOAD_MAX_ATTEMPTS", d.max_attempts, 1),
-            backoff_base_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_BASE_SECONDS",
-                                                   d.backoff_base_seconds),
-            backoff_max_seconds=config.read_float(env, "DOWNLOAD_BACKOFF_MAX_SECONDS",
-                                                  d.backoff_max_seconds),
+            backoff_base_seconds=config.read_float(
+                env, "DOWNLOAD_BACKOFF_BASE_SECONDS", d.backoff_base_seconds
+            ),
+            backoff_max_seconds=config.read_float(
+                env, "DOWNLOAD_BACKOFF_MAX_SECONDS", d.backoff_max_seconds
+            ),
             allowed_hosts=read_hosts(env, "DOWNLOAD_ALLOWED_HOSTS"),
-            allow_private_networks=config.read_bool(env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS",
-                                                   d.allow_private_networks),
+            allow_private_networks=config.read_bool(
+                env, "DOWNLOAD_ALLOW_PRIVATE_NETWORKS", d.allow_private_networks
+            ),
             private_hosts=read_hosts(env, "DOWNLOAD_PRIVATE_HOSTS"),
             extra_headers=config.read_json_object(env, "DOWNLOAD_HEADERS"),
         )
         if download.extra_headers and not download.allowed_hosts:
-            raise ConfigError("DOWNLOAD_HEADERS", "set DOWNLOAD_ALLOWED_HOSTS too: the extra "
-                                                  "headers go only to the hosts named there")
+            raise ConfigError(
+                "DOWNLOAD_HEADERS",
+                "set DOWNLOAD_ALLOWED_HOSTS too: the extra "
+                "headers go only to the hosts named there",
+            )
         return cls(
             redis_url=config.redis_url(env),
             storage_backend=backend,
@@ -99,12 +107,15 @@ class WorkerSettings:
             s3_endpoint_url=config.read(env, "S3_ENDPOINT_URL"),
             download=download,
             index_path=_optional_path(config.read(env, "ARCHIVE_INDEX")),
-            visibility_timeout_seconds=config.read_int(env, "CELERY_VISIBILITY_TIMEOUT",
-                                                       cls.visibility_timeout_seconds, 5),
-            sweep_interval_seconds=config.read_float(env, "SWEEP_INTERVAL_SECONDS",
-                                                     cls.sweep_interval_seconds, 0.1),
-            stuck_after_seconds=config.read_float(env, "SWEEP_STUCK_AFTER_SECONDS",
-                                                  cls.stuck_after_seconds, 0.1),
+            visibility_timeout_seconds=config.read_int(
+                env, "CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds, 5
+            ),
+            sweep_interval_seconds=config.read_float(
+                env, "SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds, 0.1
+            ),
+            stuck_after_seconds=config.read_float(
+                env, "SWEEP_STUCK_AFTER_SECONDS", cls.stuck_after_seconds, 0.1
+            ),
             metrics_port=config.read_int(env, "WORKER_METRICS_PORT", cls.metrics_port, 0),
         )
 

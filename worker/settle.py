@@ -43,8 +43,7 @@ class Settler:
             self.books.finish(case)
             return
         results = self.books.results(case)
-        merged = {i: cast(Entry, {**manifest["files"][i], **entry})
-                  for i, entry in results.items()}
+        merged = {i: cast(Entry, {**manifest["files"][i], **entry}) for i, entry in results.items()}
         final = settle(manifest, merged)
         if final["status"] == CaseStatus.PENDING:
             return
@@ -57,8 +56,9 @@ class Settler:
         # finds them too, and if writing them fails, the case is still pending and settling
         # it again writes all three.
         payload = self._read_payload(case)
-        self.storage.write_bytes(archive.case_key(case, archive.INDEX_HTML),
-                                 render_case(final, payload).encode("utf-8"))
+        self.storage.write_bytes(
+            archive.case_key(case, archive.INDEX_HTML), render_case(final, payload).encode("utf-8")
+        )
         self._catalogue(case, final, payload)
         casefiles.write_manifest(self.storage, case, final)
         self.books.finish(case)
@@ -79,5 +79,8 @@ class Settler:
         try:
             self.catalog.record(row_for(case, manifest, payload))
         except (sqlite3.Error, OSError) as exc:
-            log.warning("catalog not updated for %s (%s): `casefetch archive reindex` "
-                        "rebuilds it", manifest.get("cfRef"), exc)
+            log.warning(
+                "catalog not updated for %s (%s): `casefetch archive reindex` rebuilds it",
+                manifest.get("cfRef"),
+                exc,
+            )

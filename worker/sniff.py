@@ -42,13 +42,34 @@ MOV = FileType("video/quicktime", "mov")
 SNIFF_BYTES = 64
 
 #: ISO-BMFF brands (ISO/IEC 14496-12 ``ftyp``), by what they make the file.
-_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm",
-                          b"hevs"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2", b"miaf"})
-_MP4_BRANDS = frozenset({b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7",
-                         b"iso8", b"iso9", b"mp41", b"mp42", b"mp71", b"avc1", b"dash",
-                         b"M4V ", b"M4VH", b"M4VP", b"MSNV", b"NDAS", b"f4v ", b"mmp4"})
+_MP4_BRANDS = frozenset(
+    {
+        b"isom",
+        b"iso2",
+        b"iso3",
+        b"iso4",
+        b"iso5",
+        b"iso6",
+        b"iso7",
+        b"iso8",
+        b"iso9",
+        b"mp41",
+        b"mp42",
+        b"mp71",
+        b"avc1",
+        b"dash",
+        b"M4V ",
+        b"M4VH",
+        b"M4VP",
+        b"MSNV",
+        b"NDAS",
+        b"f4v ",
+        b"mmp4",
+    }
+)
 #: Top-level atoms an old QuickTime file (before ``ftyp``) starts with.
 _QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide"})
 
@@ -78,14 +99,18 @@ def sniff(head: bytes) -> FileType | None:
 
 def _bmp(head: bytes) -> bool:
     # "BM", then reserved zeros at 6..10 and a DIB header of a known size at 14.
-    return (len(head) >= 18 and head[:2] == b"BM" and head[6:10] == b"\x00" * 4
-            and int.from_bytes(head[14:18], "little") in {12, 40, 52, 56, 64, 108, 124})
+    return (
+        len(head) >= 18
+        and head[:2] == b"BM"
+        and head[6:10] == b"\x00" * 4
+        and int.from_bytes(head[14:18], "little") in {12, 40, 52, 56, 64, 108, 124}
+    )
 
 
 def _bmff(head: bytes) -> FileType | None:
     size = int.from_bytes(head[:4], "big")
     major = head[8:12]
-    compatible = {head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    compatible = {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
     brands = {major} | compatible
     if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and compatible & _AVIF_BRANDS):
         return AVIF
@@ -114,16 +139,18 @@ def expected(kind: FileKind, step_action: str | None = None) -> tuple[FileType, 
 
 def describe(types: tuple[FileType, ...]) -> str:
     """What a slot expects, in words (for errors and warnings)."""
-    return {(PDF,): "a PDF", _EXPECTED_IMAGE: "a PNG or JPEG image",
-            _EXPECTED_VIDEO: "a video (MP4, QuickTime) or a PNG or JPEG image"}[types]
+    return {
+        (PDF,): "a PDF",
+        _EXPECTED_IMAGE: "a PNG or JPEG image",
+        _EXPECTED_VIDEO: "a video (MP4, QuickTime) or a PNG or JPEG image",
+    }[types]
 
 
 class Refused(Exception):
     """The body is not a file of a kind this slot may hold (an error page, or not a PDF)."""
 
 
-def judge(kind: FileKind, file_type: FileType | None, step_action: str | None = None
-          ) -> str | None:
+def judge(kind: FileKind, file_type: FileType | None, step_action: str | None = None) -> str | None:
     """Whether a body of ``file_type`` is kept for this slot: None when it is what was
     expected, a warning when it is another recognised type (kept, under its own extension);
     raises Refused otherwise.
@@ -141,6 +168,7 @@ def judge(kind: FileKind, file_type: FileType | None, step_action: str | None = 
 
 
 # -- whole or not, for a body without framing --------------------------------------------
+
 
 class EndCheck:
     """Fed a body's bytes in order, says whether the file reached the end its format has.
@@ -170,7 +198,7 @@ class _Marker(EndCheck):
             return
         window = self.carry + chunk
         self.seen = self.marker in window
-        self.carry = window[-(len(self.marker) - 1):]
+        self.carry = window[-(len(self.marker) - 1) :]
 
     def whole(self) -> bool:
         return self.seen
@@ -200,18 +228,17 @@ class _Walk(EndCheck):
         start, self.total = self.total, self.total + len(chunk)
         if self.ended or self.pos >= self.total:
             return
-        self.buffer = (self.buffer + chunk if self.pos < start
-                       else bytes(chunk[self.pos - start:]))
+        self.buffer = self.buffer + chunk if self.pos < start else bytes(chunk[self.pos - start :])
         at = self.total - len(self.buffer)  # the file offset of buffer[0]
         while not self.ended and self.pos - at + self.need <= len(self.buffer):
             offset = self.pos - at
-            advance = self.step(self.buffer[offset:offset + self.need])
+            advance = self.step(self.buffer[offset : offset + self.need])
             if advance is None:
                 self.ended = True
-                self.after = self.buffer[offset + self.need:]
+                self.after = self.buffer[offset + self.need :]
             else:
                 self.pos += advance
-        self.buffer = self.buffer[self.pos - at:] if self.pos < self.total else b""
+        self.buffer = self.buffer[self.pos - at :] if self.pos < self.total else b""
 
     def whole(self) -> bool:
         return self.ended
@@ -264,9 +291,29 @@ class _JpegWalk(_Walk):
 
 
 #: Boxes found at the top level of MP4, QuickTime and HEIF files (ISO/IEC 14496-12, QTFF).
-_TOP_LEVEL_BOXES = frozenset({b"ftyp", b"styp", b"free", b"skip", b"wide", b"mdat", b"moov",
-                              b"moof", b"mfra", b"meta", b"pdin", b"uuid", b"sidx", b"ssix",
-                              b"prft", b"emsg", b"pnot", b"junk", b"udta"})
+_TOP_LEVEL_BOXES = frozenset(
+    {
+        b"ftyp",
+        b"styp",
+        b"free",
+        b"skip",
+        b"wide",
+        b"mdat",
+        b"moov",
+        b"moof",
+        b"mfra",
+        b"meta",
+        b"pdin",
+        b"uuid",
+        b"sidx",
+        b"ssix",
+        b"prft",
+        b"emsg",
+        b"pnot",
+        b"junk",
+        b"udta",
+    }
+)
 
 
 class _BoxWalk(_Walk):

@@ -55,8 +55,13 @@ def commit_or_discard(staged: Staged) -> None:
 def check_key(key: str) -> str:
     """Refuse any key that could name something outside the archive root."""
     path = PurePosixPath(key)
-    if (not key or path.is_absolute() or "\\" in key or "\x00" in key
-            or any(part in {"", ".", ".."} for part in key.split("/"))):
+    if (
+        not key
+        or path.is_absolute()
+        or "\\" in key
+        or "\x00" in key
+        or any(part in {"", ".", ".."} for part in key.split("/"))
+    ):
         raise StorageError(f"unsafe storage key {key!r}", key)
     return key
 
@@ -71,8 +76,9 @@ class Storage(ABC):
         commit_or_discard(staged)
 
     @abstractmethod
-    def stage(self, key: str, cache: bool = True, owner: str | None = None
-              ) -> contextlib.AbstractContextManager[Staged]:
+    def stage(
+        self, key: str, cache: bool = True, owner: str | None = None
+    ) -> contextlib.AbstractContextManager[Staged]:
         """Stream an object to put under ``key`` later (see :class:`Staged`); discarded if
         the block raises. A writer of many files commits them together and syncs each
         folder once.
@@ -121,8 +127,9 @@ class Storage(ABC):
         self.write_bytes(destination, self.read_bytes(source))
         self.delete(source)
 
-    def remove_stale_temp(self, older_than_seconds: float,
-                          live_owners: Collection[str] = frozenset()) -> int:
+    def remove_stale_temp(
+        self, older_than_seconds: float, live_owners: Collection[str] = frozenset()
+    ) -> int:
         """Delete what writers killed mid-write left behind; return how many were removed.
 
         A writer's object is kept while its owner is in ``live_owners`` (its heartbeat goes
@@ -150,8 +157,7 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).split("/"))
 
     @contextlib.contextmanager
-    def stage(self, key: str, cache: bool = True, owner: str | None = None
-              ) -> Iterator[Staged]:
+    def stage(self, key: str, cache: bool = True, owner: str | None = None) -> Iterator[Staged]:
         final = self.path(key)
         fd, tmp_name = self._temp_file(owner)
         staged = _LocalStaged(key, final, tmp_name, os.fdopen(fd, "wb"))
@@ -233,8 +239,9 @@ class LocalStorage(Storage):
     def describe(self) -> str:
         return str(self.root)
 
-    def remove_stale_temp(self, older_than_seconds: float,
-                          live_owners: Collection[str] = frozenset()) -> int:
+    def remove_stale_temp(
+        self, older_than_seconds: float, live_owners: Collection[str] = frozenset()
+    ) -> int:
         # Not by the file's age alone: a live download's file may not change for a long
         # while (a slow host, bytes still buffered). Its owner's heartbeat says it is alive.
         if not self.tmp.is_dir():

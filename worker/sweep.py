@@ -43,8 +43,9 @@ def sweep_once(runtime: Runtime, settings: WorkerSettings) -> list[str]:
         log.info("sweep re-queued work of %d stuck case(s)", len(resumed))
     requeue_lost_deliveries(runtime, settings)
     # A download's file lock is its heartbeat: what it writes is kept, however slowly it goes.
-    removed = runtime.pipeline.storage.remove_stale_temp(settings.stale_temp_after_seconds,
-                                                         books.live_writers())
+    removed = runtime.pipeline.storage.remove_stale_temp(
+        settings.stale_temp_after_seconds, books.live_writers()
+    )
     if removed:
         log.info("sweep removed %d temporary file(s) left by dead writers", removed)
     return resumed
@@ -70,8 +71,11 @@ def requeue_lost_deliveries(runtime: Runtime, settings: WorkerSettings) -> int:
         if books.requeue(delivery_from_inbox(delivery_id, entry), origin=ORIGIN):
             requeued += 1
     if requeued:
-        log.warning("sweep queued %d accepted delivery(ies) again, at the head of the queue: "
-                    "their messages were lost or are waiting behind a backlog", requeued)
+        log.warning(
+            "sweep queued %d accepted delivery(ies) again, at the head of the queue: "
+            "their messages were lost or are waiting behind a backlog",
+            requeued,
+        )
     return requeued
 
 
@@ -89,8 +93,7 @@ class Sweeper(threading.Thread):
         while not self.stopping.wait(interval):
             try:
                 runtime = self.runtime()
-                if runtime.redis.set(SWEEP_LOCK_KEY, "1", nx=True,
-                                     px=int(interval * 1000 * 0.9)):
+                if runtime.redis.set(SWEEP_LOCK_KEY, "1", nx=True, px=int(interval * 1000 * 0.9)):
                     sweep_once(runtime, self.settings)
             except Exception:  # the sweeper must outlive a Redis outage
                 log.warning("sweep failed; will try again", exc_info=True)

@@ -32,6 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def register_tasks(app: Any, process: WorkerProcess) -> None:
     """Add the ingest and download tasks to ``app``, working with ``process``'s runtime."""
+
     def task(name: str, **options: Any) -> Callable[[F], F]:
         # Celery's decorator is untyped: the task keeps the function's signature.
         return cast(Callable[[F], F], app.task(name=name, shared=False, **options))
@@ -55,11 +56,13 @@ def register_tasks(app: Any, process: WorkerProcess) -> None:
             if busy >= max_busy_retries(process.settings):
                 # Its holder records it; if the holder died, its lock expired by now and the
                 # sweep queues the file again once the case stops moving.
-                log.info("files of %s still held by another worker: left to it",
-                         message.get("case"))
+                log.info(
+                    "files of %s still held by another worker: left to it", message.get("case")
+                )
                 return ",".join([*outcomes, "busy"])
-            raise self.retry(args=[{**message, "busyRetries": busy + 1}],
-                             countdown=BUSY_RETRY_SECONDS)
+            raise self.retry(
+                args=[{**message, "busyRetries": busy + 1}], countdown=BUSY_RETRY_SECONDS
+            )
         if postponed is not None:
             raise self.retry(exc=postponed, countdown=backoff(self.request.retries))
         return ",".join(outcomes)
@@ -80,8 +83,10 @@ def run_ingest(runtime: Runtime, delivery: Delivery, fetch_first: bool = True) -
     try:
         received = pipeline.books.received(delivery)
         if received is None:
-            log.info("delivery %s is no longer in the inbox: already archived",
-                     delivery.get("deliveryId"))
+            log.info(
+                "delivery %s is no longer in the inbox: already archived",
+                delivery.get("deliveryId"),
+            )
             return "duplicate"
         delivery = received
         logs.bind(cfRef=peek_cf_ref(delivery))
@@ -92,8 +97,9 @@ def run_ingest(runtime: Runtime, delivery: Delivery, fetch_first: bool = True) -
     except Exception as exc:
         # A bug must not lose the delivery: keep it where an operator will see it.
         log.exception("ingest of %s failed unexpectedly", delivery.get("deliveryId"))
-        pipeline.quarantine(delivery, "internal_error",
-                            {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]})
+        pipeline.quarantine(
+            delivery, "internal_error", {"_schema": [f"{type(exc).__name__}: {exc}"[:500]]}
+        )
         pipeline.books.delivered(delivery["deliveryId"])
         return "quarantined"
     for message in kept:

@@ -44,8 +44,15 @@ def request_url(url: str) -> str:
     if url.isascii() and not _needs_escaping(url) and not parts.fragment:
         return url
     path = parts.path.replace("\\", "/") if parts.scheme in {"http", "https"} else parts.path
-    return urlunsplit((parts.scheme, netloc, _escape(path, _PATH_ESCAPED),
-                       _escape(parts.query, _QUERY_ESCAPED), ""))
+    return urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            _escape(path, _PATH_ESCAPED),
+            _escape(parts.query, _QUERY_ESCAPED),
+            "",
+        )
+    )
 
 
 def ascii_host(host: str) -> str:
@@ -81,12 +88,15 @@ def _netloc(parts: SplitResult, port: int | None) -> str:
 
 
 def _needs_escaping(text: str) -> bool:
-    return any(ord(ch) < 0x21 or ord(ch) == 0x7F or ch in _PATH_ESCAPED or ch in "'\\"
-               for ch in text)
+    return any(
+        ord(ch) < 0x21 or ord(ch) == 0x7F or ch in _PATH_ESCAPED or ch in "'\\" for ch in text
+    )
 
 
 def _escape(text: str, escaped: frozenset[str]) -> str:
     return "".join(
-        ch if 0x20 < ord(ch) < 0x7F and ch not in escaped
+        ch
+        if 0x20 < ord(ch) < 0x7F and ch not in escaped
         else "".join(f"%{byte:02X}" for byte in ch.encode("utf-8"))
-        for ch in text)
+        for ch in text
+    )

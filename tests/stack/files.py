@@ -49,8 +49,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _send_file(self, name: str, data: bytes, rate: int) -> None:
-        entry: dict[str, object] = {"path": name, "client": self.client_address[0],
-                                    "start": time.time(), "end": None, "whole": False}
+        entry: dict[str, object] = {
+            "path": name,
+            "client": self.client_address[0],
+            "start": time.time(),
+            "end": None,
+            "whole": False,
+        }
         with LOCK:
             IN_FLIGHT[id(entry)] = entry
             LOG.append(entry)
@@ -60,7 +65,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             step = max(rate // 10, 1) if rate else len(data)
             for start in range(0, len(data), step):
-                self.wfile.write(data[start:start + step])
+                self.wfile.write(data[start : start + step])
                 self.wfile.flush()
                 if rate:
                     time.sleep(0.1)
