@@ -208,11 +208,12 @@ class HealthChecks(threading.Thread):
 
 def _podman_service(directory: Path) -> Iterator[str]:
     socket = directory / "podman.sock"
-    process = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        stdout=subprocess.DEVNULL,
-        stderr=(directory / "podman.log").open("wb"),
-    )
+    with (directory / "podman.log").open("wb") as log:
+        process = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         wait_for(socket.exists, timeout=30, message="podman's API socket")
         yield f"unix://{socket}"
@@ -254,7 +255,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "WEBHOOK_HMAC_KEYS": f"{HMAC_KEY}:{HMAC_SECRET}",
         # The file host is a container on the compose network, a private address: named
         # as the one private host, with private networks left off as the stack ships.
-        "DOWNLOAD_PRIVATE_HOSTS": "files",
+        "DOWNLOAD_PRIVATE_HOSTS": "files,demo",
     }
     (directory / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     for podman_host in _podman_service(directory):
@@ -283,7 +284,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield built
         finally:
             built.compose(
-                "down", "--volumes", "--remove-orphans", "--timeout", "5", timeout=300, check=False
+                "--profile",
+                "demo",
+                "down",
+                "--volumes",
+                "--remove-orphans",
+                "--timeout",
+                "5",
+                timeout=300,
+                check=False,
             )
             subprocess.run(
                 ["podman", "rmi", "--force", f"casefetch:{project}"],
@@ -447,6 +456,22 @@ def test_the_stack_archives_scales_and_survives_a_killed_worker(
     listed = stack.compose("exec", "-T", "worker-ingest", "casefetch", "archive", "list", "--json")
     cf_refs = {case["cfRef"] for case in json.loads(listed.stdout)}
     assert cf_refs == set(first) | set(slow)
+
+    # The demo profile, as the README shows it: its platform container serves the files and
+    # sends signed webhooks; the workers reach its private address only because
+    # DOWNLOAD_PRIVATE_HOSTS names it (private networks stay off, as the stack ships).
+    with HealthChecks(stack, ("redis", "receiver")):
+        stack.compose("--profile", "demo", "up", "-d", "demo", timeout=300)
+
+    def demo_archived() -> list[dict[str, Any]] | None:
+        folders = sorted((stack.archive / "cases").glob("DEMO-*"))
+        manifests = [stack.manifest(folder.name) for folder in folders]
+        settled = [m for m in manifests if m is not None and m["status"] != "pending"]
+        return settled if len(settled) == 3 else None
+
+    demo_cases = wait_for(demo_archived, timeout=120, interval=0.5, message="the demo's cases")
+    assert all(m["status"] == "complete" for m in demo_cases), demo_cases
+    report_line("compose stack: the demo profile's 3 cases archived from its own file host")
 
     for container in stack.containers():
         log_text = stack.logs(container["id"])
