@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from casefetch_tools.redis_server import free_port
 from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
 from tests.paths import ROOT
 from tests.waiting import wait_for
+
+#: How the tests start casefetch: this interpreter, on the checkout's sources.
+CASEFETCH = (sys.executable, "-m", "casefetch_tools")
 
 
 def worker_env(redis_url: str, archive: Path, **extra: str) -> dict[str, str]:
@@ -55,21 +59,30 @@ def receiver_env(redis_url: str) -> dict[str, str]:
 class WorkerProcess:
     """``casefetch worker`` as a child process, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *args: str,
+        command: Sequence[str] = CASEFETCH,
+        cwd: Path = ROOT,
+        concurrency: int = 8,
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.args = args
+        self.command, self.cwd, self.concurrency = command, cwd, concurrency
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "casefetch_tools", "worker", "--concurrency", "8", *self.args],
+            [*self.command, "worker", "--concurrency", str(self.concurrency), *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=self.cwd,
         )
         log.close()
 
@@ -112,10 +125,17 @@ class WorkerProcess:
 class ReceiverProcess:
     """``casefetch receiver`` as a child process on a free port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        command: Sequence[str] = CASEFETCH,
+        cwd: Path = ROOT,
+    ) -> None:
         self.port = free_port()
         self.env = env
         self.log_path = log_path
+        self.command, self.cwd = command, cwd
         self.process: subprocess.Popen[bytes] | None = None
         self._http: urllib3.PoolManager | None = None
 
@@ -126,20 +146,11 @@ class ReceiverProcess:
     def start(self) -> ReceiverProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "casefetch_tools",
-                "receiver",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            [*self.command, "receiver", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=self.cwd,
         )
         log.close()
 

@@ -21,10 +21,11 @@ import pytest
 
 from casefetch_tools import samples as sample_files
 from casefetch_tools.demo import certificate_pdf
-from casefetch_tools.redis_server import RedisServer, free_port
+from casefetch_tools.redis_server import RedisServer
 from tests.credentials import TOKEN
 from tests.fileserver import FileServer
 from tests.paths import ROOT
+from tests.processes import ReceiverProcess, WorkerProcess
 from tests.waiting import wait_for
 from worker.archive import case_dir
 
@@ -86,39 +87,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-class Process:
-    """One console-script process run from the installed virtualenv, away from the sources
-    (so nothing is imported from the checkout)."""
-
-    def __init__(self, venv: Path, directory: Path, env: dict[str, str], *args: str) -> None:
-        self.log = directory / f"{args[0]}.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(venv / "bin" / "casefetch"), *args],
-                env=env,
-                cwd=directory,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"exited {self.process.returncode}:\n{self.output()[-4000:]}")
-        return True
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
 def pipeline(
     installed: Path, tmp_path: Path, file_server: FileServer
@@ -134,34 +102,23 @@ def pipeline(
         "DOWNLOAD_ALLOW_PRIVATE_NETWORKS": "true",
         "WORKER_METRICS_PORT": "0",
     }
-    port = free_port()
-    processes = [
-        Process(installed, tmp_path, env, "worker", "--concurrency", "2"),
-        Process(installed, tmp_path, env, "receiver", "--host", "127.0.0.1", "--port", str(port)),
-    ]
+    # The installed console script, run away from the sources: nothing is imported from
+    # the checkout.
+    command = [str(installed / "bin" / "casefetch")]
+    worker = WorkerProcess(
+        env, tmp_path / "worker.log", command=command, cwd=tmp_path, concurrency=2
+    )
+    receiver = ReceiverProcess(env, tmp_path / "receiver.log", command=command, cwd=tmp_path)
     try:
-        worker, receiver = processes
-        wait_for(
-            lambda: worker.alive() and " ready." in worker.output(),
-            timeout=60,
-            message="the installed worker to be ready",
-        )
-
-        def serving() -> bool:
-            receiver.alive()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(serving, timeout=30, message="the installed receiver to serve")
-        yield port, archive
-        for process in processes:
-            assert "Traceback" not in process.output(), process.output()[-4000:]
+        worker.start()
+        receiver.start()
+        yield receiver.port, archive
+        for log in (worker.log_path, receiver.log_path):
+            output = log.read_text(errors="replace")
+            assert "Traceback" not in output, output[-4000:]
     finally:
-        for process in processes:
-            process.stop()
+        worker.stop()
+        receiver.stop()
         redis.stop()
 
 
