@@ -141,16 +141,22 @@ _PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 def redis_url(env: Env) -> str:
+    """REDIS_URL, checked: one server's URL, or a ``;``-separated list of Sentinel addresses
+    (:mod:`casefetch.redis_target` takes those apart)."""
     url = read_str(env, "REDIS_URL", DEFAULT_REDIS_URL).strip()
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # a port that is not a number, or out of range, raises here
-    except ValueError as exc:
-        raise ConfigError("REDIS_URL", f"{exc} in {redact_url(url)}") from None
-    if parts.scheme.lower() not in _REDIS_SCHEMES:
-        raise ConfigError(
-            "REDIS_URL", f"expected redis://, rediss:// or unix://, got {redact_url(url)}"
-        )
+    sentinels = url.lower().startswith("sentinel://")
+    for address in url.split(";") if sentinels else [url]:
+        try:
+            parts = urlsplit(address.strip())
+            _ = parts.port  # a port that is not a number, or out of range, raises here
+        except ValueError as exc:
+            raise ConfigError("REDIS_URL", f"{exc} in {redact_url(url)}") from None
+        scheme = parts.scheme.lower()
+        if (scheme != "sentinel") if sentinels else (scheme not in _REDIS_SCHEMES):
+            raise ConfigError(
+                "REDIS_URL",
+                f"expected redis://, rediss://, unix:// or sentinel://, got {redact_url(url)}",
+            )
     return url
 
 
@@ -158,8 +164,11 @@ def redact_url(url: str) -> str:
     """``url`` as it may be printed or logged: its password replaced by ``***`` (and the
     whole user part when it is a single word, which redis-py may take as a password).
 
-    Taken apart by hand, not with urlsplit: a URL that does not parse is redacted too.
+    Taken apart by hand, not with urlsplit: a URL that does not parse is redacted too. A
+    ``;``-separated list (Sentinel addresses) is redacted address by address.
     """
+    if url.lower().startswith("sentinel://") and ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***" if "@" in url else url

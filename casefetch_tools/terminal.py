@@ -14,7 +14,6 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from casefetch.config import redact_url
 from casefetch.errors import CasefetchError
 from casefetch_tools.exits import fail
 from worker.app import make_storage
@@ -67,11 +66,12 @@ def storage() -> Storage:
 
 
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(settings().redis_url, socket_timeout=10, socket_connect_timeout=5)
+    target = settings().redis
+    client = target.client(socket_timeout=10, socket_connect_timeout=5)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {redact_url(settings().redis_url)}: {exc}", 1)
+        fail(f"cannot reach Redis at {target.describe()}: {exc}", 1)
     return client
 
 

@@ -21,6 +21,7 @@ from casefetch.protocol import (
     inbox_entry,
     ingest_message,
 )
+from casefetch.redis_target import RedisTarget
 from receiver.redis_pipe import RedisPipe
 
 
@@ -43,16 +44,17 @@ class Enqueuer:
         self.pipe = pipe
 
     @classmethod
-    def from_url(cls, url: str, timeout_seconds: float) -> Enqueuer:
-        client = aioredis.Redis.from_url(
-            url,
+    def to(cls, target: RedisTarget, timeout_seconds: float) -> Enqueuer:
+        client = target.async_client(
             socket_timeout=timeout_seconds,
             socket_connect_timeout=min(timeout_seconds, 2.0),
             retry=Retry(NoBackoff(), 1),
             max_connections=256,
         )
         pipe = (
-            RedisPipe.from_url(url, min(timeout_seconds, 2.0)) if RedisPipe.supports(url) else None
+            RedisPipe.from_url(target.url, min(timeout_seconds, 2.0))
+            if RedisPipe.supports(target.url)
+            else None
         )
         return cls(client, timeout_seconds, pipe)
 

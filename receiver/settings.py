@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from casefetch import config
 from casefetch.errors import ConfigError
+from casefetch.redis_target import RedisTarget
 from receiver.auth import Credentials
 
 #: What every credential in .env.example holds: a value with it is a placeholder nobody
@@ -16,7 +17,7 @@ PLACEHOLDER_MARKER = "change-me"
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    redis_url: str
+    redis: RedisTarget
     credentials: Credentials
     max_body_bytes: int = 5 * 1024 * 1024
     #: Longest a request may wait on Redis before it is answered 503.
@@ -46,7 +47,7 @@ class ReceiverSettings:
                 "or WEBHOOK_BASIC_USERS",
             )
         return cls(
-            redis_url=config.redis_url(env),
+            redis=RedisTarget.from_env(env),
             credentials=credentials,
             max_body_bytes=config.read_int(env, "RECEIVER_MAX_BODY_BYTES", cls.max_body_bytes, 1),
             redis_timeout_seconds=config.read_float(

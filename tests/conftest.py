@@ -19,6 +19,7 @@ from tests.archive_view import Archive
 from tests.fileserver import FileServer
 from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.samples import close_built
+from tests.sentinels import SentinelGroup
 from worker.storage import LocalStorage
 
 
@@ -43,6 +44,16 @@ def clean_redis(request: pytest.FixtureRequest) -> None:
     server: RedisServer = request.getfixturevalue("redis_server")
     worker = request.config.stash.get(SESSION_WORKER, None)
     databases.clean(server, pipeline_running=worker is not None and worker.running())
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A primary, a replica and three sentinels of this test's own (it may kill them)."""
+    group = SentinelGroup(tmp_path / "sentinel")
+    try:
+        yield group.start()
+    finally:
+        group.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 from typing import Any
 
+from casefetch.redis_target import RedisTarget
 from receiver.auth import Credentials
 from receiver.settings import ReceiverSettings
 from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET, TOKEN
@@ -14,7 +15,7 @@ from tests.credentials import BASIC_PASSWORD, BASIC_USER, HMAC_KEY, HMAC_SECRET,
 
 def settings(redis_url: str, **overrides: object) -> ReceiverSettings:
     values: dict[str, Any] = {
-        "redis_url": redis_url,
+        "redis": RedisTarget(redis_url),
         "credentials": Credentials.build(
             bearer_tokens=(TOKEN, "rotated-token"),
             hmac_keys=((HMAC_KEY, HMAC_SECRET), ("second-key", "second-secret")),

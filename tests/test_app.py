@@ -8,6 +8,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from casefetch.redis_target import RedisTarget
 from casefetch_tools.redis_server import RedisServer
 from worker.app import build_worker
 from worker.observe import ObservedFetcher, ObservedStorage
@@ -40,7 +41,7 @@ def test_collaborators_handed_in_are_used_observed_and_closed_at_shutdown(
     storage = LocalStorage(tmp_path / "archive")
     fetcher = ClosingFetcher()
     app = build_worker(
-        WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path),
+        WorkerSettings(redis=RedisTarget(redis_server.db_url(9)), archive_dir=tmp_path),
         redis_client=client,
         storage=storage,
         fetcher=fetcher,

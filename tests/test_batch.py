@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from casefetch.constants import DOWNLOAD_QUEUE
+from casefetch.redis_target import RedisTarget
 from casefetch_tools.redis_server import RedisServer
 from worker.app import build_worker
 from worker.ingest import BATCH_FILES, batches
@@ -54,7 +55,9 @@ def test_an_ingest_keeps_its_first_download_message_and_queues_the_others(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     url = redis_server.db_url(9)
-    runtime = build_worker(WorkerSettings(redis_url=url, archive_dir=tmp_path)).casefetch.runtime
+    runtime = build_worker(
+        WorkerSettings(redis=RedisTarget(url), archive_dir=tmp_path)
+    ).casefetch.runtime
     runtime.redis.flushdb()
     messages = [{"case": "cases/K", "gen": "g", "files": [{"index": i}]} for i in range(3)]
     with runtime.keep_first_download() as kept:

@@ -17,6 +17,7 @@ import yaml
 
 from casefetch.constants import ALL_QUEUES
 from casefetch.errors import ConfigError
+from casefetch.redis_target import RedisTarget
 from receiver.settings import PLACEHOLDER_MARKER, ReceiverSettings
 from tests.paths import ROOT
 from worker.settings import DownloadSettings, WorkerSettings
@@ -149,7 +150,7 @@ def test_unset_settings_reach_casefetch_as_its_defaults(compose: dict[str, Any])
         # One deliberate difference: the demo profile's file host is the stack's only
         # private host (casefetch's own default names none).
         assert WorkerSettings.from_env(svc["environment"]) == WorkerSettings(
-            redis_url="redis://redis:6379/0",
+            redis=RedisTarget("redis://redis:6379/0"),
             archive_dir=Path("/archive"),
             download=DownloadSettings(private_hosts=("demo",)),
         )

@@ -7,6 +7,7 @@ import pytest
 from casefetch import config
 from casefetch.config import redact_url
 from casefetch.errors import ConfigError
+from casefetch.redis_target import RedisTarget
 from casefetch_tools.sender import auth_headers
 from receiver.auth import Credentials, authenticate
 from receiver.settings import PLACEHOLDER_MARKER, ReceiverSettings
@@ -117,6 +118,11 @@ def test_placeholder_credentials_are_refused(variable: str, value: str, part: st
             "unix://:s3cret@/run/redis.sock?db=2&password=s3cret",
             "unix://:***@/run/redis.sock?db=2&password=***",
         ),
+        (
+            "sentinel://:s3cret@s1:26379/2;sentinel://:s3cret@s2:26379/2",
+            "sentinel://:***@s1:26379/2;sentinel://:***@s2:26379/2",
+        ),
+        ("redis://:pa;s3cret@redis/0", "redis://:***@redis/0"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
@@ -129,9 +135,40 @@ def test_redact_url(url: str, shown: str) -> None:
         "http://:s3cret@redis:6379/0",
         "redis://:s3cret@redis:port/0",
         "redis://:s3cret@redis:99999/0",
+        "sentinel://:s3cret@s1:26379/0;sentinel://s2:port",
+        "sentinel://:s3cret@s1:26379/0;redis://s2:6379",
     ],
 )
 def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError, match=r"^REDIS_URL: ") as info:
         config.redis_url({"REDIS_URL": url})
     assert "s3cret" not in str(info.value) and ":***@" in str(info.value)
+
+
+def test_a_sentinel_url_names_every_sentinel_and_the_primary_s_credentials() -> None:
+    target = RedisTarget.from_env(
+        {
+            "REDIS_URL": "sentinel://:pw%3B@s1:26380/3; sentinel://s2;sentinel://[::1]:26381",
+            "REDIS_SENTINEL_MASTER": "primary",
+            "REDIS_SENTINEL_PASSWORD": "spw",
+        }
+    )
+    assert target.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
+    assert (target.master, target.db, target.password) == ("primary", 3, "pw;")
+    assert target.sentinel_password == "spw"
+    assert target.transport_options() == {
+        "master_name": "primary",
+        "sentinel_kwargs": {"password": "spw"},
+    }
+    assert "pw" not in target.describe().replace("spw", "")
+
+
+def test_a_plain_url_is_one_server() -> None:
+    target = RedisTarget.from_env({"REDIS_URL": "redis://:pw@redis:6379/1"})
+    assert not target.uses_sentinel and target.transport_options() == {}
+    assert target.describe() == "redis://:***@redis:6379/1"
+
+
+def test_a_sentinel_url_with_a_named_database_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_URL: the database must be a number"):
+        RedisTarget.from_env({"REDIS_URL": "sentinel://s1:26379/zero"})

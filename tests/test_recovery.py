@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
 from casefetch.protocol import Delivery, delivery_body, make_delivery
+from casefetch.redis_target import RedisTarget
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.fileserver import FileServer
@@ -235,7 +236,7 @@ def test_a_case_the_sweep_cannot_resume_does_not_hold_up_lost_deliveries(
     from worker.sweep import sweep_once
 
     settings = WorkerSettings(
-        redis_url=redis_server.db_url(8),
+        redis=RedisTarget(redis_server.db_url(8)),
         archive_dir=tmp_path / "archive",
         stuck_after_seconds=0,
         visibility_timeout_seconds=0,
@@ -358,7 +359,7 @@ def test_the_ingest_task_reads_its_delivery_from_the_inbox_once(
     from worker.settings import WorkerSettings
 
     app = build_worker(
-        WorkerSettings(redis_url=redis_server.db_url(9), archive_dir=tmp_path / "archive")
+        WorkerSettings(redis=RedisTarget(redis_server.db_url(9)), archive_dir=tmp_path / "archive")
     )
     client = app.casefetch.runtime.redis
     client.flushdb()
@@ -401,7 +402,9 @@ def test_a_download_that_finds_its_file_held_retries_a_bounded_number_of_times(
     from worker.tasks import BUSY_RETRY_SECONDS, max_busy_retries
 
     settings = WorkerSettings(
-        redis_url=redis_server.db_url(9), archive_dir=tmp_path, visibility_timeout_seconds=12
+        redis=RedisTarget(redis_server.db_url(9)),
+        archive_dir=tmp_path,
+        visibility_timeout_seconds=12,
     )
     app = build_worker(settings)
     books = app.casefetch.runtime.pipeline.books

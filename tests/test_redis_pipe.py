@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, INGEST_QUEUE
 from casefetch.protocol import enqueue_commands, inbox_entry, make_delivery
+from casefetch.redis_target import RedisTarget
 from casefetch_tools.redis_server import RedisServer, free_port
 from receiver.enqueue import Enqueuer
 from receiver.redis_pipe import RedisPipe
@@ -124,7 +125,7 @@ async def test_a_redis_that_never_answers_costs_a_timeout_not_a_hang() -> None:
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    enqueuer = Enqueuer.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.3)
+    enqueuer = Enqueuer.to(RedisTarget(f"redis://127.0.0.1:{port}/0"), timeout_seconds=0.3)
     assert enqueuer.pipe is not None
     try:
         started = asyncio.get_running_loop().time()

@@ -57,8 +57,7 @@ def build_worker(
     metrics = WorkerMetrics(CollectorRegistry())
 
     def build_runtime(process: WorkerProcess) -> Runtime:
-        client = redis_client or redis.Redis.from_url(
-            settings.redis_url,
+        client = redis_client or settings.redis.client(
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
@@ -76,7 +75,7 @@ def build_worker(
         )
 
     process = WorkerProcess(settings, build_runtime)
-    app = Celery("casefetch", broker=settings.redis_url, set_as_current=False)
+    app = Celery("casefetch", broker=settings.redis.url, set_as_current=False)
     app.casefetch = process
     app.conf.update(celery_config(settings))
     register_tasks(app, process)
@@ -119,6 +118,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
+            **settings.redis.transport_options(),
         },
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

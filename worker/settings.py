@@ -7,6 +7,7 @@ from pathlib import Path
 
 from casefetch import config
 from casefetch.errors import ConfigError
+from casefetch.redis_target import DEFAULT_TARGET, RedisTarget
 from worker import archive
 from worker.urls import InvalidUrl, ascii_host
 
@@ -33,7 +34,7 @@ class DownloadSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    redis_url: str = config.DEFAULT_REDIS_URL
+    redis: RedisTarget = DEFAULT_TARGET
     storage_backend: str = "local"
     archive_dir: Path = Path("archive")
     s3_bucket: str | None = None
@@ -99,7 +100,7 @@ class WorkerSettings:
                 "headers go only to the hosts named there",
             )
         return cls(
-            redis_url=config.redis_url(env),
+            redis=RedisTarget.from_env(env),
             storage_backend=backend,
             archive_dir=Path(config.read_str(env, "ARCHIVE_DIR", str(cls.archive_dir))),
             s3_bucket=bucket,
