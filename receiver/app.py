@@ -330,7 +330,9 @@ def create_app(
     app[ACCEPTED_LOG] = BatchedLines(log)
 
     async def open_clients(app: web.Application) -> None:
-        app[ENQUEUER] = enqueuer or Enqueuer.to(settings.redis, settings.redis_timeout_seconds)
+        app[ENQUEUER] = enqueuer or Enqueuer.to(
+            settings.redis, settings.redis_timeout_seconds, settings.min_replicas_ack
+        )
 
     async def close_clients(app: web.Application) -> None:
         app[ACCEPTED_LOG].close()  # every request has been answered: write the last lines

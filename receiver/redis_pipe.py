@@ -14,26 +14,63 @@ connection breaks, every caller still waiting gets a ConnectionError (their writ
 may not have landed: they answer 503, the sender retries, and the worker takes an identical
 re-delivery as a no-op); the next command reconnects.
 
-Only plain ``redis://`` URLs are handled (host, port, user, password, database);
-:meth:`RedisPipe.supports` tells, and the receiver uses redis-py for anything else (TLS,
-Unix sockets, URL options).
+Under Sentinel, each (re)connection asks the sentinels, in order, for the primary's address,
+and a server that is not a primary (``ROLE``) is refused. A ``-READONLY`` or ``-LOADING``
+reply (a primary demoted or restarting) drops the connection as a broken one does: the next
+command reconnects through the sentinels, and the pipe follows a failover without a restart.
+
+With replicas to wait for, a transaction's write is only acknowledged once Redis's ``WAIT``
+says enough replicas have it. ``WAIT`` blocks the connection it is sent on, so one is sent per
+write of the connection (the transactions of one turn of the event loop), after the last of
+them: it counts the connection's latest write, so it covers every transaction before it.
+
+Only plain ``redis://`` URLs and Sentinel targets are handled (host, port, user, password,
+database); :meth:`RedisPipe.supports` tells, and the receiver uses redis-py for anything else
+(TLS, Unix sockets, URL options).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+
+from casefetch.redis_target import RedisTarget
 
 _CRLF = b"\r\n"
+#: Error replies of a server that cannot take writes now: a replica (a demoted primary) or a
+#: server loading its data. The connection is dropped; the next one asks the sentinels.
+_NOT_A_PRIMARY: dict[str, type[RedisError]] = {
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+}
+
+_NOT_A_PRIMARY_ERRORS = tuple(_NOT_A_PRIMARY.values())
+
+
+class TooFewReplicas(RedisError):
+    """``WAIT`` counted fewer replicas holding the write than required (in time)."""
+
+    def __init__(self, acknowledged: int, required: int) -> None:
+        super().__init__(f"{acknowledged} of {required} replicas acknowledged the write in time")
+        self.acknowledged = acknowledged
+        self.required = required
+
+
+def wait_milliseconds(remaining: float) -> int:
+    """``WAIT``'s timeout for ``remaining`` seconds: nine tenths of it, so its answer is back
+    before the caller's deadline; never 0, which would make WAIT block forever."""
+    return max(1, int(remaining * 900))
 
 
 def _reply(buffer: bytearray, start: int) -> tuple[object, int] | None:
     """The RESP2 reply at ``start`` and where the next begins, or None when it is not all
-    in yet. An error reply is a ResponseError (returned, not raised)."""
+    in yet. An error reply is a RedisError (returned, not raised): a ResponseError, or one
+    of :data:`_NOT_A_PRIMARY`."""
     end = buffer.find(_CRLF, start)
     if end < 0:
         return None
@@ -64,7 +101,8 @@ def _reply(buffer: bytearray, start: int) -> tuple[object, int] | None:
     if kind == 0x2B:  # +
         return line, end + 2
     if kind == 0x2D:  # -
-        return ResponseError(line.decode("utf-8", "replace")), end + 2
+        text = line.decode("utf-8", "replace")
+        return _NOT_A_PRIMARY.get(text.partition(" ")[0], ResponseError)(text), end + 2
     raise RedisConnectionError(f"unexpected reply from Redis: {kind:#x}")
 
 
@@ -92,6 +130,9 @@ class _Protocol(asyncio.Protocol):
         self.flush_scheduled = False
         self.lost = False
         self.watchdog: asyncio.TimerHandle | None = None
+        #: The ``WAIT`` to send after the write being gathered: its future (shared by every
+        #: transaction in the write), the earliest deadline among them, how many replicas.
+        self.wait: tuple[asyncio.Future[object], float, int] | None = None
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -111,6 +152,19 @@ class _Protocol(asyncio.Protocol):
             loop.call_soon(self.flush)
         if self.watchdog is None and deadline != _NEVER:
             self.watchdog = loop.call_at(deadline, self._expire)
+        return waiter
+
+    def acknowledged(self, replicas: int, deadline: float) -> asyncio.Future[object]:
+        """The number of replicas holding what was sent so far, once at least ``replicas``
+        do or ``WAIT``'s timeout (from ``deadline``) passed: sent with the next write."""
+        if self.wait is None:
+            waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            # A caller whose transaction failed never looks at it: nor does the loop's log.
+            waiter.add_done_callback(_retrieve)
+            self.wait = (waiter, deadline, replicas)
+            return waiter
+        waiter, earliest, most = self.wait
+        self.wait = (waiter, min(earliest, deadline), max(most, replicas))
         return waiter
 
     def _expire(self) -> None:
@@ -135,6 +189,16 @@ class _Protocol(asyncio.Protocol):
     def flush(self) -> None:
         self.flush_scheduled = False
         if self.outgoing and self.transport is not None and not self.lost:
+            if self.wait is not None:
+                waiter, deadline, replicas = self.wait
+                self.wait = None
+                milliseconds = (
+                    0
+                    if deadline == _NEVER
+                    else wait_milliseconds(deadline - asyncio.get_running_loop().time())
+                )
+                self.outgoing += _command(b"WAIT", b"%d" % replicas, b"%d" % milliseconds)
+                self.waiters.append((waiter, deadline, 1))
             data, self.outgoing = self.outgoing, []
             self.transport.write(b"".join(data))
 
@@ -156,6 +220,7 @@ class _Protocol(asyncio.Protocol):
     def _parse(self) -> None:
         buffer = self.buffer
         start = 0
+        demoted: RedisError | None = None
         while True:
             parsed = _reply(buffer, start)
             if parsed is None:
@@ -163,6 +228,8 @@ class _Protocol(asyncio.Protocol):
             value, start = parsed
             if not self.waiters:
                 raise RedisConnectionError("reply from Redis that nothing asked for")
+            if isinstance(value, _NOT_A_PRIMARY_ERRORS):
+                demoted = value
             waiter, deadline, replies = self.waiters[0]
             if replies > 1:  # a transaction: only its last reply (EXEC's) is its answer
                 self.waiters[0] = (waiter, deadline, replies - 1)
@@ -174,6 +241,10 @@ class _Protocol(asyncio.Protocol):
                 else:
                     waiter.set_result(value)
         del buffer[:start]
+        if demoted is not None:
+            self._fail(RedisConnectionError(f"Redis no longer takes writes here: {demoted}"))
+            if self.transport is not None:
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -181,6 +252,9 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         self.lost = True
         self.outgoing.clear()
+        if self.wait is not None:
+            self.waiters.append((self.wait[0], _NEVER, 1))
+            self.wait = None
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
@@ -190,12 +264,15 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(exc)
 
 
-def _retrieve(task: asyncio.Task[_Protocol]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class RedisPipe:
+    """One pipelined connection to the Redis at ``host``:``port``, or to the primary that
+    ``sentinels`` (their addresses, in the order they are asked) name for ``master``."""
+
     def __init__(
         self,
         host: str,
@@ -204,6 +281,9 @@ class RedisPipe:
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 2.0,
+        sentinels: tuple[tuple[str, int], ...] = (),
+        master: str = "",
+        sentinel_password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -211,6 +291,9 @@ class RedisPipe:
         self.username = username
         self.password = password
         self.connect_timeout = connect_timeout
+        self.sentinels = sentinels
+        self.master = master
+        self.sentinel_password = sentinel_password
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
@@ -238,6 +321,23 @@ class RedisPipe:
             connect_timeout,
         )
 
+    @classmethod
+    def for_target(cls, target: RedisTarget, connect_timeout: float = 2.0) -> RedisPipe | None:
+        """A pipe to ``target``, or None when it is not one the pipe handles."""
+        if not target.uses_sentinel:
+            return cls.from_url(target.url, connect_timeout) if cls.supports(target.url) else None
+        return cls(
+            "",
+            0,
+            target.db,
+            target.username,
+            target.password,
+            connect_timeout,
+            target.sentinels,
+            target.master,
+            target.sentinel_password,
+        )
+
     async def execute(self, *args: bytes, timeout: float | None = None) -> object:
         """Send one command and wait for its reply (ResponseError for an error reply,
         TimeoutError when connecting and the reply took more than ``timeout`` seconds)."""
@@ -254,10 +354,11 @@ class RedisPipe:
             return await self._connect()
 
     async def transaction(
-        self, *commands: tuple[bytes, ...], timeout: float | None = None
+        self, *commands: tuple[bytes, ...], timeout: float | None = None, replicas: int = 0
     ) -> list[object]:
         """Run ``commands`` in MULTI/EXEC (atomically, and none if the connection breaks before
-        EXEC); their replies, an error reply raised."""
+        EXEC); their replies, an error reply raised. With ``replicas``, only once that many
+        replicas have the write (``WAIT``), else TooFewReplicas."""
         protocol = self._protocol
         deadline = _NEVER if timeout is None else asyncio.get_running_loop().time() + timeout
         if protocol is None or protocol.lost:
@@ -267,12 +368,18 @@ class RedisPipe:
             parts += _command(*command)
         parts += _command(b"EXEC")
         # One send: no other caller's command can land inside the transaction.
-        replies = await protocol.send(parts, deadline, len(commands) + 2)
+        executed = protocol.send(parts, deadline, len(commands) + 2)
+        acknowledged = protocol.acknowledged(replicas, deadline) if replicas else None
+        replies = await executed
         if not isinstance(replies, list):
             raise ResponseError(f"transaction not run: {replies!r}")
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if acknowledged is not None:
+            count = await acknowledged
+            if not isinstance(count, int) or count < replicas:
+                raise TooFewReplicas(count if isinstance(count, int) else 0, replicas)
         return replies
 
     async def lpush(self, key: str, value: bytes) -> object:
@@ -280,6 +387,13 @@ class RedisPipe:
 
     async def ping(self, timeout: float | None = None) -> bool:
         return await self.execute(b"PING", timeout=timeout) == b"PONG"
+
+    async def replicas(self, timeout: float | None = None) -> int:
+        """How many replicas are connected to the primary now (``INFO replication``)."""
+        info = await self.execute(b"INFO", b"replication", timeout=timeout)
+        if not isinstance(info, bytes):
+            raise ResponseError(f"unexpected INFO reply: {info!r}")
+        return connected_replicas(info.decode("utf-8", "replace"))
 
     async def _connect(self) -> _Protocol:
         # Requests arriving while a connection is being made all wait for that one.
@@ -290,10 +404,11 @@ class RedisPipe:
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Protocol:
+        host, port = (self.host, self.port) if not self.sentinels else await self._discover()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                transport, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                transport, protocol = await loop.create_connection(_Protocol, host, port)
                 setup = []
                 if self.password is not None:
                     credentials = [self.username.encode()] if self.username else []
@@ -302,17 +417,59 @@ class RedisPipe:
                     )
                 if self.db:
                     setup.append(protocol.send(_command(b"SELECT", str(self.db).encode())))
+                # The sentinels may name a primary that is one no more (or not yet).
+                role = protocol.send(_command(b"ROLE")) if self.sentinels else None
                 for reply in setup:
                     await reply
+                if role is not None and not _is_primary(await role):
+                    transport.close()
+                    raise RedisConnectionError(
+                        f"Redis at {host}:{port}, named by the sentinels as the primary of "
+                        f"{self.master}, is not a primary"
+                    )
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(
-                f"cannot connect to Redis at {self.host}:{self.port}: {exc}"
-            ) from exc
+            raise RedisConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from exc
         except ResponseError:
             transport.close()  # a refused AUTH or SELECT: this connection is of no use
             raise
         self._protocol = protocol
         return protocol
+
+    async def _discover(self) -> tuple[str, int]:
+        """The primary's address, from the first sentinel that knows it. Each is given a
+        share of the connection timeout, the primary's connection one more."""
+        timeout = self.connect_timeout / (len(self.sentinels) + 1)
+        problems = []
+        for host, port in self.sentinels:
+            try:
+                async with asyncio.timeout(timeout):
+                    address = await self._ask_sentinel(host, port)
+            except (OSError, TimeoutError, RedisError) as exc:
+                problems.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            if address is not None:
+                return address
+            problems.append(f"{host}:{port} names no primary for {self.master}")
+        raise RedisConnectionError(f"no sentinel named the primary: {'; '.join(problems)}")
+
+    async def _ask_sentinel(self, host: str, port: int) -> tuple[str, int] | None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_connection(_Protocol, host, port)
+        try:
+            password = self.sentinel_password
+            auth = protocol.send(_command(b"AUTH", password.encode())) if password else None
+            asked = protocol.send(
+                _command(b"SENTINEL", b"get-master-addr-by-name", self.master.encode())
+            )
+            if auth is not None:
+                await auth
+            address = await asked
+        finally:
+            transport.close()
+        match address:  # nil when the sentinel does not monitor that master
+            case [bytes(primary_host), bytes(primary_port)] if primary_port.isdigit():
+                return primary_host.decode(), int(primary_port)
+        return None
 
     async def close(self) -> None:
         if self._connecting is not None and not self._connecting.done():
@@ -320,3 +477,16 @@ class RedisPipe:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+def _is_primary(role: object) -> bool:
+    return isinstance(role, list) and bool(role) and role[0] == b"master"
+
+
+def connected_replicas(info: str) -> int:
+    """``connected_slaves`` of an ``INFO replication`` reply (0 when absent)."""
+    for line in info.splitlines():
+        name, _, value = line.partition(":")
+        if name == "connected_slaves":
+            return int(value)
+    return 0

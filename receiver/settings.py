@@ -29,6 +29,9 @@ class ReceiverSettings:
     read_timeout_seconds: float = 30.0
     #: Port /metrics is served on, apart from the webhooks (same host); None: on the main port.
     metrics_port: int | None = None
+    #: Replicas that must have a delivery (Redis WAIT) before it is answered 202; 0: the
+    #: primary's own acknowledgement is enough.
+    min_replicas_ack: int = 0
 
     @classmethod
     def from_env(cls, env: config.Env | None = None) -> ReceiverSettings:
@@ -57,6 +60,9 @@ class ReceiverSettings:
                 env, "RECEIVER_READ_TIMEOUT_SECONDS", cls.read_timeout_seconds, 0.1
             ),
             metrics_port=read_port(env, "RECEIVER_METRICS_PORT"),
+            min_replicas_ack=config.read_int(
+                env, "REDIS_MIN_REPLICAS_ACK", cls.min_replicas_ack, 0
+            ),
         )
 
 

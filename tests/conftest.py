@@ -5,6 +5,7 @@ tests/credentials.py."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.archive_view import Archive
 from tests.fileserver import FileServer
 from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.samples import close_built
-from tests.sentinels import SentinelGroup
+from tests.sentinels import SentinelGroup, replicate
 from worker.storage import LocalStorage
 
 
@@ -54,6 +55,21 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
         yield group.start()
     finally:
         group.stop()
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and its replica of this test's own (no sentinels; it may stop them)."""
+    primary = RedisServer(tmp_path / "primary", appendfsync="everysec").start()
+    replica = RedisServer(tmp_path / "replica", appendfsync="everysec")
+    try:
+        replicate(replica.start(), primary)
+        yield primary, replica
+    finally:
+        for server in (replica, primary):
+            if server.process is not None:  # a test may have paused it
+                server.process.send_signal(signal.SIGCONT)
+            server.kill()
 
 
 @pytest.fixture

@@ -18,6 +18,15 @@ MASTER = "casefetch-primary"
 DOWN_AFTER_MS = 1000
 
 
+def replicate(replica: RedisServer, primary: RedisServer) -> None:
+    """Make ``replica`` a replica of ``primary``; return once it is in sync."""
+    with redis.Redis(port=primary.port) as client:  # not Redis's 5 s wait for more replicas
+        client.config_set("repl-diskless-sync-delay", 0)
+    with redis.Redis(port=replica.port) as client:
+        client.replicaof("127.0.0.1", primary.port)
+        wait_for(lambda: client.info("replication")["master_link_status"] == "up", 10)
+
+
 class SentinelGroup:
     """Two redis-servers (a primary and its replica) watched by three sentinels (quorum 2)."""
 
@@ -34,9 +43,7 @@ class SentinelGroup:
         binary = shutil.which("redis-sentinel")
         assert binary, "redis-sentinel is not on PATH (apt-get install redis-sentinel)"
         primary, replica = (server.start() for server in self.servers)
-        with redis.Redis(port=replica.port) as client:
-            client.replicaof("127.0.0.1", primary.port)
-            wait_for(lambda: client.info("replication")["master_link_status"] == "up", 10)
+        replicate(replica, primary)
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
             config.write_text(
@@ -70,7 +77,9 @@ class SentinelGroup:
             others = sentinel.sentinel_sentinels(MASTER)
         except redis.RedisError:
             return False
-        return len(replicas) == 1 and len(others) == 2
+        # redis-py types both replies as ``list | bool``.
+        one_replica = isinstance(replicas, list) and len(replicas) == 1
+        return one_replica and isinstance(others, list) and len(others) == 2
 
     @property
     def url(self) -> str:
@@ -109,7 +118,7 @@ class SentinelGroup:
                 if int(primary_port) == old.port:
                     return False
             with redis.Redis(port=int(primary_port)) as client:
-                return client.info("replication")["role"] == "master"
+                return bool(client.info("replication")["role"] == "master")
 
         wait_for(promoted, timeout)
         return self.primary()

@@ -172,3 +172,17 @@ def test_a_plain_url_is_one_server() -> None:
 def test_a_sentinel_url_with_a_named_database_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^REDIS_URL: the database must be a number"):
         RedisTarget.from_env({"REDIS_URL": "sentinel://s1:26379/zero"})
+
+
+@pytest.mark.parametrize(("value", "acks"), [(None, 0), ("0", 0), ("1", 1), (" 2 ", 2)])
+def test_replica_acknowledgements_are_read(value: str | None, acks: int) -> None:
+    env = {"WEBHOOK_BEARER_TOKENS": "t"}
+    if value is not None:
+        env["REDIS_MIN_REPLICAS_ACK"] = value
+    assert receiver_settings(**env).min_replicas_ack == acks
+
+
+@pytest.mark.parametrize("value", ["-1", "one", "1.5"])
+def test_a_bad_replica_acknowledgement_count_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_MIN_REPLICAS_ACK: "):
+        receiver_settings(WEBHOOK_BEARER_TOKENS="t", REDIS_MIN_REPLICAS_ACK=value)
