@@ -24,7 +24,7 @@ from casefetch.protocol import (
     ingest_message,
 )
 from casefetch.redis_target import RedisTarget
-from receiver.redis_pipe import RedisPipe, TooFewReplicas, wait_milliseconds
+from receiver.redis_pipe import RedisPipe, TooFewReplicas, online_replicas, wait_milliseconds
 
 
 class EnqueueError(Exception):
@@ -119,8 +119,11 @@ class Enqueuer:
                 return await redis.ping(self.timeout_seconds)
             async with asyncio.timeout(self.timeout_seconds):
                 if self.min_replicas_ack:
-                    info = await redis.info("replication")
-                    return int(info.get("connected_slaves", 0)) >= self.min_replicas_ack
+                    # Named in bytes: the reply as Redis sent it, not redis-py's dict.
+                    info = await redis.execute_command(  # type: ignore[no-untyped-call]
+                        b"INFO", b"replication"
+                    )
+                    return online_replicas(info.decode()) >= self.min_replicas_ack
                 return bool(await redis.ping())
         except (RedisError, OSError, TimeoutError):
             return False

@@ -389,11 +389,11 @@ class RedisPipe:
         return await self.execute(b"PING", timeout=timeout) == b"PONG"
 
     async def replicas(self, timeout: float | None = None) -> int:
-        """How many replicas are connected to the primary now (``INFO replication``)."""
+        """How many replicas are in sync with the primary now (:func:`online_replicas`)."""
         info = await self.execute(b"INFO", b"replication", timeout=timeout)
         if not isinstance(info, bytes):
             raise ResponseError(f"unexpected INFO reply: {info!r}")
-        return connected_replicas(info.decode("utf-8", "replace"))
+        return online_replicas(info.decode("utf-8", "replace"))
 
     async def _connect(self) -> _Protocol:
         # Requests arriving while a connection is being made all wait for that one.
@@ -483,10 +483,11 @@ def _is_primary(role: object) -> bool:
     return isinstance(role, list) and bool(role) and role[0] == b"master"
 
 
-def connected_replicas(info: str) -> int:
-    """``connected_slaves`` of an ``INFO replication`` reply (0 when absent)."""
-    for line in info.splitlines():
-        name, _, value = line.partition(":")
-        if name == "connected_slaves":
-            return int(value)
-    return 0
+def online_replicas(info: str) -> int:
+    """The replicas in sync (``state=online``) in an ``INFO replication`` reply: those that
+    acknowledge writes; one still loading the primary's data does not yet."""
+    return sum(
+        1
+        for line in info.splitlines()
+        if line.startswith("slave") and ":" in line and "state=online" in line.split(",")
+    )

@@ -16,15 +16,22 @@ from tests.waiting import wait_for
 MASTER = "casefetch-primary"
 #: How long the sentinels wait before they call a silent primary down.
 DOWN_AFTER_MS = 1000
+#: Written and deleted to see a new replica acknowledge a write.
+PROBE_KEY = "tests:replication-probe"
 
 
 def replicate(replica: RedisServer, primary: RedisServer) -> None:
-    """Make ``replica`` a replica of ``primary``; return once it is in sync."""
+    """Make ``replica`` a replica of ``primary``; return once it acknowledges writes (a fresh
+    replica may take a second more for its first acknowledgement than "in sync" says)."""
     with redis.Redis(port=primary.port) as client:  # not Redis's 5 s wait for more replicas
         client.config_set("repl-diskless-sync-delay", 0)
     with redis.Redis(port=replica.port) as client:
         client.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: client.info("replication")["master_link_status"] == "up", 10)
+    with redis.Redis(port=primary.port) as client:
+        client.set(PROBE_KEY, "1")
+        acknowledged = client.wait(1, 10_000)
+        client.delete(PROBE_KEY)
+        assert acknowledged >= 1 and client.wait(1, 10_000) >= 1, "the replica never caught up"
 
 
 class SentinelGroup:

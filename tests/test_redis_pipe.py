@@ -17,6 +17,7 @@ from casefetch.redis_target import RedisTarget
 from casefetch_tools.redis_server import RedisServer, free_port
 from receiver.enqueue import Enqueuer
 from receiver.redis_pipe import RedisPipe
+from tests.sentinels import replicate
 
 
 async def test_concurrent_pushes_each_get_their_own_reply(redis_server: RedisServer) -> None:
@@ -239,3 +240,110 @@ async def test_the_receiver_enqueues_through_redis_py_where_the_pipe_cannot(
         await enqueuer.close()
         client.flushdb()
         client.close()
+
+
+class StandInSentinel:
+    """A server that answers ``SENTINEL get-master-addr-by-name`` with the address it is given,
+    as a sentinel with a stale view would, and keeps the commands it was sent."""
+
+    def __init__(self, primary: RedisServer) -> None:
+        self.port = primary.port
+        self.commands: list[list[bytes]] = []
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return "127.0.0.1", self.server.sockets[0].getsockname()[1]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        while header := await reader.readline():
+            command = []
+            for _ in range(int(header[1:])):
+                length = int((await reader.readline())[1:])
+                command.append((await reader.readexactly(length + 2))[:-2])
+            self.commands.append(command)
+            if command[0] == b"AUTH":
+                writer.write(b"+OK\r\n")
+            else:
+                port = str(self.port).encode()
+                writer.write(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(port), port))
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+def sentinel_pipe(*sentinels: tuple[str, int], password: str | None = None) -> RedisPipe:
+    url = ";".join(f"sentinel://{host}:{port}/0" for host, port in sentinels)
+    target = RedisTarget.parse(url, "casefetch-primary", password)
+    pipe = RedisPipe.for_target(target, connect_timeout=1.0)
+    assert pipe is not None
+    return pipe
+
+
+async def test_the_sentinels_are_asked_in_order_for_the_primary(
+    replicated: tuple[RedisServer, RedisServer],
+) -> None:
+    primary, _ = replicated
+    sentinel = StandInSentinel(primary)
+    nobody = ("127.0.0.1", free_port())
+    pipe = sentinel_pipe(nobody, await sentinel.start(), password="sentinel-secret")
+    try:
+        assert await pipe.transaction((b"LPUSH", b"q", b"1")) == [1]
+        assert sentinel.commands == [
+            [b"AUTH", b"sentinel-secret"],
+            [b"SENTINEL", b"get-master-addr-by-name", b"casefetch-primary"],
+        ]
+        with redis.Redis(port=primary.port) as client:
+            assert client.llen("q") == 1
+    finally:
+        await pipe.close()
+        await sentinel.close()
+
+
+async def test_a_replica_named_as_the_primary_is_refused(
+    replicated: tuple[RedisServer, RedisServer],
+) -> None:
+    primary, replica = replicated
+    with redis.Redis(port=replica.port) as client:
+        client.config_set("replica-read-only", "no")  # it would take the write, and lose it
+    sentinel = StandInSentinel(replica)
+    pipe = sentinel_pipe(await sentinel.start())
+    try:
+        with pytest.raises(RedisConnectionError, match="is not a primary"):
+            await pipe.transaction((b"LPUSH", b"q", b"lost"))
+        sentinel.port = primary.port  # the sentinels caught up: the next connection asks again
+        assert await pipe.transaction((b"LPUSH", b"q", b"kept")) == [1]
+        with redis.Redis(port=primary.port) as client:
+            assert client.lrange("q", 0, -1) == [b"kept"]
+    finally:
+        await pipe.close()
+        await sentinel.close()
+
+
+async def test_a_demoted_primary_sends_the_pipe_back_to_the_sentinels(
+    replicated: tuple[RedisServer, RedisServer],
+) -> None:
+    old, new = replicated
+    sentinel = StandInSentinel(old)
+    pipe = sentinel_pipe(await sentinel.start())
+    try:
+        assert await pipe.transaction((b"LPUSH", b"q", b"1")) == [1]
+        # A failover the pipe's connection survives: the old primary answers -READONLY.
+        with redis.Redis(port=new.port) as client:
+            client.replicaof("NO", "ONE")
+        replicate(old, new)
+        sentinel.port = new.port
+        with pytest.raises(ResponseError, match="EXECABORT"):
+            await pipe.transaction((b"LPUSH", b"q", b"2"))
+        assert await pipe.transaction((b"LPUSH", b"q", b"3")) == [2]
+        with redis.Redis(port=new.port) as client:
+            assert client.lrange("q", 0, -1) == [b"3", b"1"]
+    finally:
+        await pipe.close()
+        await sentinel.close()
