@@ -120,7 +120,9 @@ _NEVER = float("inf")
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, drop_when_late: bool = False) -> None:
+        #: Whether a command past its deadline drops the connection (see :class:`RedisPipe`).
+        self.drop_when_late = drop_when_late
         self.transport: asyncio.Transport | None = None
         #: Commands sent and not answered yet, in order: (their future, their deadline, how
         #: many replies they wait for).
@@ -170,20 +172,27 @@ class _Protocol(asyncio.Protocol):
     def _expire(self) -> None:
         """Fail the commands past their deadline; wake up again at the next deadline.
 
-        Their replies may still come: they keep their place in :attr:`waiters`.
+        Their replies may still come: they keep their place in :attr:`waiters`, unless
+        :attr:`drop_when_late`, which drops the connection.
         """
         self.watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         upcoming = _NEVER
+        late = False
         for waiter, deadline, _ in self.waiters:
             if waiter.done():
                 continue
             if deadline <= now:
                 waiter.set_exception(TimeoutError("Redis did not answer in time"))
+                late = True
             else:
                 upcoming = min(upcoming, deadline)
-        if upcoming != _NEVER:
+        if late and self.drop_when_late:
+            self._fail(RedisConnectionError("Redis did not answer in time: connection dropped"))
+            if self.transport is not None:
+                self.transport.close()
+        elif upcoming != _NEVER:
             self.watchdog = loop.call_at(upcoming, self._expire)
 
     def flush(self) -> None:
@@ -271,7 +280,14 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 class RedisPipe:
     """One pipelined connection to the Redis at ``host``:``port``, or to the primary that
-    ``sentinels`` (their addresses, in the order they are asked) name for ``master``."""
+    ``sentinels`` (their addresses, in the order they are asked) name for ``master``.
+
+    Under Sentinel a command past its deadline also drops the connection: a primary that
+    went silent (a partition, a host gone without closing its sockets) is the failover case
+    that no error reply or closed socket announces, and only a new connection asks the
+    sentinels again. One server named by its URL keeps the connection (the late reply keeps
+    its place): reconnecting to the same address would not help.
+    """
 
     def __init__(
         self,
@@ -406,9 +422,13 @@ class RedisPipe:
     async def _open(self) -> _Protocol:
         host, port = (self.host, self.port) if not self.sentinels else await self._discover()
         loop = asyncio.get_running_loop()
+        sentinels = bool(self.sentinels)
+        transport: asyncio.BaseTransport | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                transport, protocol = await loop.create_connection(_Protocol, host, port)
+                transport, protocol = await loop.create_connection(
+                    lambda: _Protocol(drop_when_late=sentinels), host, port
+                )
                 setup = []
                 if self.password is not None:
                     credentials = [self.username.encode()] if self.username else []
@@ -422,16 +442,16 @@ class RedisPipe:
                 for reply in setup:
                     await reply
                 if role is not None and not _is_primary(await role):
-                    transport.close()
                     raise RedisConnectionError(
                         f"Redis at {host}:{port}, named by the sentinels as the primary of "
                         f"{self.master}, is not a primary"
                     )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, RedisError) as exc:
+            if transport is not None:  # a silent server, a refused AUTH or SELECT...
+                transport.close()
+            if isinstance(exc, RedisError):
+                raise
             raise RedisConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from exc
-        except ResponseError:
-            transport.close()  # a refused AUTH or SELECT: this connection is of no use
-            raise
         self._protocol = protocol
         return protocol
 

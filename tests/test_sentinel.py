@@ -4,6 +4,7 @@ follows a failover without a restart (real redis-server and redis-sentinel proce
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -111,6 +112,28 @@ async def test_the_receiver_follows_a_failover_without_a_restart(
         f"SIGKILL; the receiver's next request answered 202 in "
         f"{(answered - promoted) * 1000:.0f} ms, without a restart"
     )
+
+
+async def test_the_receiver_leaves_a_primary_gone_silent(
+    sentinels: SentinelGroup, aiohttp_client: ClientFactory
+) -> None:
+    """A primary that stops answering without closing its connections (a partition, a host
+    gone), here SIGSTOPped: a late reply sends the receiver back to the sentinels."""
+    target = sentinels.target()
+    client = await aiohttp_client(
+        create_app(rh.settings("", redis=target, redis_timeout_seconds=1.0))
+    )
+    assert (await post(client))[0] == 202
+    old = sentinels.primary()
+    assert old.process is not None
+    old.process.send_signal(signal.SIGSTOP)
+    try:
+        assert await post(client) == (503, "5")
+        new = await asyncio.to_thread(sentinels.wait_for_promotion, old)
+        status, delivery_id = await post(client)
+        assert status == 202 and delivery_id and in_inbox(new.port, [delivery_id])
+    finally:
+        old.process.send_signal(signal.SIGCONT)
 
 
 def test_the_receiver_uses_the_pipe_under_sentinel(sentinels: SentinelGroup) -> None:
