@@ -25,7 +25,7 @@ write of the connection (the transactions of one turn of the event loop), after 
 them: it counts the connection's latest write, so it covers every transaction before it.
 
 Only plain ``redis://`` URLs and Sentinel targets are handled (host, port, user, password,
-database); :meth:`RedisPipe.supports` tells, and the receiver uses redis-py for anything else
+database); :meth:`RedisPipe.for_target` tells, and the receiver uses redis-py for anything else
 (TLS, Unix sockets, URL options).
 """
 
