@@ -27,6 +27,10 @@ def lock_key(*parts: str) -> str:
     return f"{KEY_PREFIX}:lock:" + ":".join(parts)
 
 
+#: The counter every lock acquisition takes its fence number from (worker.locks).
+FENCE_KEY = f"{KEY_PREFIX}:fence"
+
+
 #: Sorted set of cases with work outstanding, scored by the time of their last progress.
 ACTIVE_CASES_KEY = f"{KEY_PREFIX}:active"
 

@@ -81,7 +81,7 @@ def test_claim_checks_generation_result_and_lock_at_once(client: redis.Redis) ->
     assert books.live_writers() == {f"{case}/case.pdf"}
     with claim.lock:
         books.intend_many(case, {0: {"path": "case.pdf", "sha256": "ab"}})
-        assert books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)]) == 1
+        assert books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)]) == (1, [])
         # Recorded and released in one step.
         assert not client.exists(lock_key("file", case, "case.pdf"))
     assert books.claim_many(case, "gen-1", [(0, "case.pdf")])[0].status == "done"
@@ -106,7 +106,8 @@ def test_a_stale_record_still_releases_the_lock(client: redis.Redis) -> None:
     assert claim.lock is not None
     books.start(case, "gen-2", [0])  # a newer delivery took over meanwhile
     with claim.lock:
-        assert books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)]) is None
+        recorded = books.record_many(case, "gen-1", [(0, {"status": "stored"}, claim.lock)])
+        assert recorded.remaining is None
     assert not client.exists(lock_key("file", case, "case.pdf"))
     assert client.hlen(case_key(case, "results")) == 0
 
@@ -134,7 +135,7 @@ def test_a_batch_is_claimed_and_recorded_in_one_step_each(client: redis.Redis) -
     remaining = books.record_many(
         case, "gen-1", [(2, {"status": "stored"}, held[0]), (3, {"status": "failed"}, held[1])]
     )
-    assert remaining == 1  # file 1, still with the other worker
+    assert remaining == (1, [])  # file 1, still with the other worker
     assert all(lock.released for lock in held)
     assert not client.exists(lock_key("file", case, "items/002-C"))
     assert not client.exists(lock_key("file", case, "items/003-D"))
@@ -142,5 +143,6 @@ def test_a_batch_is_claimed_and_recorded_in_one_step_each(client: redis.Redis) -
     assert set(books.results(case)) == {0, 2, 3}
     assert other.lock is not None
     with other.lock:
-        assert books.record_many(case, "gen-2", [(1, {"status": "stored"}, other.lock)]) is None
+        recorded = books.record_many(case, "gen-2", [(1, {"status": "stored"}, other.lock)])
+        assert recorded.remaining is None
     assert not client.exists(lock_key("file", case, "items/001-B"))  # stale, yet released

@@ -101,13 +101,13 @@ class _Batch:
         if not group:
             return
         try:
-            self.files.commit(self.case, self.gen, group)
+            outcomes = self.files.commit(self.case, self.gen, group)
         except (Busy, *INFRA_ERRORS) as exc:
             log.warning("downloads of %s postponed: %s", self.case, exc)
             self.postponed = exc
             return
         self.committed = True
-        self.outcomes += [str(f.entry["status"]) for f in group]
+        self.outcomes += outcomes
 
     def settle_if_redelivered(self) -> None:
         """Every file was fetched already (a redelivered message): make sure the case is

@@ -23,13 +23,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from casefetch.codec import compact as compact_json
 from casefetch.constants import (
     ACTIVE_CASES_KEY,
+    FENCE_KEY,
     INBOX_INDEX_KEY,
     INBOX_KEY,
     INGEST_QUEUE,
@@ -65,6 +66,14 @@ class Claim:
     status: ClaimStatus
     lock: HeldLock | None = None
     intent: Entry | None = None
+
+
+class Recorded(NamedTuple):
+    """What :meth:`Bookkeeping.record_many` did: how many files remain (None: the generation
+    is stale), and the indices it refused because their lock was no longer the recorder's."""
+
+    remaining: int | None
+    refused: list[int]
 
 
 class Bookkeeping:
@@ -109,62 +118,68 @@ class Bookkeeping:
 
         Each claim is ``stale``, ``done``, ``busy`` (another worker holds the file) or
         ``claimed`` (see :class:`Claim`); one script checks the generation, the results and
-        the locks of them all, so nothing can start or record in between.
+        the locks of them all, so nothing can start or record in between. Each lock taken
+        gets its fence number (see :mod:`worker.locks`) in the same step.
         """
         if not files:
             return []
-        tokens = [new_token() for _ in files]
         keys = [
             case_key(case, "gen"),
             case_key(case, "results"),
             case_key(case, "intents"),
+            FENCE_KEY,
             *(lock_key("file", case, path) for _, path in files),
         ]
         args: list[Any] = [gen, self.locks.ttl_ms]
-        for (index, _), token in zip(files, tokens, strict=True):
-            args += [index, token]
+        for index, _ in files:
+            args += [index, new_token()]
         found = self._claim(keys=keys, args=args)
         claims = []
-        for i, token in enumerate(tokens):
-            status = ClaimStatus(_text(found[2 * i]))
+        for i in range(len(files)):
+            status = ClaimStatus(_text(found[3 * i]))
             if status is not ClaimStatus.CLAIMED:
                 claims.append(Claim(status))
                 continue
-            intent = found[2 * i + 1]
+            intent = found[3 * i + 1]
             claims.append(
                 Claim(
                     status,
-                    HeldLock(self.locks, keys[3 + i], token),
+                    HeldLock(self.locks, keys[4 + i], _text(found[3 * i + 2])),
                     parse_json(intent) if intent else None,
                 )
             )
         return claims
 
     # Checked and taken atomically: no generation can start, and no other worker record a
-    # file, between the checks and the locks. Two values per file: status, intent.
+    # file, between the checks and the locks. Three values per file: status, intent, token.
     _CLAIM = """
     local stale = redis.call('GET', KEYS[1]) ~= ARGV[1]
     local out = {}
-    for i = 4, #KEYS do
-      local index, token = ARGV[2 * i - 5], ARGV[2 * i - 4]
+    for i = 5, #KEYS do
+      local index, random = ARGV[2 * i - 7], ARGV[2 * i - 6]
+      local status, intent, token = 'claimed', '', ''
       if stale then
-        out[#out + 1] = 'stale'; out[#out + 1] = ''
+        status = 'stale'
       elseif redis.call('HEXISTS', KEYS[2], index) == 1 then
-        out[#out + 1] = 'done'; out[#out + 1] = ''
-      elseif not redis.call('SET', KEYS[i], token, 'NX', 'PX', ARGV[2]) then
-        out[#out + 1] = 'busy'; out[#out + 1] = ''
+        status = 'done'
+      elseif redis.call('EXISTS', KEYS[i]) == 1 then
+        status = 'busy'
       else
-        out[#out + 1] = 'claimed'; out[#out + 1] = redis.call('HGET', KEYS[3], index) or ''
+        token = redis.call('INCR', KEYS[4]) .. ':' .. random
+        redis.call('SET', KEYS[i], token, 'PX', ARGV[2])
+        intent = redis.call('HGET', KEYS[3], index) or ''
       end
+      out[#out + 1] = status; out[#out + 1] = intent; out[#out + 1] = token
     end
     return out
     """
 
     def record_many(
         self, case: str, gen: str, done: list[tuple[int, Entry, HeldLock | None]]
-    ) -> int | None:
+    ) -> Recorded:
         """Store several finished entries of one case in one round trip, releasing their
-        locks; return how many files remain, or None if ``gen`` is stale."""
+        locks. An entry whose lock is no longer the recorder's is refused: its file is the
+        lock's current holder's to record (a stale holder never overwrites its result)."""
         keys = [
             case_key(case, "gen"),
             case_key(case, "results"),
@@ -175,32 +190,39 @@ class Bookkeeping:
         for index, entry, lock in done:
             keys.append(lock.key if lock else lock_key("none"))
             args += [index, compact_json(entry), lock.token if lock else ""]
-        remaining = self._record(keys=keys, args=args)
+        remaining, *refused = self._record(keys=keys, args=args)
         for _, _, lock in done:
             if lock is not None:
                 lock.released = True
-        return None if remaining is None or int(remaining) < 0 else int(remaining)
+        return Recorded(
+            None if int(remaining) < 0 else int(remaining), [int(index) for index in refused]
+        )
 
-    # Atomic, so a stale result can never land after a newer generation started.
+    # Atomic, so a stale result can never land after a newer generation started, nor a stale
+    # holder's over the result of the worker its lock passed on to.
     # ARGV: gen, case, now, then index, entry, lock token for each file (KEYS[5...]: locks).
+    # Returns the files remaining (-1: stale generation), then the indices refused.
     _RECORD = """
-    local remaining = -1
+    local out = {-1}
     local current = redis.call('GET', KEYS[1]) == ARGV[1]
     for i = 5, #KEYS do
       local index, entry, token = ARGV[3 * i - 11], ARGV[3 * i - 10], ARGV[3 * i - 9]
-      if current then
+      local ours = token == '' or redis.call('GET', KEYS[i]) == token
+      if not ours then
+        out[#out + 1] = index
+      elseif current then
         redis.call('HSET', KEYS[2], index, entry)
         redis.call('SREM', KEYS[3], index)
       end
-      if token ~= '' and redis.call('GET', KEYS[i]) == token then
+      if token ~= '' and ours then
         redis.call('DEL', KEYS[i])
       end
     end
     if current then
       redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-      remaining = redis.call('SCARD', KEYS[3])
+      out[1] = redis.call('SCARD', KEYS[3])
     end
-    return remaining
+    return out
     """
 
     def finish(self, case: str) -> None:
@@ -308,8 +330,9 @@ class Bookkeeping:
         self.redis.zadd(ACTIVE_CASES_KEY, {case: time.time()}, xx=True)
 
     @contextlib.contextmanager
-    def lock(self, *name: str, wait_seconds: float | None = None) -> Iterator[None]:
-        """Hold a lock while the block runs, extended in the background for long work.
+    def lock(self, *name: str, wait_seconds: float | None = None) -> Iterator[HeldLock]:
+        """Hold a lock while the block runs, extended in the background for long work; a
+        write it guards checks it first (:meth:`HeldLock.check`).
 
         Raises Busy when it cannot be had (at once, or within ``wait_seconds``).
         """
@@ -318,11 +341,11 @@ class Bookkeeping:
         except Busy as exc:
             raise Busy(":".join(name)) from exc
         with held:
-            yield
+            yield held
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["Bookkeeping", "Busy", "Claim", "ClaimStatus"]
+__all__ = ["Bookkeeping", "Busy", "Claim", "ClaimStatus", "Recorded"]

@@ -3,6 +3,7 @@
 WorkerError (casefetch.errors.CasefetchError)
  ├── Retryable                     the task is tried again later: nothing is lost
  │    ├── Busy                     another worker holds the lock (a case, a folder, a file)
+ │    │    └── LockLost            a lock this worker took passed on (it was cut off too long)
  │    └── StorageError             the archive could not be read or written
  │         ├── NotFound            no object under that key (a reader expecting none catches it)
  │         ├── BucketMissing       the S3 bucket does not exist (retried until it does)
@@ -46,6 +47,17 @@ class Permanent(WorkerError):
 
 class Busy(Retryable):
     """Another worker holds the lock; try again later."""
+
+
+class LockLost(Busy):
+    """A lock this worker took is no longer its own, or has too little time left to write
+    under it: it expired while the worker was cut off from Redis (or paused), and another
+    worker may hold it now. What it guarded is left to that worker."""
+
+    def __init__(self, key: str, fence: int) -> None:
+        super().__init__(f"lock {key} (fence {fence}) is no longer held by this worker")
+        self.key = key
+        self.fence = fence
 
 
 class StorageError(Retryable):

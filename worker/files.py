@@ -1,6 +1,11 @@
 """The files of a case: claimed, fetched (or adopted from a dead worker), staged, then put
 in place and recorded together. :mod:`worker.batch` runs these steps for one download
 message, its files side by side.
+
+Nothing is put in place under a lock that is no longer ours: a worker cut off from Redis
+while it fetched (a network partition) may find, when it comes back, that its file went to
+another worker. It checks its locks first (:meth:`worker.locks.Locks.holding`) and leaves
+such files to their new holder, and recording refuses them too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
 
 log = logging.getLogger("casefetch.worker")
+
+#: The outcome of a file whose lock passed on before it was recorded (another worker has it).
+LOST = "lost"
 
 
 @dataclass
@@ -61,31 +69,80 @@ class Files:
             return Finished(job, claim, adopted)
         return self._fetch(job["case"], job, claim)
 
-    def commit(self, case: str, gen: str, done: Sequence[Finished]) -> int | None:
+    def commit(self, case: str, gen: str, done: Sequence[Finished]) -> list[str]:
         """Put finished files of one case in place and record them, in as few steps as
-        they allow: one round trip notes the intents of the staged files, each is renamed
-        into place, each folder is synced once, then one round trip records every entry
-        and releases every lock. The case is settled if they were its last files.
-        Returns how many files remain (None: ``gen`` is stale)."""
+        they allow: one round trip checks their locks are still ours, one notes the
+        intents of the staged files, each is renamed into place, each folder is synced
+        once, then one round trip records every entry and releases every lock. The case is
+        settled if they were its last files. Returns each file's outcome: its status, or
+        ``lost`` (its lock passed on: the file is left to its new holder)."""
         try:
-            self._put_in_place(case, [f for f in done if f.staged is not None])
+            kept = self._fenced(done)
+            self._put_in_place(case, [f for f in kept if f.staged is not None])
             self.storage.sync_folders(
                 archive.case_key(case, f.entry["path"])
-                for f in done
+                for f in kept
                 if f.entry["status"] == FileStatus.STORED
             )
-            remaining = self.books.record_many(
-                case,
-                gen,
-                [(int(f.job["index"]), f.entry, f.claim.lock if f.claim else None) for f in done],
+            recorded = (
+                self.books.record_many(
+                    case,
+                    gen,
+                    [(int(f.job["index"]), f.entry, _lock(f)) for f in kept],
+                )
+                if kept
+                else None
             )
         finally:
             for f in done:
-                if f.claim is not None and f.claim.lock is not None:
-                    release(f.claim.lock)
-        if remaining == 0:
+                if (lock := _lock(f)) is not None:
+                    release(lock)
+        if recorded is None:
+            return [LOST] * len(done)
+        lost = {int(f.job["index"]) for f in done} - {int(f.job["index"]) for f in kept}
+        for f in kept:
+            if int(f.job["index"]) in recorded.refused:
+                lost.add(int(f.job["index"]))
+                # Its lock expired between the check and the rename (the worker stalled for
+                # longer than the write window): its new holder stores the file again.
+                log.warning(
+                    "%s/%s was put in place after its lock passed on: not recorded, left to "
+                    "its new holder",
+                    f.job["cfRef"],
+                    f.entry["path"],
+                )
+        if recorded.remaining == 0:
             self.settler.settle(case, gen)
-        return remaining
+        return [LOST if int(f.job["index"]) in lost else str(f.entry["status"]) for f in done]
+
+    def _fenced(self, done: Sequence[Finished]) -> list[Finished]:
+        """The files still ours to put in place and record, in one round trip; the others
+        (their lock expired while this worker was cut off, another may hold it) are
+        discarded, each with one line in the log."""
+        locks = [lock for f in done if (lock := _lock(f)) is not None]
+        try:
+            held = dict(zip(map(id, locks), self.books.locks.holding(locks), strict=True))
+        except BaseException:
+            for f in done:
+                if f.staged is not None:
+                    f.staged.discard()
+            raise
+        kept = []
+        for f in done:
+            lock = _lock(f)
+            if lock is None or held[id(lock)]:
+                kept.append(f)
+                continue
+            if f.staged is not None:
+                f.staged.discard()
+            log.warning(
+                "not storing %s/%s: its lock (fence %d) passed on while this worker was cut "
+                "off from Redis; left to its new holder",
+                f.job["cfRef"],
+                f.job["path"],
+                lock.fence,
+            )
+        return kept
 
     def _put_in_place(self, case: str, staged: list[Finished]) -> None:
         if not staged:
@@ -102,10 +159,11 @@ class Files:
                     deliveryId=job.get("gen"), cfRef=job.get("cfRef"), path=job.get("path")
                 ):
                     log.info(
-                        "storing %s sha256=%s bytes=%d",
+                        "storing %s sha256=%s bytes=%d fence=%s",
                         finished.staged.key,
                         finished.entry["sha256"],
                         finished.entry["bytes"],
+                        lock.fence if (lock := _lock(finished)) is not None else "-",
                     )
                     finished.staged.commit(sync_folder=False)
                 placed += 1
@@ -170,6 +228,10 @@ class Files:
             return None
         log.info("adopting %s/%s, stored before its worker died", job["cfRef"], intent["path"])
         return intent
+
+
+def _lock(finished: Finished) -> HeldLock | None:
+    return finished.claim.lock if finished.claim is not None else None
 
 
 def failed_entry(job: FileJob, error: str) -> Entry:

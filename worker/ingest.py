@@ -18,6 +18,7 @@ from casefetch.protocol import Delivery, accepted_before, delivery_body
 from worker import archive, casefiles
 from worker.bookkeeping import Bookkeeping
 from worker.errors import Unarchivable
+from worker.locks import HeldLock
 from worker.manifest import (
     CaseStatus,
     Entry,
@@ -69,8 +70,8 @@ class Ingest:
         # under a case-folded lock, so two such cfRefs cannot both take it (see _claim).
         with self.books.lock("claim", archive.case_dir(check.cf_ref).lower(), wait_seconds=30):
             case = self._claim(check.cf_ref)
-            with self.books.lock("case", case, wait_seconds=30):
-                return self._plan(case, check, body, delivery["deliveryId"])
+            with self.books.lock("case", case, wait_seconds=30) as lock:
+                return self._plan(case, check, body, delivery["deliveryId"], lock)
 
     def _claim(self, cf_ref: str) -> str:
         """The case's folder: ``cases/<safe name>``, unless that folder already holds another
@@ -87,7 +88,9 @@ class Ingest:
         current = casefiles.read(self.storage, case, archive.CASE_JSON)
         return str(json.loads(current).get("cfRef")) if current is not None else None
 
-    def _plan(self, case: str, check: CaseCheck, body: bytes, delivery_id: str) -> str:
+    def _plan(
+        self, case: str, check: CaseCheck, body: bytes, delivery_id: str, lock: HeldLock
+    ) -> str:
         """Make ``body`` the case's payload, unless it is the one the manifest describes
         already (an identical re-delivery, or this delivery retried) or an older delivery than
         the one it describes (it goes straight to history).
@@ -106,7 +109,7 @@ class Ingest:
                 current = casefiles.read(self.storage, case, archive.CASE_JSON)
                 described = _sha256(current) if current is not None else None
             if digest == described:
-                return self._same_payload(case, check, previous, delivery_id)
+                return self._same_payload(case, check, previous, delivery_id, lock)
             if delivery_id != previous["deliveryId"] and accepted_before(
                 delivery_id, previous.get("latestDeliveryId") or previous["deliveryId"]
             ):
@@ -127,24 +130,24 @@ class Ingest:
         manifest["payloadSha256"] = digest
         if previous is not None:
             manifest["replaced"] = _orphans(previous, manifest)
-        casefiles.write_manifest(self.storage, case, manifest)
-        self.dispatch(case, manifest)
+        casefiles.write_manifest(self.storage, case, manifest, lock)
+        self.dispatch(case, manifest, lock)
         return "planned"
 
     def _same_payload(
-        self, case: str, check: CaseCheck, manifest: Manifest, delivery_id: str
+        self, case: str, check: CaseCheck, manifest: Manifest, delivery_id: str, lock: HeldLock
     ) -> str:
         latest = manifest.get("latestDeliveryId") or manifest["deliveryId"]
         if delivery_id != latest and accepted_before(latest, delivery_id):
             # Accepted after the delivery the manifest names: an older changed payload
             # processed later must still go to history, not replace this one.
             manifest = {**manifest, "latestDeliveryId": delivery_id}
-            casefiles.write_manifest(self.storage, case, manifest)
+            casefiles.write_manifest(self.storage, case, manifest, lock)
         if manifest["status"] != CaseStatus.PENDING:
             log.info("identical re-delivery of %s: nothing to do", check.cf_ref)
             return "duplicate"
         # Same payload, work under way (or lost): make sure every pending file is queued.
-        self.dispatch(case, manifest, skip_held=True)
+        self.dispatch(case, manifest, lock, skip_held=True)
         return "resumed"
 
     def _keep_history(self, case: str, delivery_id: str, payload: bytes) -> None:
@@ -153,9 +156,11 @@ class Ingest:
         if not self.storage.exists(key):
             self.storage.write_bytes(key, payload)
 
-    def dispatch(self, case: str, manifest: Manifest, skip_held: bool = False) -> int:
-        """Queue the files of ``manifest`` still to fetch (settle it if there are none);
-        return how many were queued.
+    def dispatch(
+        self, case: str, manifest: Manifest, lock: HeldLock, skip_held: bool = False
+    ) -> int:
+        """Queue the files of ``manifest`` still to fetch (settle it, under the case's
+        ``lock``, if there are none); return how many were queued.
         ``skip_held``: leave out the files a live worker holds the lock of (a resume, a
         re-delivery): that worker records them, and a message more would only wait."""
         gen = manifest["deliveryId"]
@@ -167,7 +172,7 @@ class Ingest:
             indices = self.books.remaining(case)
         if not indices:
             # Callers hold the case lock already (it is not re-entrant).
-            self.settler.settle_locked(case, gen)
+            self.settler.settle_locked(case, gen, lock)
             return 0
         files = [_job(index, manifest["files"][index]) for index in indices]
         if skip_held:
@@ -183,12 +188,12 @@ class Ingest:
         """Re-queue what a stuck case still needs (its messages were lost or its worker
         died), except the files a live worker holds: ``resumed``, ``in hand`` (every file
         left is held) or ``finished``."""
-        with self.books.lock("case", case, wait_seconds=wait_seconds):
+        with self.books.lock("case", case, wait_seconds=wait_seconds) as lock:
             manifest = casefiles.read_manifest(self.storage, case)
             if manifest is None or manifest["status"] != CaseStatus.PENDING:
                 self.books.finish(case)
                 return "finished"
-            queued = self.dispatch(case, manifest, skip_held=True)
+            queued = self.dispatch(case, manifest, lock, skip_held=True)
             return "resumed" if queued else "in hand"
 
 

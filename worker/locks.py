@@ -5,6 +5,14 @@ SIGKILL) loses it after the TTL. While a holder works, :class:`Renewer` extends 
 third of it. One renewal thread serves every lock of the process: a thread started and joined
 per lock cost as much as the Redis round trips of a small file. Release and renewal check the
 token, so a holder whose lock expired and was taken over can never touch the new holder's.
+
+Fencing: a token starts with a number one Redis counter gives every acquisition
+(``<fence>:<random>``), so a later holder of a key always has a higher number than an earlier
+one. A holder cut off from Redis longer than the TTL (a network partition, a paused process)
+may still believe it holds the lock: before it puts anything in place it asks Redis, in one
+round trip, whether it still holds the lock with its token and with at least a third of the
+TTL left (:meth:`Locks.holding`), and abandons the write otherwise. The third left is the
+time the write may take: no one else can take the lock before it runs out.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from types import TracebackType
 
 import redis
 
-from worker.errors import Busy
+from casefetch.constants import FENCE_KEY
+from worker.errors import Busy, LockLost
 
 #: Poll interval while waiting for a lock another holder has.
 WAIT_POLL_SECONDS = 0.1
@@ -29,6 +38,27 @@ end
 return 0
 """
 
+# KEYS: the lock, the fence counter; ARGV: the random part of the token, the TTL (ms).
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: locks; ARGV: the least TTL left (ms), then each lock's token. 1: held, 0: not.
+_HOLDING = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = 0
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1]
+     and redis.call('PTTL', KEYS[i]) > tonumber(ARGV[1]) then
+    out[i] = 1
+  end
+end
+return out
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -36,7 +66,13 @@ return 0
 
 
 def new_token() -> str:
+    """The random part of a token (the script that takes the lock puts the fence before it)."""
     return secrets.token_hex(16)
+
+
+def fence_of(token: str) -> int:
+    """The fence number a token starts with."""
+    return int(token.partition(":")[0])
 
 
 class Renewer:
@@ -82,21 +118,41 @@ class Locks:
         self.redis = client
         self.ttl_seconds = ttl_seconds
         self.renewer = Renewer(client, ttl_seconds)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._holding = client.register_script(_HOLDING)
         self._release = client.register_script(_RELEASE)
 
     @property
     def ttl_ms(self) -> int:
         return max(1, int(self.ttl_seconds * 1000))
 
+    @property
+    def write_window_ms(self) -> int:
+        """The TTL a holder must have left to start a write: a third of it. A renewed lock
+        keeps at least two thirds (it is renewed every third), so a live holder has a third
+        in hand for a late renewal pass, and the write a third before anyone else can take
+        the lock."""
+        return self.ttl_ms // 3
+
     def acquire(self, key: str, wait_seconds: float | None = None) -> HeldLock:
         """The lock, at once or within ``wait_seconds``; Busy otherwise."""
-        token = new_token()
         deadline = time.monotonic() + (wait_seconds or 0.0)
-        while not self.redis.set(key, token, nx=True, px=self.ttl_ms):
+        while not (token := self._acquire(keys=[key, FENCE_KEY], args=[new_token(), self.ttl_ms])):
             if wait_seconds is None or time.monotonic() >= deadline:
                 raise Busy(key)
             time.sleep(WAIT_POLL_SECONDS)
-        return HeldLock(self, key, token)
+        return HeldLock(self, key, _text(token))
+
+    def holding(self, held: list[HeldLock]) -> list[bool]:
+        """Whether each lock is still ours, with time left to write under it (see the
+        module's docstring), in one round trip."""
+        if not held:
+            return []
+        found = self._holding(
+            keys=[lock.key for lock in held],
+            args=[self.write_window_ms, *(lock.token for lock in held)],
+        )
+        return [bool(int(value)) for value in found]
 
     def release(self, key: str, token: str) -> None:
         self._release(keys=[key], args=[token])
@@ -113,6 +169,15 @@ class HeldLock:
         self.token = token
         self.released = False
 
+    @property
+    def fence(self) -> int:
+        return fence_of(self.token)
+
+    def check(self) -> None:
+        """Raise LockLost unless the lock is still ours with time left to write under it."""
+        if not self.locks.holding([self])[0]:
+            raise LockLost(self.key, self.fence)
+
     def __enter__(self) -> HeldLock:
         self.locks.renewer.hold(self.key, self.token)
         return self
@@ -127,3 +192,7 @@ class HeldLock:
         if not self.released:
             self.released = True
             self.locks.release(self.key, self.token)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

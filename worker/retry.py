@@ -34,7 +34,7 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
     )
     if case is None:
         raise CaseNotFound(cf_ref)
-    with pipeline.books.lock("case", case, wait_seconds=30):
+    with pipeline.books.lock("case", case, wait_seconds=30) as lock:
         manifest = casefiles.read_manifest(pipeline.storage, case)
         if manifest is None:
             raise CaseNotFound(cf_ref)
@@ -52,8 +52,8 @@ def retry_case(pipeline: Pipeline, cf_ref: str) -> list[str]:
             "status": CaseStatus.PENDING.value,
             "updatedAt": now_iso(),
         }
-        casefiles.write_manifest(pipeline.storage, case, manifest)
-        pipeline.intake.dispatch(case, manifest)
+        casefiles.write_manifest(pipeline.storage, case, manifest, lock)
+        pipeline.intake.dispatch(case, manifest, lock)
         return [str(files[i]["path"]) for i in indices]
 
 

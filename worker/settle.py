@@ -11,6 +11,8 @@ from typing import Any, cast
 from worker import archive, casefiles
 from worker.bookkeeping import Bookkeeping
 from worker.catalog import Catalog, row_for
+from worker.errors import LockLost
+from worker.locks import HeldLock
 from worker.manifest import CaseStatus, Entry, Manifest, parse_json, settle
 from worker.page import render_case
 from worker.storage import Storage
@@ -27,15 +29,21 @@ class Settler:
 
     def settle(self, case: str, gen: str) -> None:
         """Write the final manifest once every file of generation ``gen`` is done."""
-        with self.books.lock("case", case, wait_seconds=30):
-            self.settle_locked(case, gen)
+        try:
+            with self.books.lock("case", case, wait_seconds=30) as lock:
+                self.settle_locked(case, gen, lock)
+        except LockLost as exc:
+            log.warning(
+                "case %s not settled here: %s; its holder or the sweep settles it", case, exc
+            )
 
     def settle_if_done(self, case: str, gen: str) -> None:
         if not self.books.remaining(case):
             self.settle(case, gen)
 
-    def settle_locked(self, case: str, gen: str) -> None:
-        """:meth:`settle`, for a caller that holds the case lock (it is not re-entrant)."""
+    def settle_locked(self, case: str, gen: str, lock: HeldLock) -> None:
+        """:meth:`settle`, for a caller that holds the case ``lock`` (it is not re-entrant);
+        LockLost if it passed on before the manifest is written."""
         manifest = casefiles.read_manifest(self.storage, case)
         if manifest is None or manifest.get("deliveryId") != gen:
             return
@@ -60,7 +68,7 @@ class Settler:
             archive.case_key(case, archive.INDEX_HTML), render_case(final, payload).encode("utf-8")
         )
         self._catalogue(case, final, payload)
-        casefiles.write_manifest(self.storage, case, final)
+        casefiles.write_manifest(self.storage, case, final, lock)
         self.books.finish(case)
         log.info("case %s %s", final["cfRef"], final["status"])
 
