@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from casefetch.constants import SWEEP_LOCK_KEY
 from casefetch.protocol import delivery_from_inbox
 from worker.bookkeeping import Busy
+from worker.errors import INFRA_ERRORS
 from worker.runtime import ORIGIN, Runtime
 from worker.settings import WorkerSettings
 
@@ -95,5 +96,7 @@ class Sweeper(threading.Thread):
                 runtime = self.runtime()
                 if runtime.redis.set(SWEEP_LOCK_KEY, "1", nx=True, px=int(interval * 1000 * 0.9)):
                     sweep_once(runtime, self.settings)
-            except Exception:  # the sweeper must outlive a Redis outage
-                log.warning("sweep failed; will try again", exc_info=True)
+            except INFRA_ERRORS as exc:  # the sweeper must outlive a Redis outage
+                log.warning("sweep failed: %s; will try again", exc)
+            except Exception:
+                log.exception("sweep failed unexpectedly; will try again")
