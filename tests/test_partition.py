@@ -287,20 +287,29 @@ def test_a_host_cut_off_mid_download_loses_the_file_and_never_overwrites_it(
         complete = time.monotonic() - cut
         a.reconnect()
 
-        stale = wait_for(
-            lambda: re.search(r"not storing \S+: its lock \(fence \d+\)", worker_a.log()),
-            timeout=240,
-            message="host A to finish its stale download and be refused",
+        # TCP resends A's stalled transfer (backing off, up to 2 minutes apart), which then
+        # ends; A puts its copy in place, or its fence check refuses it.
+        wait_for(
+            lambda: download_a.finished, timeout=240, message="host A's download to resume and end"
         )
         key = f"cases/{cf_ref}/case.pdf"
+        late = wait_for(
+            lambda: re.search(
+                rf"(not storing {cf_ref}/case\.pdf: its lock \(fence \d+\))|storing {key}",
+                worker_a.log(),
+            ),
+            timeout=30,
+            message="host A to commit its stale download",
+        )
         stored = client.get_object(Bucket=cluster.bucket, Key=key)["Body"].read()
         ours = HostFiles.data_for(b.address)
         assert hashlib.sha256(stored).hexdigest() == samples.sha(ours), "not host B's copy"
+        duplicates = cluster.versions(client, key) - 1
+        assert duplicates == 0
+        assert late.group(1), f"host A's late commit was not refused: {late.group(0)}"
         assert manifest["status"] == "complete"
         assert manifest["files"][0]["sha256"] == samples.sha(ours)
         assert cluster.manifest(client, cf_ref) == manifest
-        duplicates = cluster.versions(client, key) - 1
-        assert duplicates == 0
         storing = [
             line
             for w in (worker_a, worker_b)
@@ -334,7 +343,7 @@ def test_a_host_cut_off_mid_download_loses_the_file_and_never_overwrites_it(
         report_line(
             f"partition, {timing} timings: link down -> host B's first byte "
             f"{first_byte_b:.1f} s, case complete {complete:.1f} s; host A's late commit "
-            f"refused ({stale.group(0)}); duplicate writes {duplicates}"
+            f"refused ({late.group(0)}); duplicate writes {duplicates}"
         )
         assert complete < TAKEOVER_SECONDS
     finally:
