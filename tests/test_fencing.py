@@ -93,12 +93,14 @@ def test_every_acquisition_gets_a_higher_fence(client: redis.Redis, books: Bookk
     assert client.get("t:fence") == second.token.encode()
 
 
-def test_a_lock_with_too_little_time_left_is_not_written_under(client: redis.Redis) -> None:
+def test_a_confirmed_lock_has_its_whole_ttl_for_the_write(client: redis.Redis) -> None:
     locks = Locks(client, ttl_seconds=30)
     held = locks.acquire("t:short")
-    held.check()  # a fresh lock: its whole TTL left
-    client.pexpire("t:short", locks.write_window_ms - 1000)  # renewals stopped reaching Redis
-    assert locks.holding([held]) == [False]
+    client.pexpire("t:short", 500)  # renewals stopped reaching Redis, yet no one took it
+    held.check()
+    assert client.pttl("t:short") > 29_000  # no one else can take it while the write runs
+    expire(client, held)
+    assert locks.confirm([held]) == [False]
     with pytest.raises(LockLost):
         held.check()
 

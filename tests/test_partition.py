@@ -4,9 +4,9 @@ and finishes its download, its fence check refuses to put it in place.
 
 Each host is a network namespace behind a bridge (tests/netns.py); Redis, moto's S3 server
 and the file server listen on the bridge's address only. The file server gives each host
-different (valid) bytes for the same URL, so the archive shows whose copy landed, and serves
-host A slowly, so its download is under way when its link goes down. The bucket keeps
-versions: every write that landed is one.
+different (valid) bytes for the same URL, so the archive shows whose copy landed, and holds
+host A's download a quarter of the way until its link is down. The bucket keeps versions:
+every write that landed is one.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ PDF_BYTES = 2 * 1024 * 1024
 CHUNK = 64 * 1024
 #: Seconds between chunks: host A's download takes 16 s, anyone else's 1.6 s.
 SLOW, FAST = 0.5, 0.05
+#: Host A's download stops here until the test has cut its link: it is mid-way for sure.
+HELD_AT = PDF_BYTES // 4
 #: The contract: work a lost host held resumes elsewhere within two minutes.
 TAKEOVER_SECONDS = 120
 #: The workers' timing settings: as shipped (a visibility timeout and lock TTL of 60 s, a
@@ -75,14 +77,15 @@ class Transfer:
 
 
 class HostFiles(BackgroundServer):
-    """Serves ``/case.pdf``: a PDF of its own to each client address, ``slow_client``'s
-    slowly."""
+    """Serves ``/case.pdf``: a PDF of its own to each client address; ``slow_client``'s
+    slowly, and only up to HELD_AT until ``go`` is set."""
 
     def __init__(self, host: str, slow_client: str) -> None:
         super().__init__(host)
         self.slow_client = slow_client
         self.transfers: dict[str, list[Transfer]] = {}
         self.lock = threading.Lock()
+        self.go = threading.Event()
 
     @staticmethod
     def data_for(client: str) -> bytes:
@@ -98,13 +101,15 @@ class HostFiles(BackgroundServer):
         request.send_header("Content-Type", "application/pdf")
         request.send_header("Content-Length", str(len(data)))
         request.end_headers()
-        pause = SLOW if client == self.slow_client else FAST
+        slow = client == self.slow_client
         try:
             for start in range(0, len(data), CHUNK):
+                if slow and start == HELD_AT:
+                    self.go.wait(timeout=300)
                 request.wfile.write(data[start : start + CHUNK])
                 request.wfile.flush()
                 transfer.sent = start + CHUNK
-                time.sleep(pause)  # the host's pace, not a wait for anything
+                time.sleep(SLOW if slow else FAST)  # the host's pace, not a wait for anything
         except OSError:
             return
         transfer.finished = time.monotonic()
@@ -264,13 +269,15 @@ def test_a_host_cut_off_mid_download_loses_the_file_and_never_overwrites_it(
         cf_ref = "CF-PARTITION"
         url = f"http://{network.gateway}:{files.port}/case.pdf"
         deliver(books, cf_ref, url)
-        wait_for(lambda: files.of(a.address), timeout=30, message="host A to start the download")
+        download_a = wait_for(
+            lambda: next((t for t in files.of(a.address) if t.sent >= HELD_AT), None),
+            timeout=60,
+            message="host A to be a quarter through the download",
+        )
         worker_b.start()
-        [download_a] = files.of(a.address)
-        assert download_a.finished is None and download_a.sent < PDF_BYTES // 2
-
         a.cut()
         cut = time.monotonic()
+        files.go.set()  # the rest of A's copy waits in the server's socket for the link
         first_byte_b = (
             wait_for(
                 lambda: next(iter(files.of(b.address)), None),

@@ -50,9 +50,9 @@ class Busy(Retryable):
 
 
 class LockLost(Busy):
-    """A lock this worker took is no longer its own, or has too little time left to write
-    under it: it expired while the worker was cut off from Redis (or paused), and another
-    worker may hold it now. What it guarded is left to that worker."""
+    """A lock this worker took is no longer its own: it expired while the worker was cut off
+    from Redis (or paused), and another worker may hold it now. What it guarded is left to
+    that worker."""
 
     def __init__(self, key: str, fence: int) -> None:
         super().__init__(f"lock {key} (fence {fence}) is no longer held by this worker")

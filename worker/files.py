@@ -4,7 +4,7 @@ message, its files side by side.
 
 Nothing is put in place under a lock that is no longer ours: a worker cut off from Redis
 while it fetched (a network partition) may find, when it comes back, that its file went to
-another worker. It checks its locks first (:meth:`worker.locks.Locks.holding`) and leaves
+another worker. It confirms its locks first (:meth:`worker.locks.Locks.confirm`) and leaves
 such files to their new holder, and recording refuses them too.
 """
 
@@ -71,7 +71,7 @@ class Files:
 
     def commit(self, case: str, gen: str, done: Sequence[Finished]) -> list[str]:
         """Put finished files of one case in place and record them, in as few steps as
-        they allow: one round trip checks their locks are still ours, one notes the
+        they allow: one round trip confirms their locks are still ours, one notes the
         intents of the staged files, each is renamed into place, each folder is synced
         once, then one round trip records every entry and releases every lock. The case is
         settled if they were its last files. Returns each file's outcome: its status, or
@@ -104,7 +104,7 @@ class Files:
             if int(f.job["index"]) in recorded.refused:
                 lost.add(int(f.job["index"]))
                 # Its lock expired between the check and the rename (the worker stalled for
-                # longer than the write window): its new holder stores the file again.
+                # longer than the lock's TTL): its new holder stores the file again.
                 log.warning(
                     "%s/%s was put in place after its lock passed on: not recorded, left to "
                     "its new holder",
@@ -121,7 +121,7 @@ class Files:
         discarded, each with one line in the log."""
         locks = [lock for f in done if (lock := _lock(f)) is not None]
         try:
-            held = dict(zip(map(id, locks), self.books.locks.holding(locks), strict=True))
+            held = dict(zip(map(id, locks), self.books.locks.confirm(locks), strict=True))
         except BaseException:
             for f in done:
                 if f.staged is not None:

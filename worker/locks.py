@@ -9,10 +9,11 @@ token, so a holder whose lock expired and was taken over can never touch the new
 Fencing: a token starts with a number one Redis counter gives every acquisition
 (``<fence>:<random>``), so a later holder of a key always has a higher number than an earlier
 one. A holder cut off from Redis longer than the TTL (a network partition, a paused process)
-may still believe it holds the lock: before it puts anything in place it asks Redis, in one
-round trip, whether it still holds the lock with its token and with at least a third of the
-TTL left (:meth:`Locks.holding`), and abandons the write otherwise. The third left is the
-time the write may take: no one else can take the lock before it runs out.
+may still believe it holds the lock: before it puts anything in place it confirms, in one
+round trip, that the lock still holds its token, and abandons the write otherwise
+(:meth:`Locks.confirm`). The same step gives a confirmed lock its whole TTL again: whatever
+became of the renewals, no one else can take the lock for a TTL after the check, the time
+the write may take.
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token
 """
 
-# KEYS: locks; ARGV: the least TTL left (ms), then each lock's token. 1: held, 0: not.
-_HOLDING = """
+# KEYS: locks; ARGV: the TTL (ms), then each lock's token. 1: still ours (and renewed), 0: not.
+_CONFIRM = """
 local out = {}
 for i = 1, #KEYS do
   out[i] = 0
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1]
-     and redis.call('PTTL', KEYS[i]) > tonumber(ARGV[1]) then
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
     out[i] = 1
   end
 end
@@ -119,20 +120,12 @@ class Locks:
         self.ttl_seconds = ttl_seconds
         self.renewer = Renewer(client, ttl_seconds)
         self._acquire = client.register_script(_ACQUIRE)
-        self._holding = client.register_script(_HOLDING)
+        self._confirm = client.register_script(_CONFIRM)
         self._release = client.register_script(_RELEASE)
 
     @property
     def ttl_ms(self) -> int:
         return max(1, int(self.ttl_seconds * 1000))
-
-    @property
-    def write_window_ms(self) -> int:
-        """The TTL a holder must have left to start a write: a third of it. A renewed lock
-        keeps at least two thirds (it is renewed every third), so a live holder has a third
-        in hand for a late renewal pass, and the write a third before anyone else can take
-        the lock."""
-        return self.ttl_ms // 3
 
     def acquire(self, key: str, wait_seconds: float | None = None) -> HeldLock:
         """The lock, at once or within ``wait_seconds``; Busy otherwise."""
@@ -143,14 +136,14 @@ class Locks:
             time.sleep(WAIT_POLL_SECONDS)
         return HeldLock(self, key, _text(token))
 
-    def holding(self, held: list[HeldLock]) -> list[bool]:
-        """Whether each lock is still ours, with time left to write under it (see the
-        module's docstring), in one round trip."""
+    def confirm(self, held: list[HeldLock]) -> list[bool]:
+        """Whether each lock is still ours, in one round trip; those that are have their
+        whole TTL again, for the write the check lets through (see the module's docstring)."""
         if not held:
             return []
-        found = self._holding(
+        found = self._confirm(
             keys=[lock.key for lock in held],
-            args=[self.write_window_ms, *(lock.token for lock in held)],
+            args=[self.ttl_ms, *(lock.token for lock in held)],
         )
         return [bool(int(value)) for value in found]
 
@@ -174,8 +167,8 @@ class HeldLock:
         return fence_of(self.token)
 
     def check(self) -> None:
-        """Raise LockLost unless the lock is still ours with time left to write under it."""
-        if not self.locks.holding([self])[0]:
+        """Raise LockLost unless the lock is still ours (then it has its whole TTL again)."""
+        if not self.locks.confirm([self])[0]:
             raise LockLost(self.key, self.fence)
 
     def __enter__(self) -> HeldLock:
