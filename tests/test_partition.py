@@ -58,7 +58,7 @@ HELD_AT = PDF_BYTES // 4
 #: The contract: work a lost host held resumes elsewhere within two minutes.
 TAKEOVER_SECONDS = 120
 #: The workers' timing settings: as shipped (a visibility timeout and lock TTL of 60 s, a
-#: sweep every 30 s taking a case for stuck after 90 s), and short, for a quicker run.
+#: sweep every 15 s taking a case for stuck after 90 s), and short, for a quicker run.
 TIMINGS = {
     "shipped": {},
     "short": {

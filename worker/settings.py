@@ -48,7 +48,7 @@ class WorkerSettings:
     #: work held by a dead worker waits (the contract promises under two minutes).
     visibility_timeout_seconds: int = 60
     #: Seconds between sweeps that finish cases whose messages were lost.
-    sweep_interval_seconds: float = 30.0
+    sweep_interval_seconds: float = 15.0
     #: A pending case with no progress for this long is considered stuck by the sweep.
     stuck_after_seconds: float = 90.0
     #: A temporary object (a .part file, a multipart upload) whose writer has no heartbeat
