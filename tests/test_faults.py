@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from casefetch.constants import DOWNLOAD_QUEUE, INBOX_KEY, INGEST_QUEUE
 from casefetch_tools.redis_server import RedisServer
 from tests import samples
 from tests.archive_view import Archive
+from tests.faults import FAST_RECOVERY, Tally, check_archive, duplicate_writes, settle_or_explain
 from tests.fileserver import FileServer
 from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.samples import sha
@@ -31,50 +31,6 @@ from tests.waiting import wait_for
 from worker.archive import CATALOG
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
-
-FAST_RECOVERY = {
-    "CELERY_VISIBILITY_TIMEOUT": "10",
-    "SWEEP_INTERVAL_SECONDS": "1",
-    "SWEEP_STUCK_AFTER_SECONDS": "20",
-    "DOWNLOAD_MAX_ATTEMPTS": "5",
-    "DOWNLOAD_TIMEOUT_SECONDS": "5",
-}
-
-
-@dataclass
-class Tally:
-    """What a scenario sent and what became of it."""
-
-    sent: int = 0
-    accepted: dict[str, bytes] = field(default_factory=dict)  # cfRef → body of last 202
-    refused: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def post(self, receiver: ReceiverProcess, cf: str, body: bytes) -> int:
-        try:
-            status, _ = receiver.post(body)
-        except Exception:
-            status = 0
-        with self.lock:
-            self.sent += 1
-            if status == 202:
-                self.accepted[cf] = body
-            else:
-                self.refused += 1
-        return status
-
-    def line(self, name: str, archive: Archive, duplicate_writes: int, refetches: int = 0) -> str:
-        archived = sum(
-            1 for cf in self.accepted if (archive.manifest(cf) or {}).get("status") == "complete"
-        )
-        quarantine = archive.root / "quarantine"
-        quarantined = len(list(quarantine.glob("*.json"))) if quarantine.exists() else 0
-        lost = len(self.accepted) - archived - quarantined
-        return (
-            f"{name}: sent={self.sent} accepted={len(self.accepted)} archived={archived} "
-            f"quarantined={quarantined} lost={lost} duplicate_writes={duplicate_writes} "
-            f"refetched_after_fault={refetches}"
-        )
 
 
 @pytest.fixture
@@ -107,88 +63,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     receiver.stop()
     files.stop()
     server.stop()
-
-
-def settle_or_explain(
-    settled: Callable[[], bool], tally: Tally, stack: dict[str, Any], timeout: float = 180
-) -> None:
-    """Wait for ``settled``; on timeout, fail with what an operator would look at."""
-    try:
-        wait_for(settled, timeout=timeout, interval=0.5, message="every accepted case")
-    except AssertionError as exc:
-        archive: Archive = stack["archive"]
-        unsettled = {
-            cf: (archive.manifest(cf) or {}).get("status")
-            for cf in tally.accepted
-            if (archive.manifest(cf) or {}).get("status") != "complete"
-        }
-        try:
-            client = redis.Redis.from_url(stack["redis"].url)
-            queues: dict[str, int | str] = {
-                name: client.llen(name) for name in (INGEST_QUEUE, DOWNLOAD_QUEUE)
-            }
-            queues["inbox"] = client.hlen(INBOX_KEY)
-        except redis.RedisError as error:
-            queues = {"redis": str(error)}
-        tails = "\n".join(
-            f"--- {process.log_path.name} ({process.state()})\n"
-            + "\n".join(process.log().splitlines()[-15:])
-            for process in stack["workers"]
-        )
-        raise AssertionError(
-            f"{exc}: {len(unsettled)} not complete, e.g. "
-            f"{dict(list(unsettled.items())[:10])}; queues {queues}\n"
-            f"{tails}"
-        ) from None
-
-
-def check_archive(
-    archive: Archive, files: FileServer, expected: dict[str, dict[str, bytes]]
-) -> int:
-    """Every case complete with the bytes served; return how many whole fetches were repeated."""
-    refetches = 0
-    for cf, contents in expected.items():
-        manifest = archive.manifest(cf)
-        assert manifest is not None and manifest["status"] == "complete", (cf, manifest)
-        by_source = {f["sourceUrl"].split("?")[0]: f for f in manifest["files"]}
-        for url, data in contents.items():
-            entry = by_source[url]
-            assert entry["sha256"] == sha(data) and entry["bytes"] == len(data)
-            assert (archive.case(cf) / entry["path"]).read_bytes() == data
-            refetches += max(0, files.served["/" + url.split("/", 3)[3]] - 1)
-    return refetches
-
-
-def duplicate_writes(workers: list[WorkerProcess]) -> int:
-    """Files put in place more than once, counted from the workers' logs.
-
-    A worker logs ``storing <key>`` just before renaming a file into place, so a rename is
-    never missed. A worker killed between that line and the rename leaves a line without a
-    rename; the worker that takes the file over then finds nothing in place and says so
-    ("died before putting it in place"): that line cancels the "storing" before it. A worker
-    killed before it logged "storing" leaves nothing to cancel, so such a line cancels only a
-    "storing" logged earlier (lines in timestamp order, one clock for all; a log keeps its
-    own order).
-    """
-    events: list[tuple[str, int, str]] = []  # (timestamp, +1 storing / -1 died, key)
-    for process in workers:
-        for line in process.log().splitlines():
-            try:
-                record = json.loads(line)
-                message, stamp = str(record["msg"]), str(record["ts"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if "storing cases/" in message:
-                events.append((stamp, 1, message.split("storing ", 1)[1].split(" ", 1)[0]))
-            elif "died before putting it in place" in message:
-                events.append((stamp, -1, message.split("not adopting ", 1)[1].split(":", 1)[0]))
-    assert any(kind == 1 for _, kind, _ in events), (
-        "no 'storing' line in the workers' logs: the count would be meaningless"
-    )
-    stores: dict[str, int] = {}
-    for _, kind, key in sorted(events, key=lambda event: event[0]):
-        stores[key] = max(0, stores.get(key, 0) + kind)
-    return sum(max(0, count - 1) for count in stores.values())
 
 
 def test_worker_killed_mid_download_loses_nothing(
@@ -237,7 +111,13 @@ def test_worker_killed_mid_download_loses_nothing(
     def all_settled() -> bool:
         return all((archive.manifest(cf) or {}).get("status") == "complete" for cf in expected)
 
-    settle_or_explain(all_settled, tally, stack)
+    settle_or_explain(
+        all_settled,
+        tally,
+        archive,
+        stack["workers"],
+        lambda: redis.Redis.from_url(stack["redis"].url),
+    )
     refetches = check_archive(archive, files, expected)
     duplicates = duplicate_writes(stack["workers"])
     for cf in interrupted:
@@ -307,7 +187,9 @@ def test_redis_outage_under_load(stack: dict[str, Any], report_line: Callable[[s
             (archive.manifest(cf) or {}).get("status") == "complete" for cf in tally.accepted
         )
 
-    settle_or_explain(all_archived, tally, stack)
+    settle_or_explain(
+        all_archived, tally, archive, stack["workers"], lambda: redis.Redis.from_url(server.url)
+    )
     report_line(
         tally.line(
             "redis SIGKILL + restart under load", archive, duplicate_writes(stack["workers"])
