@@ -27,6 +27,8 @@ import redis
 from celery import Celery, signals
 from kombu.entity import Exchange, Queue
 from prometheus_client import CollectorRegistry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from casefetch.constants import ALL_QUEUES, DOWNLOAD_QUEUE, DOWNLOAD_TASK, INGEST_QUEUE, INGEST_TASK
 from worker import observe
@@ -57,11 +59,7 @@ def build_worker(
     metrics = WorkerMetrics(CollectorRegistry())
 
     def build_runtime(process: WorkerProcess) -> Runtime:
-        client = redis_client or settings.redis.client(
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
+        client = redis_client or settings.redis.client(**redis_options(settings))
         store = storage or make_storage(settings)
         backlog = BacklogCollector(client, store)
         metrics.registry.register(backlog)
@@ -82,6 +80,25 @@ def build_worker(
     observe.install(app, metrics, settings.metrics_port)
     _install_lifecycle(app, process)
     return app
+
+
+#: How long a worker's Redis commands, and a task's retry message, keep trying through a
+#: failover (the sentinels' down-after time and an election), about 35 s: long enough for a
+#: failover, so that a download in flight is not thrown away because its bookkeeping failed.
+FAILOVER_RETRIES = 40
+FAILOVER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+
+
+def redis_options(settings: WorkerSettings) -> dict[str, Any]:
+    """The worker's redis-py client options."""
+    options: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    if settings.redis.uses_sentinel:
+        options["retry"] = Retry(FAILOVER_BACKOFF, FAILOVER_RETRIES)
+    return options
 
 
 def make_storage(settings: WorkerSettings) -> Storage:
@@ -120,8 +137,25 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
             "socket_connect_timeout": 5,
             **settings.redis.transport_options(),
         },
+        **_failover_publishing(settings),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+    }
+
+
+def _failover_publishing(settings: WorkerSettings) -> dict[str, Any]:
+    """Under Sentinel, a task postponed during a failover publishes its retry once the new
+    primary is up (Celery's default gives up after about a second, and then drops the
+    message: the sweep would find its work only minutes later)."""
+    if not settings.redis.uses_sentinel:
+        return {}
+    return {
+        "task_publish_retry_policy": {
+            "max_retries": FAILOVER_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 1,
+        }
     }
 
 
