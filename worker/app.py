@@ -70,6 +70,7 @@ def build_worker(
             process.download_threads,
             settings.visibility_timeout_seconds,
             Catalog(settings.catalog_path),
+            settings.min_replicas_ack,
         )
 
     process = WorkerProcess(settings, build_runtime)

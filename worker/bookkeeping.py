@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
@@ -44,7 +44,7 @@ from casefetch.protocol import (
     inbox_entry,
     ingest_message,
 )
-from worker.errors import Busy
+from worker.errors import Busy, NotReplicated
 from worker.locks import HeldLock, Locks, new_token
 from worker.manifest import Entry, parse_json
 
@@ -76,10 +76,21 @@ class Recorded(NamedTuple):
     refused: list[int]
 
 
+#: How long a write that must reach the replicas waits for them (Redis WAIT).
+REPLICA_WAIT_MS = 1000
+#: How long the intents of verified files wait for a replica (a failover leaves the new
+#: primary none until the old one is back as its replica): a file already downloaded is
+#: worth the wait, where giving up would throw it away and fetch it again later.
+INTENT_PATIENCE_SECONDS = 30.0
+
+
 class Bookkeeping:
-    def __init__(self, client: redis.Redis, lock_seconds: float = 60.0) -> None:
+    def __init__(self, client: redis.Redis, lock_seconds: float = 60.0, replicas: int = 0) -> None:
         self.redis = client
         self.lock_seconds = lock_seconds
+        #: Replicas that must have a claim or an intent before the file is fetched or put in
+        #: place (REDIS_MIN_REPLICAS_ACK; 0: no WAIT). See docs/reliability.md, "Failover".
+        self.replicas = replicas
         self.locks = Locks(client, lock_seconds)
         self._record = client.register_script(self._RECORD)
         self._claim = client.register_script(self._CLAIM)
@@ -104,10 +115,35 @@ class Bookkeeping:
 
     def intend_many(self, case: str, entries: dict[int, Entry]) -> None:
         """Note verified files about to be renamed into place, in one round trip."""
-        self.redis.hset(
-            case_key(case, "intents"),
-            mapping={str(i): compact_json(entry) for i, entry in entries.items()},
+        mapping = {str(i): compact_json(entry) for i, entry in entries.items()}
+        self._replicated(
+            lambda client: client.hset(case_key(case, "intents"), mapping=mapping),
+            patience_seconds=INTENT_PATIENCE_SECONDS,
         )
+
+    def _give_back(self, lock_keys: list[str], found: list[Any]) -> None:
+        """Release the locks a claim took (``found``: its script's reply)."""
+        for i, key in enumerate(lock_keys):
+            if ClaimStatus(_text(found[3 * i])) is ClaimStatus.CLAIMED:
+                self.locks.release(key, _text(found[3 * i + 2]))
+
+    def _replicated(self, write: Callable[[Any], Any], patience_seconds: float = 0.0) -> Any:
+        """``write``'s reply, the write made on ``self.replicas`` replicas too when some are
+        asked for: WAIT goes in the same pipeline, on the same connection, so a retry after
+        a failover runs both again on the new primary. Tried again (``write`` must be
+        idempotent) for ``patience_seconds``; then NotReplicated."""
+        if not self.replicas:
+            return write(self.redis)
+        deadline = time.monotonic() + patience_seconds
+        while True:
+            pipe: Any = self.redis.pipeline(transaction=False)  # execute_command: untyped
+            write(pipe)
+            pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+            reply, acknowledged = pipe.execute()
+            if int(acknowledged) >= self.replicas:
+                return reply
+            if time.monotonic() >= deadline:
+                raise NotReplicated(int(acknowledged), self.replicas, reply)
 
     def results(self, case: str) -> dict[int, Entry]:
         raw = self.redis.hgetall(case_key(case, "results"))
@@ -133,7 +169,13 @@ class Bookkeeping:
         args: list[Any] = [gen, self.locks.ttl_ms]
         for index, _ in files:
             args += [index, new_token()]
-        found = self._claim(keys=keys, args=args)
+        try:
+            found = self._replicated(
+                lambda client: self._claim(keys=keys, args=args, client=client)
+            )
+        except NotReplicated as exc:
+            self._give_back(keys[4:], exc.reply)  # a claim a failover could lose is none
+            raise
         claims = []
         for i in range(len(files)):
             status = ClaimStatus(_text(found[3 * i]))

@@ -17,6 +17,9 @@ WorkerError (casefetch.errors.CasefetchError)
       ├── CaseNotFound, RecordNotFound   (worker.inspection)
       └── CaseBusy                       the case is still being fetched (worker.retry)
 
+NotReplicated (redis.exceptions.RedisError)   fewer replicas than REDIS_MIN_REPLICAS_ACK
+                                              acknowledged a write a failover must not lose
+
 A download is retried by the fetcher, attempt after attempt; what is left of it when the
 attempts run out is recorded in the file's entry, never raised to the task. Lower-level
 errors are translated where they arise (boto3's into StorageError, http.client's into
@@ -104,6 +107,18 @@ class RetryableDownloadError(DownloadError):
 
 class PermanentDownloadError(DownloadError):
     pass
+
+
+class NotReplicated(RedisError):
+    """A write that must survive a failover reached too few replicas in time. A Redis error,
+    so that the tasks retry it like any other Redis failure."""
+
+    def __init__(self, acknowledged: int, wanted: int, reply: Any = None) -> None:
+        super().__init__(f"{acknowledged} of {wanted} replica(s) acknowledged the write in time")
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+        #: What the write itself answered: its effects are on the primary.
+        self.reply = reply
 
 
 #: Failures of the infrastructure (Redis, the archive): the task is retried until they pass.

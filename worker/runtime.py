@@ -39,13 +39,14 @@ class Runtime:
         download_threads: int = 8,
         lock_seconds: float = 60.0,
         catalog: Catalog | None = None,
+        replicas: int = 0,
     ) -> None:
         self.redis = client
         # A file lock outlives its holder by at most lock_seconds (the visibility timeout),
         # so work redelivered after a crash waits no longer than the message did.
         self.pipeline = Pipeline(
             storage=storage,
-            books=Bookkeeping(client, lock_seconds=lock_seconds),
+            books=Bookkeeping(client, lock_seconds=lock_seconds, replicas=replicas),
             fetcher=fetcher,
             send_download=self.send_download,
             catalog=catalog,

@@ -56,6 +56,10 @@ class WorkerSettings:
     stale_temp_after_seconds: float = 600.0
     #: Port of the worker's Prometheus /metrics (0: not served).
     metrics_port: int = 9808
+    #: Replicas that must acknowledge a file's claim and its intent (Redis WAIT) before it is
+    #: fetched or put in place, so that a failover cannot lose them (REDIS_MIN_REPLICAS_ACK,
+    #: as for the receiver; 0: none asked, no WAIT).
+    min_replicas_ack: int = 0
 
     @property
     def catalog_path(self) -> Path:
@@ -118,6 +122,7 @@ class WorkerSettings:
                 env, "SWEEP_STUCK_AFTER_SECONDS", cls.stuck_after_seconds, 0.1
             ),
             metrics_port=config.read_int(env, "WORKER_METRICS_PORT", cls.metrics_port, 0),
+            min_replicas_ack=config.read_int(env, "REDIS_MIN_REPLICAS_ACK", cls.min_replicas_ack),
         )
 
 
