@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from casefetch.constants import case_key, lock_key
 from tests import samples
 from tests.archive_view import Archive
 from tests.faults import FAST_RECOVERY, Tally, check_archive, duplicate_writes, settle_or_explain
@@ -28,6 +30,8 @@ from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker
 from tests.receiver_helpers import hmac_headers
 from tests.sentinels import MASTER, SentinelGroup
 from tests.waiting import wait_for
+from worker.bookkeeping import Bookkeeping
+from worker.errors import NotReplicated
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -200,3 +204,32 @@ def test_primary_sigkilled_under_load_loses_nothing(
     assert refetches == 0, "a download in flight at the kill is kept, not fetched again"
     assert not (archive.root / "quarantine").exists(), "a failover is not the payload's fault"
     assert tracebacks == []
+
+
+def test_with_a_replica_a_claim_and_an_intent_are_on_it_when_they_return(
+    sentinels: SentinelGroup,
+) -> None:
+    client = sentinels.target().client(socket_timeout=5)
+    books = Bookkeeping(client, lock_seconds=30, replicas=1)
+    case = "cases/WAIT-1"
+    books.start(case, "gen-1", [0])
+    [claim] = books.claim_many(case, "gen-1", [(0, "case.pdf")])
+    assert claim.lock is not None
+    books.intend_many(case, {0: {"path": "case.pdf", "sha256": "ab"}})
+    replica = next(server for server in sentinels.servers if server is not sentinels.primary())
+    # What the primary acknowledged, its replica has: a failover now loses neither.
+    with redis.Redis(port=replica.port) as direct:
+        assert direct.get(lock_key("file", case, "case.pdf")) == claim.lock.token.encode()
+        assert direct.hexists(case_key(case, "intents"), "0")
+    client.close()
+
+
+def test_a_claim_no_replica_acknowledged_is_given_back(redis_client: redis.Redis) -> None:
+    books = Bookkeeping(redis_client, lock_seconds=30, replicas=1)  # a Redis with no replica
+    case = "cases/WAIT-2"
+    books.start(case, "gen-1", [0])
+    with pytest.raises(NotReplicated):
+        books.claim_many(case, "gen-1", [(0, "case.pdf")])
+    assert not redis_client.exists(lock_key("file", case, "case.pdf"))
+    # Without replicas asked for, the same claim is taken at once.
+    assert Bookkeeping(redis_client).claim_many(case, "gen-1", [(0, "case.pdf")])[0].lock
