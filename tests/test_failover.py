@@ -10,6 +10,7 @@ primary's replica, so the receiver can again have each delivery acknowledged by 
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -71,6 +72,28 @@ class Timeline:
         return sum(
             1 for sent, _, status in self.answers if status == 202 and killed and sent >= killed
         )
+
+
+#: The one traceback a failover may leave: kombu logs an acknowledgement that the dying
+#: primary cut off, with its traceback, and goes on. The message stays in kombu's unacked
+#: set and comes back after the visibility timeout; its task then finds its files done.
+EXPECTED_TRACEBACKS = ("Couldn't ack",)
+
+
+def unexpected_tracebacks(logs: list[Path]) -> list[str]:
+    """The first line of every traceback in ``logs`` but the expected ones."""
+    found = []
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if "Traceback" not in line:
+                continue
+            try:
+                message = str(json.loads(line)["msg"])
+            except (ValueError, KeyError, TypeError):
+                message = line
+            if not message.startswith(EXPECTED_TRACEBACKS):
+                found.append(f"{path.name}: {message[:200]}")
+    return found
 
 
 @pytest.fixture
@@ -197,8 +220,9 @@ def test_primary_sigkilled_under_load_loses_nothing(
         + f" kill_to_first_202_s={timeline.first_accepted_after_kill():.1f}"
         + f" kill_to_all_archived_s={archived_after:.1f}"
     )
-    logs = [process.log_path for process in workers] + [receiver.log_path]
-    tracebacks = [path.name for path in logs if "Traceback" in path.read_text(errors="replace")]
+    tracebacks = unexpected_tracebacks(
+        [process.log_path for process in workers] + [receiver.log_path]
+    )
     assert tally.sent >= MIN_SENT and others == []
     assert duplicates == 0
     assert refetches == 0, "a download in flight at the kill is kept, not fetched again"
