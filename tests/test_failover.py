@@ -80,8 +80,9 @@ class Timeline:
 #:   its files done.
 #: - "Unrecoverable error": the race in kombu's Redis transport that docs/reliability.md
 #:   ("Redis outages") describes (closing the lost connection, kombu builds a client from a
-#:   connection already released); `casefetch worker` starts Celery again in the same process.
-EXPECTED_TRACEBACKS = ("Couldn't ack", "Unrecoverable error")
+#:   connection already released), and the same error again as Celery stops ("Error on
+#:   stopping Hub"); `casefetch worker` starts Celery again in the same process.
+EXPECTED_TRACEBACKS = ("Couldn't ack", "Unrecoverable error", "Error on stopping Hub")
 
 
 def tracebacks(logs: list[Path]) -> tuple[list[str], int]:
