@@ -27,6 +27,8 @@ from worker.storage import Storage
 #: Bumped when the table changes: an older file is then rebuilt, not misread.
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 10.0
+#: What a kept journal shrinks back to after a large transaction (a rebuild).
+JOURNAL_SIZE_LIMIT = 1024 * 1024
 
 #: What :meth:`Catalog.rebuild` calls with each case it reads: (folder, manifest, payload).
 Visit = Callable[[str, Manifest, Any], None]
@@ -164,8 +166,12 @@ class Catalog:
         # be checkpointed or removed by connections to the old one). And no fsync, the most
         # of a row's cost (docs/benchmarks.md#the-archive-browser-issue-16); a process crash
         # still cannot tear a transaction, and after a power cut `casefetch archive reindex`
-        # rebuilds what the manifests say.
-        connection.execute("PRAGMA journal_mode = DELETE")
+        # rebuilds what the manifests say. The journal is kept between transactions (its
+        # header zeroed), not created and deleted by each: on ext4 without a journal, every
+        # inode freed is one that every new file of the next minutes steps over
+        # (docs/benchmarks.md#issue-18-fetch-on-a-disk-that-just-deleted-files).
+        connection.execute("PRAGMA journal_mode = PERSIST")
+        connection.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         connection.execute("PRAGMA synchronous = OFF")
         if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             _create_schema(connection)
