@@ -114,9 +114,9 @@ class FaultyStorage(Storage):
         name = f"storage {action} {key}"
         return self.faults.step(name, StorageError(f"injected: {name}", key))
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
         with self._step("write", key):
-            self.inner.write_bytes(key, data)
+            self.inner.write_bytes(key, data, sync_folder)
 
     @contextlib.contextmanager
     def stage(self, key: str, cache: bool = True, owner: str | None = None) -> Iterator[Staged]:

@@ -124,7 +124,8 @@ class Ingest:
                 current = casefiles.read(self.storage, case, archive.CASE_JSON)
             if current is not None and _sha256(current) == described:
                 self._keep_history(case, str(previous["deliveryId"]), current)
-        self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body)
+        # Durable with the manifest, below: one sync of the case folder for both.
+        self.storage.write_bytes(archive.case_key(case, archive.CASE_JSON), body, sync_folder=False)
         files, warnings = plan(check)
         manifest = new_manifest(check, delivery_id, reuse(files, previous), warnings)
         manifest["payloadSha256"] = digest

@@ -243,8 +243,8 @@ class ObservedStorage(Storage):
         self.metrics = metrics
         self.backlog = backlog
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.inner.write_bytes(key, data)
+    def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
+        self.inner.write_bytes(key, data, sync_folder)
         if key.startswith(f"{archive.QUARANTINE}/"):
             if self.backlog is not None:
                 self.backlog.saw_quarantine()

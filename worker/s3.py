@@ -119,7 +119,7 @@ class S3Storage(Storage):
     def sync_folders(self, keys: Iterable[str]) -> None:
         """Nothing to do: an object S3 acknowledged is durable, there is no folder."""
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
         with self.translate("write", key):
             self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
 

@@ -65,7 +65,9 @@ class Settler:
         # it again writes all three.
         payload = self._read_payload(case)
         self.storage.write_bytes(
-            archive.case_key(case, archive.INDEX_HTML), render_case(final, payload).encode("utf-8")
+            archive.case_key(case, archive.INDEX_HTML),
+            render_case(final, payload).encode("utf-8"),
+            sync_folder=False,  # durable with the manifest: one sync of the case folder
         )
         self._catalogue(case, final, payload)
         casefiles.write_manifest(self.storage, case, final, lock)

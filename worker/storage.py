@@ -99,7 +99,12 @@ class Storage(ABC):
         """Make the objects under ``keys``, committed with ``sync_folder`` off, durable."""
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
+        """Put ``data`` under ``key``, whole. With ``sync_folder`` off it is in place but
+        durable only once its folder is synced: by the next write to the same folder with
+        ``sync_folder`` on, which then makes both durable together. Renames in a case folder
+        (a handful of names, one directory block) reach the disk in the order they were
+        made, so the later object is never durable without the earlier one."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -192,9 +197,14 @@ class LocalStorage(Storage):
         for folder in {self.path(key).parent for key in keys}:
             _fsync_dir(folder)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        with self.open_writer(key) as writer:
-            writer.write(data)
+    def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
+        with self.stage(key) as staged:
+            staged.write(data)
+        try:
+            staged.commit(sync_folder)
+        except BaseException:
+            staged.discard()
+            raise
 
     def read_bytes(self, key: str) -> bytes:
         try:
