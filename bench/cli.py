@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -40,6 +40,10 @@ class Config:
     growth_rounds: int = 2
     payload_requests: int = 20
     payload_bytes: int = payload.MAX_BODY
+    #: casefetch's worker processes and the threads of each (fetch, growth, payload): 16
+    #: downloads at once, as curl's --parallel-max.
+    workers: int = 2
+    worker_concurrency: int = 8
 
 
 QUICK = Config(
@@ -102,7 +106,10 @@ def run(
     _, url = bench.start_receiver()
     archive = bench.path("archive")
     if set(chosen) & {"fetch", "growth", "payload"}:
-        workers = [bench.start_worker(f"worker-{i}", archive) for i in (1, 2)]
+        workers = [
+            bench.start_worker(f"worker-{i}", archive, c.worker_concurrency)
+            for i in range(1, c.workers + 1)
+        ]
         attempt(
             "fetch",
             lambda: fetch.run(
@@ -147,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         help="parent of the scratch directory (default: the system's temp)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="casefetch's worker processes x threads each, e.g. 4x4 (default: 2x8)",
+    )
     args = parser.parse_args(argv)
     chosen = tuple(n.strip() for n in args.only.split(",") if n.strip())
     unknown = set(chosen) - set(ALL)
@@ -156,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if output is None and not args.quick and set(chosen) == set(ALL):
         output = ROOT / "docs" / "benchmarks.md"
 
+    config = QUICK if args.quick else Config()
+    if args.workers:
+        processes, _, threads = args.workers.partition("x")
+        if not (processes.isdigit() and threads.isdigit() and int(processes) and int(threads)):
+            parser.error(f"--workers takes PROCESSESxTHREADS, e.g. 4x4, not {args.workers!r}")
+        config = replace(config, workers=int(processes), worker_concurrency=int(threads))
     console = Console()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # Whatever was written or deleted before (an earlier run's scratch directory) goes to
@@ -166,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Bench(args.scratch, keep=args.keep) as bench:
             scratch = str(bench.dir.parent)
-            results, crashed = run(chosen, QUICK if args.quick else Config(), bench, console)
+            results, crashed = run(chosen, config, bench, console)
     except KeyboardInterrupt:
         console.print("[red]interrupted; every process started was stopped[/red]")
         return 130

@@ -1,7 +1,7 @@
 """4. Growth: cases of 1, 10, 100 and 1,000 items, time per item.
 
 Every item has an image (2 KiB), every case a 16 KiB PDF; each case is timed alone, from the
-webhook to its complete manifest, on the same two workers. A quadratic step anywhere
+webhook to its complete manifest, on the fetch benchmark's workers. A quadratic step anywhere
 (validation, planning, bookkeeping, manifest writes) would make the time per item grow with
 the number of items. Small cases pay a fixed cost (the webhook, ingest, the PDF, the final
 manifest) spread over few items, so their time per item is *higher*: the target compares
