@@ -24,6 +24,7 @@ from worker.settings import DownloadSettings, WorkerSettings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -115,9 +116,48 @@ def test_profiles_add_minio_and_the_demo(compose: dict[str, Any]) -> None:
     assert demo["profiles"] == ["demo"] and demo["command"][:2] == ["casefetch", "demo"]
     assert demo["depends_on"]["receiver"]["condition"] == "service_healthy"
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    profiled = {"minio", "minio-setup", "demo", "prometheus", "grafana", "archive-browser"}
+    profiled |= {"redis-replica", *SENTINELS}
     for name, svc in services.items():
-        if name not in {"minio", "minio-setup", "demo", "prometheus", "grafana", "archive-browser"}:
+        if name not in profiled:
             assert "profiles" not in svc, f"{name} belongs to the default stack"
+
+
+def test_the_ha_profile_adds_a_replica_and_three_sentinels(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    primary, replica = services["redis"], services["redis-replica"]
+    assert replica["profiles"] == ["ha"] and replica["image"] == primary["image"]
+    command = " ".join(replica["command"])
+    assert "--replicaof redis 6379" in command
+    # It may become the primary: the primary's durability, its own volume.
+    for setting in ("--appendonly yes", "--appendfsync always", "--maxmemory-policy noeviction"):
+        assert setting in command
+    [volume] = replica["volumes"]
+    assert volume.split(":")[0] in compose["volumes"] and volume != primary["volumes"][0]
+    for name in SENTINELS:
+        sentinel = services[name]
+        assert sentinel["profiles"] == ["ha"] and sentinel["image"] == primary["image"]
+        shell, flag, script, _zero, announced = sentinel["command"]
+        assert (shell, flag, announced) == ("sh", "-c", name)
+        assert "sentinel monitor mymaster redis 6379 2" in script, "quorum 2 of 3"
+        assert "sentinel down-after-milliseconds mymaster 5000" in script
+        assert "redis-server" in script and "--sentinel" in script
+        assert "ckquorum mymaster" in " ".join(sentinel["healthcheck"]["test"])
+
+
+def test_the_ha_settings_reach_the_receiver_and_the_workers() -> None:
+    # The three lines .env.example says to set for the ha profile, as an operator would.
+    example = (ROOT / ".env.example").read_text()
+    block = example.split("Set these three lines", 1)[1].split("\n", 1)[1]
+    ha_lines = dict(line[2:].split("=", 1) for line in block.splitlines()[:3])
+    assert ha_lines["COMPOSE_PROFILES"] == "ha"
+    urls = ha_lines["REDIS_URL"].split(";")
+    assert [url.split("//")[1] for url in urls] == [f"{name}:26379" for name in SENTINELS]
+    loaded = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), ha_lines)
+    for name in ("receiver", *workers(loaded)):
+        env = loaded["services"][name]["environment"]
+        assert env["REDIS_URL"] == ha_lines["REDIS_URL"], name
+        assert env["REDIS_MIN_REPLICAS_ACK"] == "1", name
 
 
 def test_the_browse_profile_serves_the_archive_on_loopback_with_credentials(
@@ -265,7 +305,7 @@ def test_env_example_holds_no_working_credential() -> None:
         ReceiverSettings.from_env(credentials)
 
 
-@pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring", "browse"])
+@pytest.mark.parametrize("profile", [None, "s3", "demo", "monitoring", "browse", "ha"])
 @pytest.mark.parametrize("env_file", [None, ".env.example"])
 def test_docker_compose_accepts_the_file(profile: str | None, env_file: str | None) -> None:
     binary = shutil.which("docker-compose")
