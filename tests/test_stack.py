@@ -5,7 +5,9 @@ project's image through ``docker-compose build``, starts the default stack with 
 beside it (tests/stack/files.yml), sends HMAC-signed webhooks from the host and reads the
 results on the host's bind-mounted archive; scales the download workers to three, SIGKILLs
 one in the middle of a download and sees every case complete; runs the archive commands in
-a container; finds no traceback in any container's log.
+a container; finds no traceback in any container's log. Then the ha profile (a replica, three
+sentinels) with the receiver and the workers pointed at the sentinels: the primary is
+SIGKILLed while webhooks keep coming, and every one answered 202 is archived.
 
 podman plays the Docker engine (shared/CONTAINERS.md). Without podman, docker-compose and
 mmdebstrap the test is skipped, except under CI (CI=true), where .ci/run installs them and
@@ -23,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,15 @@ PYTHON_IMAGE = "casefetch-base/python:bookworm"
 REDIS_IMAGE = "casefetch-base/redis:bookworm"
 #: The slow PDF: long enough to kill a worker in the middle of it.
 SLOW_BYTES, SLOW_RATE = 3 * 1024 * 1024, 256 * 1024
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+#: The three lines .env.example gives for the ha profile (its COMPOSE_PROFILES=ha is the
+#: --profile flag here).
+HA_SETTINGS = {
+    "REDIS_URL": ";".join(f"sentinel://{name}:26379" for name in SENTINELS),
+    "REDIS_MIN_REPLICAS_ACK": "1",
+}
+#: One webhook every this many seconds while the primary is killed.
+SEND_PACE = 0.25
 
 
 def _missing_tools() -> list[str]:
@@ -286,6 +298,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             built.compose(
                 "--profile",
                 "demo",
+                "--profile",
+                "ha",
                 "down",
                 "--volumes",
                 "--remove-orphans",
@@ -356,6 +370,24 @@ def _slow_pdf(cf_ref: str) -> bytes:
     return header + b"\n" + padding + rest
 
 
+def _serve_case(
+    stack: Stack, cf_ref: str, n: int, slow: bool = False
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Serve a case's files; answers its payload and the bytes its files must hold."""
+    pdf = _slow_pdf(cf_ref) if slow else certificate_pdf(cf_ref, f"R-{cf_ref}")
+    files = {
+        "case.pdf": pdf,
+        "items/001-IT-1.png": sample_files.png(160, 120, n),
+        "items/002-IT-2.jpg": sample_files.jpeg(seed=n),
+    }
+    pdf_url = stack.serve(f"{cf_ref}.pdf", pdf) + (f"?rate={SLOW_RATE}" if slow else "")
+    images = [
+        stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
+        stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"]),
+    ]
+    return _case(stack, cf_ref, pdf_url, images), files
+
+
 def _send_cases(
     stack: Stack, prefix: str, count: int, slow: bool = False
 ) -> dict[str, dict[str, bytes]]:
@@ -363,18 +395,8 @@ def _send_cases(
     sent: dict[str, dict[str, bytes]] = {}
     for n in range(count):
         cf_ref = f"{prefix}-{n}"
-        pdf = _slow_pdf(cf_ref) if slow else certificate_pdf(cf_ref, f"R-{cf_ref}")
-        files = {
-            "case.pdf": pdf,
-            "items/001-IT-1.png": sample_files.png(160, 120, n),
-            "items/002-IT-2.jpg": sample_files.jpeg(seed=n),
-        }
-        pdf_url = stack.serve(f"{cf_ref}.pdf", pdf) + (f"?rate={SLOW_RATE}" if slow else "")
-        images = [
-            stack.serve(f"{cf_ref}-1.png", files["items/001-IT-1.png"]),
-            stack.serve(f"{cf_ref}-2.jpg", files["items/002-IT-2.jpg"]),
-        ]
-        status, answer = stack.send(_case(stack, cf_ref, pdf_url, images))
+        payload, files = _serve_case(stack, cf_ref, n, slow)
+        status, answer = stack.send(payload)
         assert status == 202 and answer["status"] == "accepted", answer
         sent[cf_ref] = files
     return sent
@@ -478,3 +500,183 @@ def test_the_stack_archives_scales_and_survives_a_killed_worker(
         assert "Traceback" not in log_text, f"{container['name']}:\n{log_text[-4000:]}"
     for name, seconds in stack.timings.items():
         report_line(f"compose stack: {name} {seconds:.1f} s")
+
+
+def _running(stack: Stack, service: str) -> dict[str, str]:
+    [container] = [c for c in stack.containers(service) if c["state"] == "running"]
+    return container
+
+
+def _redis_cli(stack: Stack, service: str, *args: str) -> list[str]:
+    """``redis-cli`` in the service's container; answers its output's lines."""
+    result = subprocess.run(
+        ["podman", "exec", _running(stack, service)["id"], "redis-cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout.splitlines()
+
+
+def _sentinel(stack: Stack, name: str, *args: str) -> dict[str, str]:
+    """A SENTINEL command's answer of alternating names and values, as a dict."""
+    lines = _redis_cli(stack, name, "-p", "26379", "sentinel", *args)
+    return dict(zip(lines[::2], lines[1::2], strict=False))
+
+
+def _ha_ready(stack: Stack) -> bool:
+    """Every sentinel watches the primary, its replica (in sync) and the two others."""
+    for name in SENTINELS:
+        master = _sentinel(stack, name, "master", "mymaster")
+        expected = {"ip": "redis", "num-slaves": "1", "num-other-sentinels": "2"}
+        if any(master.get(key) != value for key, value in expected.items()):
+            return False
+        replica = _sentinel(stack, name, "replicas", "mymaster")
+        if replica.get("ip") != "redis-replica" or replica.get("master-link-status") != "ok":
+            return False
+    return True
+
+
+def _primary(stack: Stack) -> set[str]:
+    """The primary's name as each sentinel gives it to clients."""
+    return {
+        " ".join(
+            _redis_cli(
+                stack, name, "-p", "26379", "sentinel", "get-master-addr-by-name", "mymaster"
+            )
+        )
+        for name in SENTINELS
+    }
+
+
+@dataclass
+class Answer:
+    cf_ref: str
+    sent: float
+    answered: float
+    status: int
+
+
+class Sender(threading.Thread):
+    """The platform under way: a new case every SEND_PACE seconds until stopped, each
+    answer kept (0: no HTTP answer at all)."""
+
+    def __init__(self, stack: Stack, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.prefix = stack, prefix
+        self.answers: list[Answer] = []
+        self.files: dict[str, dict[str, bytes]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.done.wait(SEND_PACE):
+            cf_ref = f"{self.prefix}-{n}"
+            payload, files = _serve_case(self.stack, cf_ref, n)
+            sent = time.time()
+            try:
+                status, _answer = self.stack.send(payload)
+            except OSError:
+                status = 0
+            if status == 202:
+                self.files[cf_ref] = files
+            self.answers.append(Answer(cf_ref, sent, time.time(), status))
+            n += 1
+
+    def accepted_after(self, moment: float) -> list[Answer]:
+        return [a for a in list(self.answers) if a.status == 202 and a.sent > moment]
+
+    def __enter__(self) -> Sender:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+def test_the_ha_profile_fails_over_and_archives_every_accepted_webhook(
+    stack: Stack, report_line: Any
+) -> None:
+    # As the README tells operators: the three lines in .env, then `up -d`; the receiver
+    # and the workers are recreated pointing at the sentinels.
+    settings = stack.directory / "stack.env"
+    settings.write_text(
+        settings.read_text() + "".join(f"{k}={v}\n" for k, v in HA_SETTINGS.items())
+    )
+    started = time.monotonic()
+    with HealthChecks(stack, ("redis", "redis-replica")):
+        stack.compose("--profile", "ha", "up", "-d", timeout=600)
+    _wait_until_ready(stack)
+    wait_for(
+        lambda: _ha_ready(stack),
+        timeout=90,
+        interval=1.0,
+        message="the sentinels to see the primary, the replica in sync and each other",
+    )
+    report_line(f"ha profile: up and watched by 3 sentinels {time.monotonic() - started:.1f} s")
+    before = _send_cases(stack, "CF-HA", 3)
+    _all_complete(stack, before, timeout=60)
+
+    old_primary = _running(stack, "redis")
+    with Sender(stack, "CF-FAILOVER") as sender:
+        wait_for(lambda: len(sender.accepted_after(0)) >= 4, timeout=60, message="202s")
+        subprocess.run(
+            ["podman", "kill", "--signal", "KILL", old_primary["id"]],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        killed_at = time.time()
+        wait_for(
+            lambda: _primary(stack) == {"redis-replica 6379"},
+            timeout=90,
+            interval=0.2,
+            message="every sentinel to name the replica as the primary",
+        )
+        promoted = time.time() - killed_at
+        wait_for(
+            lambda: len(sender.accepted_after(killed_at)) >= 8,
+            timeout=120,
+            interval=0.2,
+            message="202s again after the failover",
+        )
+    answers = sender.answers
+    statuses = Counter(answer.status for answer in answers)
+    first_202 = min(a.answered for a in sender.accepted_after(killed_at)) - killed_at
+    # The contract's two answers: 202 once the delivery is on the primary and a replica,
+    # 503 otherwise; never an error page, never a dropped connection.
+    assert set(statuses) <= {202, 503}, statuses
+    started = time.monotonic()
+    _all_complete(stack, sender.files, timeout=180)
+    archived = time.monotonic() - started
+    report_line(
+        f"ha profile: primary SIGKILLed under {1 / SEND_PACE:.0f} webhooks/s: every sentinel "
+        f"named the replica {promoted:.1f} s later, the first 202 {first_202:.1f} s after the "
+        f"kill; sent {len(answers)}, 202 {statuses[202]}, 503 {statuses[503]}, all "
+        f"{statuses[202]} accepted archived ({archived:.1f} s after the last), none lost"
+    )
+
+    # The old primary comes back a primary, as its command says; the sentinels make it a
+    # replica of the new one, and it then acknowledges deliveries.
+    subprocess.run(
+        ["podman", "start", old_primary["id"]], check=True, capture_output=True, timeout=60
+    )
+    restarted_at = time.monotonic()
+
+    def rejoined() -> bool:
+        info = _redis_cli(stack, "redis", "info", "replication")
+        wanted = {"role:slave", "master_host:redis-replica", "master_link_status:up"}
+        return wanted <= {line.strip() for line in info}
+
+    wait_for(rejoined, timeout=120, interval=0.5, message="the old primary to follow the new")
+    report_line(
+        f"ha profile: the old primary, restarted, replicates the new one "
+        f"{time.monotonic() - restarted_at:.1f} s later"
+    )
+    after = _send_cases(stack, "CF-REJOINED", 2)
+    _all_complete(stack, after, timeout=60)
+
+    for container in stack.containers():
+        log_text = stack.logs(container["id"])
+        assert "Traceback" not in log_text, f"{container['name']}:\n{log_text[-4000:]}"
