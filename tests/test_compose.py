@@ -158,6 +158,12 @@ def test_the_ha_settings_reach_the_receiver_and_the_workers() -> None:
         env = loaded["services"][name]["environment"]
         assert env["REDIS_URL"] == ha_lines["REDIS_URL"], name
         assert env["REDIS_MIN_REPLICAS_ACK"] == "1", name
+    sentinels = tuple((name, 26379) for name in SENTINELS)
+    receiver_env = {**loaded["services"]["receiver"]["environment"], "WEBHOOK_BEARER_TOKENS": "t"}
+    assert ReceiverSettings.from_env(receiver_env).redis.sentinels == sentinels
+    for svc in workers(loaded).values():
+        target = WorkerSettings.from_env(svc["environment"]).redis
+        assert target.sentinels == sentinels and target.master == "mymaster"
 
 
 def test_the_browse_profile_serves_the_archive_on_loopback_with_credentials(
