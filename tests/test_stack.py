@@ -422,10 +422,13 @@ def _all_complete(stack: Stack, sent: dict[str, dict[str, bytes]], timeout: floa
 
 
 def _no_traceback(stack: Stack) -> None:
+    """No container logged a traceback; each log is kept beside the stack's files."""
     for container in stack.containers():
         log_text = stack.logs(container["id"])
+        kept = stack.directory / f"{container['name']}.log"
+        kept.write_text(log_text)
         at = log_text.find("Traceback")
-        assert at < 0, f"{container['name']}:\n{log_text[max(at - 1000, 0) : at + 4000]}"
+        assert at < 0, f"{kept}:\n{log_text[max(at - 1000, 0) : at + 4000]}"
 
 
 def test_the_stack_archives_scales_and_survives_a_killed_worker(
