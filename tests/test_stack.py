@@ -700,4 +700,10 @@ def test_the_ha_profile_fails_over_and_archives_every_accepted_webhook(
     after = _send_cases(stack, "CF-REJOINED", 2)
     _all_complete(stack, after, timeout=60)
 
+    # The workers followed the promotion in place: none was restarted (Celery logs
+    # "ready." at each start, and a restarted container keeps its log).
+    for container in stack.containers():
+        if container["service"].startswith("worker-"):
+            starts = stack.logs(container["id"]).count(" ready.")
+            assert starts == 1, f"{container['name']} started {starts} times"
     _no_traceback(stack)
