@@ -759,10 +759,12 @@ def test_the_ha_profile_fails_over_and_archives_every_accepted_webhook(
     )
     _workers_started_once(stack)
 
-    # REDIS_MIN_REPLICAS_ACK=0 (the receiver alone recreated): the failover back, with no
-    # wait for a replica. Faster 202s; what the dead primary had not yet sent on is lost.
+    # REDIS_MIN_REPLICAS_ACK=0 (the receiver and the workers, which WAIT on their claims
+    # too, recreated): the failover back, with no wait for a replica. Faster 202s; what
+    # the dead primary had not yet sent on is lost.
     _set(stack, "REDIS_MIN_REPLICAS_ACK", "0")
-    stack.compose("--profile", "ha", "up", "-d", "--no-deps", "receiver", timeout=300)
+    with HealthChecks(stack, ("redis", "redis-replica")):
+        stack.compose("--profile", "ha", "up", "-d", timeout=300)
     _wait_until_ready(stack)
     with Sender(stack, "CF-FAILBACK") as sender:
         wait_for(lambda: len(sender.accepted_after(0)) >= 4, timeout=60, message="202s")
