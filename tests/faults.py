@@ -155,3 +155,33 @@ def duplicate_writes(workers: list[WorkerProcess]) -> int:
     for _, kind, key in sorted(events, key=lambda event: event[0]):
         stores[key] = max(0, stores.get(key, 0) + kind)
     return sum(max(0, count - 1) for count in stores.values())
+
+
+#: The tracebacks a failover may leave, both logged by Celery or kombu as they go on:
+#: - "Couldn't ack": an acknowledgement the dying primary cut off. The message stays in
+#:   kombu's unacked set and comes back after the visibility timeout; its task then finds
+#:   its files done.
+#: - "Unrecoverable error": the race in kombu's Redis transport that docs/reliability.md
+#:   ("Redis outages") describes (closing the lost connection, kombu builds a client from a
+#:   connection already released), and the same error again as Celery stops ("Error on
+#:   stopping Hub"); `casefetch worker` starts Celery again in the same process.
+EXPECTED_TRACEBACKS = ("Couldn't ack", "Unrecoverable error", "Error on stopping Hub")
+
+
+def tracebacks(logs: dict[str, str]) -> tuple[list[str], int]:
+    """The first line of every unexpected traceback in ``logs`` (name: text of a log of
+    JSON lines), and how many expected ones there were."""
+    unexpected, expected = [], 0
+    for name, text in logs.items():
+        for line in text.splitlines():
+            if "Traceback" not in line:
+                continue
+            try:
+                message = str(json.loads(line)["msg"])
+            except (ValueError, KeyError, TypeError):
+                message = line
+            if message.startswith(EXPECTED_TRACEBACKS):
+                expected += 1
+            else:
+                unexpected.append(f"{name}: {message[:200]}")
+    return unexpected, expected

@@ -10,7 +10,6 @@ primary's replica, so the receiver can again have each delivery acknowledged by 
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -25,7 +24,14 @@ import redis
 from casefetch.constants import case_key, lock_key
 from tests import samples
 from tests.archive_view import Archive
-from tests.faults import FAST_RECOVERY, Tally, check_archive, duplicate_writes, settle_or_explain
+from tests.faults import (
+    FAST_RECOVERY,
+    Tally,
+    check_archive,
+    duplicate_writes,
+    settle_or_explain,
+    tracebacks,
+)
 from tests.fileserver import FileServer
 from tests.processes import ReceiverProcess, WorkerProcess, receiver_env, worker_env
 from tests.receiver_helpers import hmac_headers
@@ -72,36 +78,6 @@ class Timeline:
         return sum(
             1 for sent, _, status in self.answers if status == 202 and killed and sent >= killed
         )
-
-
-#: The tracebacks a failover may leave, both logged by Celery or kombu as they go on:
-#: - "Couldn't ack": an acknowledgement the dying primary cut off. The message stays in
-#:   kombu's unacked set and comes back after the visibility timeout; its task then finds
-#:   its files done.
-#: - "Unrecoverable error": the race in kombu's Redis transport that docs/reliability.md
-#:   ("Redis outages") describes (closing the lost connection, kombu builds a client from a
-#:   connection already released), and the same error again as Celery stops ("Error on
-#:   stopping Hub"); `casefetch worker` starts Celery again in the same process.
-EXPECTED_TRACEBACKS = ("Couldn't ack", "Unrecoverable error", "Error on stopping Hub")
-
-
-def tracebacks(logs: list[Path]) -> tuple[list[str], int]:
-    """The first line of every unexpected traceback in ``logs``, and how many expected ones
-    there were."""
-    unexpected, expected = [], 0
-    for path in logs:
-        for line in path.read_text(errors="replace").splitlines():
-            if "Traceback" not in line:
-                continue
-            try:
-                message = str(json.loads(line)["msg"])
-            except (ValueError, KeyError, TypeError):
-                message = line
-            if message.startswith(EXPECTED_TRACEBACKS):
-                expected += 1
-            else:
-                unexpected.append(f"{path.name}: {message[:200]}")
-    return unexpected, expected
 
 
 @pytest.fixture
@@ -220,7 +196,10 @@ def test_primary_sigkilled_under_load_loses_nothing(
     duplicates = duplicate_writes(workers)
     statuses = [status for _, _, status in timeline.answers]
     unexpected, expected_tracebacks = tracebacks(
-        [process.log_path for process in workers] + [receiver.log_path]
+        {
+            log.name: log.read_text(errors="replace")
+            for log in [*(worker.log_path for worker in workers), receiver.log_path]
+        }
     )
     report_line(
         tally.line(

@@ -39,6 +39,7 @@ from casefetch_tools.demo import certificate_pdf
 from casefetch_tools.polling import poll
 from casefetch_tools.redis_server import free_port
 from casefetch_tools.sender import auth_headers
+from tests.faults import tracebacks
 from tests.paths import ROOT
 from tests.waiting import wait_for
 from worker.archive import case_dir
@@ -422,14 +423,19 @@ def _all_complete(stack: Stack, sent: dict[str, dict[str, bytes]], timeout: floa
             assert entries[path]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def _no_traceback(stack: Stack) -> None:
-    """No container logged a traceback; each log is kept beside the stack's files."""
+def _no_traceback(stack: Stack, failover: bool = False) -> int:
+    """No container logged a traceback, except, after a Redis ``failover``, those that
+    tests/faults.py's EXPECTED_TRACEBACKS names (kombu's, each followed by a recovery); each
+    log is kept beside the stack's files. Returns how many expected ones there were."""
+    logs = {}
     for container in stack.containers():
-        log_text = stack.logs(container["id"])
-        kept = stack.directory / f"{container['name']}.log"
-        kept.write_text(log_text)
-        at = log_text.find("Traceback")
-        assert at < 0, f"{kept}:\n{log_text[max(at - 1000, 0) : at + 4000]}"
+        logs[container["name"]] = stack.logs(container["id"])
+        (stack.directory / f"{container['name']}.log").write_text(logs[container["name"]])
+    unexpected, expected = tracebacks(logs)
+    if not failover:
+        unexpected += ["expected in a failover only"] * expected
+    assert not unexpected, f"tracebacks (logs in {stack.directory}): {unexpected}"
+    return expected
 
 
 def test_the_stack_archives_scales_and_survives_a_killed_worker(
@@ -657,13 +663,20 @@ def _replicates(stack: Stack, node: str, primary: str) -> bool:
     return {"role:slave", f"master_host:{primary}", "master_link_status:up"} <= info
 
 
-def _workers_started_once(stack: Stack) -> None:
-    """The workers followed the failover in place: none was restarted (Celery logs
-    "ready." at each start, and a restarted container keeps its log)."""
+def _workers_started_once(stack: Stack) -> int:
+    """The workers followed the failover in place: no container was restarted (Celery logs
+    "ready." at each start, and a restarted container keeps its log). Celery giving up on
+    kombu's race (docs/reliability.md, "Redis outages") is the one restart allowed: the
+    worker's own, in the same process. Returns how many of those there were."""
+    restarts = 0
     for container in stack.containers():
         if container["service"].startswith("worker-") and container["state"] == "running":
-            starts = stack.logs(container["id"]).count(" ready.")
-            assert starts == 1, f"{container['name']} started {starts} times"
+            log_text = stack.logs(container["id"])
+            own = log_text.count("the Celery worker stopped on an error")
+            starts = log_text.count(" ready.")
+            assert starts == 1 + own, f"{container['name']} started {starts} times"
+            restarts += own
+    return restarts
 
 
 def _answered(sender: Sender, killed_at: float) -> tuple[str, Counter[int]]:
@@ -784,5 +797,9 @@ def test_the_ha_profile_fails_over_and_archives_every_accepted_webhook(
         f"{1 / SEND_PACE:.0f} webhooks/s; the sentinels switched back {promoted:.1f} s later; "
         f"{figures}; {statuses[202] - len(lost)} accepted archived, lost {len(lost)} {lost}"
     )
-    _workers_started_once(stack)
-    _no_traceback(stack)
+    restarts = _workers_started_once(stack)
+    expected = _no_traceback(stack, failover=True)
+    report_line(
+        f"ha profile: workers restarted in place after kombu's race {restarts} time(s); "
+        f"tracebacks of kombu's known failover races {expected}"
+    )
