@@ -20,28 +20,31 @@ DOWN_AFTER_MS = 1000
 PROBE_KEY = "tests:replication-probe"
 
 
-def replicate(replica: RedisServer, primary: RedisServer) -> None:
-    """Make ``replica`` a replica of ``primary``; return once it acknowledges writes (a fresh
-    replica may take a second more for its first acknowledgement than "in sync" says)."""
+def replicate(replica: RedisServer, primary: RedisServer, replicas: int = 1) -> None:
+    """Make ``replica`` a replica of ``primary`` (its ``replicas``-th); return once that many
+    acknowledge writes (a fresh replica may take a second more for its first acknowledgement
+    than "in sync" says)."""
     with redis.Redis(port=primary.port) as client:  # not Redis's 5 s wait for more replicas
         client.config_set("repl-diskless-sync-delay", 0)
     with redis.Redis(port=replica.port) as client:
         client.replicaof("127.0.0.1", primary.port)
     with redis.Redis(port=primary.port) as client:
         client.set(PROBE_KEY, "1")
-        acknowledged = client.wait(1, 10_000)
+        acknowledged = client.wait(replicas, 10_000)
         client.delete(PROBE_KEY)
-        assert acknowledged >= 1 and client.wait(1, 10_000) >= 1, "the replica never caught up"
+        caught_up = acknowledged >= replicas and client.wait(replicas, 10_000) >= replicas
+        assert caught_up, "the replica never caught up"
 
 
 class SentinelGroup:
-    """Two redis-servers (a primary and its replica) watched by three sentinels (quorum 2)."""
+    """A primary and its ``replicas`` (one by default) watched by three sentinels (quorum 2)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, replicas: int = 1) -> None:
         self.directory = directory
+        self.replicas = replicas
         self.servers = [
-            RedisServer(directory / "a", appendfsync="everysec"),
-            RedisServer(directory / "b", appendfsync="everysec"),
+            RedisServer(directory / name, appendfsync="everysec")
+            for name in "abcdefgh"[: 1 + replicas]
         ]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
@@ -49,8 +52,9 @@ class SentinelGroup:
     def start(self) -> SentinelGroup:
         binary = shutil.which("redis-sentinel")
         assert binary, "redis-sentinel is not on PATH (apt-get install redis-sentinel)"
-        primary, replica = (server.start() for server in self.servers)
-        replicate(replica, primary)
+        primary, *replicas = (server.start() for server in self.servers)
+        for count, replica in enumerate(replicas, 1):
+            replicate(replica, primary, count)
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
             config.write_text(
@@ -77,16 +81,15 @@ class SentinelGroup:
                 wait_for(lambda s=sentinel: self._knows_everyone(s), 15)  # type: ignore[misc]
         return self
 
-    @staticmethod
-    def _knows_everyone(sentinel: redis.Redis) -> bool:
+    def _knows_everyone(self, sentinel: redis.Redis) -> bool:
         try:
             replicas = sentinel.sentinel_slaves(MASTER)
             others = sentinel.sentinel_sentinels(MASTER)
         except redis.RedisError:
             return False
         # redis-py types both replies as ``list | bool``.
-        one_replica = isinstance(replicas, list) and len(replicas) == 1
-        return one_replica and isinstance(others, list) and len(others) == 2
+        every_replica = isinstance(replicas, list) and len(replicas) == self.replicas
+        return every_replica and isinstance(others, list) and len(others) == 2
 
     @property
     def url(self) -> str:

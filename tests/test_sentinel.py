@@ -114,6 +114,46 @@ async def test_the_receiver_follows_a_failover_without_a_restart(
     )
 
 
+async def test_with_two_replicas_202s_resume_once_one_is_promoted(
+    tmp_path: Path, aiohttp_client: ClientFactory, report_line: Callable[[str], None]
+) -> None:
+    """With REDIS_MIN_REPLICAS_ACK=1 and one replica, a failover leaves no replica to
+    acknowledge until the old primary is back (above); with two, the one not promoted
+    follows the new primary and the 202s resume without it."""
+    group = SentinelGroup(tmp_path / "sentinel", replicas=2).start()
+    try:
+        settings = rh.settings(
+            "", redis=group.target(), redis_timeout_seconds=1.0, min_replicas_ack=1
+        )
+        client = await aiohttp_client(create_app(settings))
+        status, before = await post(client)
+        assert status == 202 and before
+        old = group.kill_primary()
+        killed = time.monotonic()
+        new = await asyncio.to_thread(group.wait_for_promotion, old)
+        promoted = time.monotonic()
+
+        async def accepted() -> str | None:
+            status, delivery_id = await post(client)
+            return delivery_id if status == 202 else None
+
+        after = None
+        while after is None and time.monotonic() < promoted + 30:
+            after = await accepted()
+        answered = time.monotonic()
+        assert after, "no 202 within 30 s of the promotion"
+        assert in_inbox(new.port, [before, after])
+        (replica,) = (s for s in group.servers if s not in (old, new))
+        assert in_inbox(replica.port, [before, after])  # WAIT: it holds what was accepted
+        report_line(
+            f"sentinel failover, two replicas, REDIS_MIN_REPLICAS_ACK=1: promoted "
+            f"{promoted - killed:.1f} s after the SIGKILL, the first 202 "
+            f"{answered - killed:.1f} s after it (the other replica following the new primary)"
+        )
+    finally:
+        group.stop()
+
+
 async def test_the_receiver_leaves_a_primary_gone_silent(
     sentinels: SentinelGroup, aiohttp_client: ClientFactory
 ) -> None:
