@@ -72,6 +72,18 @@ def claim(books: Bookkeeping) -> Claim:
     return found
 
 
+def taken_over(client: redis.Redis, books: Bookkeeping) -> tuple[HeldLock, HeldLock]:
+    """The file's lock, taken, expired while its holder was cut off, and taken again: the
+    stale holder's and the current holder's."""
+    books.start(CASE, GEN, [0])
+    stale = claim(books).lock
+    assert stale is not None
+    expire(client, stale)
+    current = claim(books).lock
+    assert current is not None
+    return stale, current
+
+
 def staged(files: Files, claim: Claim, data: bytes) -> Finished:
     """A file fetched and verified under ``claim``, staged, not yet in place."""
     with files.storage.stage(f"{CASE}/case.pdf") as staging:
@@ -132,12 +144,7 @@ def test_a_stale_holder_puts_nothing_in_place(
 def test_a_stale_holder_never_overwrites_the_new_holders_result(
     client: redis.Redis, books: Bookkeeping
 ) -> None:
-    books.start(CASE, GEN, [0])
-    stale = claim(books).lock
-    assert stale is not None
-    expire(client, stale)
-    current = claim(books).lock
-    assert current is not None
+    stale, current = taken_over(client, books)
     ours: Entry = {"path": "case.pdf", "status": "stored", "sha256": "bb"}
     assert books.record_many(CASE, GEN, [(0, ours, current)]) == (0, [])
 
@@ -149,12 +156,7 @@ def test_a_stale_holder_never_overwrites_the_new_holders_result(
 def test_a_stale_record_leaves_the_new_holders_lock(
     client: redis.Redis, books: Bookkeeping
 ) -> None:
-    books.start(CASE, GEN, [0])
-    stale = claim(books).lock
-    assert stale is not None
-    expire(client, stale)
-    current = claim(books).lock
-    assert current is not None
+    stale, current = taken_over(client, books)
     entry: Entry = {"path": "case.pdf", "status": "stored", "sha256": "aa"}
     assert books.record_many(CASE, GEN, [(0, entry, stale)]) == (1, [0])
     assert client.get(current.key) == current.token.encode()
