@@ -14,18 +14,28 @@ Both leave the machine as they found it for the next round, and in the same way:
   the workers' CPU in perf);
 - no page cache is left behind: casefetch's workers drop a downloaded file's pages once it is
   durable, and curl's are dropped after its timed run.
+
+Each side first fetches one round untimed (its own URLs, the same shape): a worker serves for
+days, and the first round of a fresh process measures its start-up (imports finished lazily,
+connection pools and threads created, a heap growing from nothing), the kernel's first pages
+for the file host and the archive, not what a case costs. curl's first round is as slow.
+
+Every round also reads the CPU time each service spent on it (workers, receiver, Redis, the
+file host; this process and the curl it ran): the table's details give it per case, the
+median of the rounds, so a run shows where its time went as well as how long it took.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from pathlib import Path
 
 from bench import payloads, pipeline
 from bench.fileserver import url
-from bench.harness import Bench, BenchError, Result, median
+from bench.harness import Bench, BenchError, Result, median, tree_cpu
 
 PDF_BYTES = 2 * 1024 * 1024
 IMAGE_BYTES = 300 * 1024
@@ -105,6 +115,30 @@ def run_curl(
     return elapsed, size
 
 
+class CpuMeter:
+    """CPU seconds spent so far by each service the bench started (its workers together)
+    and by this process with the children it waited for (curl)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.pids = {name: child.pid for name, child in bench.procs.named.items()}
+        if bench.redis is not None and bench.redis.process is not None:
+            self.pids["redis"] = bench.redis.process.pid
+
+    def read(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            group = "workers" if name.startswith("worker") else name
+            spent[group] = spent.get(group, 0.0) + tree_cpu(pid)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent["bench+curl"] = own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+        return spent
+
+
+def per_case_ms(before: dict[str, float], after: dict[str, float], cases: int) -> dict[str, float]:
+    return {name: (after[name] - before.get(name, 0.0)) * 1000 / cases for name in after}
+
+
 def run_ours(
     receiver: str, archive: Path, cases: list[tuple[str, str, list[str]]]
 ) -> tuple[float, int]:
@@ -130,25 +164,43 @@ def compare(
     image_bytes: int,
     parallel: int,
     prefix: str,
-) -> tuple[list[float], list[float]]:
-    """Bytes per second of casefetch and of curl, one pair per round, alternating first."""
+    warm_up: bool = False,
+) -> tuple[list[float], list[float], dict[str, dict[str, float]]]:
+    """Bytes per second of casefetch and of curl, one pair per round, alternating first;
+    and the median CPU milliseconds per case of each service, in each side's rounds."""
     ours: list[float] = []
     theirs: list[float] = []
+    cpu: dict[str, list[dict[str, float]]] = {"casefetch": [], "curl": []}
+    meter = CpuMeter(bench)
     spent = bench.path("spent")
     expected = cases * (pdf_bytes + images * image_bytes)
-    for round_ in range(rounds):
+    # (name, which side goes first, timed)
+    schedule = [("warm-up", (True, False), False)] if warm_up else []
+    schedule += [
+        (str(n), (True, False) if n % 2 == 0 else (False, True), True) for n in range(rounds)
+    ]
+    for round_, order, timed in schedule:
         batch = case_urls(files, f"{prefix}-{round_}", cases, images, pdf_bytes, image_bytes)
-        for is_ours in (True, False) if round_ % 2 == 0 else (False, True):
+        for is_ours in order:
+            before = meter.read()
             if is_ours:
                 seconds, size = run_ours(receiver, archive, batch)
-                ours.append(size / seconds)
                 os.replace(archive / "cases", spent / f"ours-{prefix}-{round_}")
             else:
                 seconds, size = run_curl(bench, batch, parallel, spent / f"curl-{prefix}-{round_}")
-                theirs.append(size / seconds)
             if size != expected:
                 raise BenchError(f"fetched {size} bytes, expected {expected}")
-    return ours, theirs
+            if timed:
+                (ours if is_ours else theirs).append(size / seconds)
+                cpu["casefetch" if is_ours else "curl"].append(
+                    per_case_ms(before, meter.read(), cases)
+                )
+    return ours, theirs, {side: _medians(rows) for side, rows in cpu.items()}
+
+
+def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    names = rows[0] if rows else {}
+    return {name: round(median([row[name] for row in rows]), 1) for name in names}
 
 
 def run(
@@ -164,7 +216,7 @@ def run(
     parallel: int = 16,
     large_bytes: int = LARGE_BYTES,
 ) -> list[Result]:
-    ours, theirs = compare(
+    ours, theirs, cpu = compare(
         bench,
         receiver,
         files,
@@ -176,6 +228,7 @@ def run(
         image_bytes,
         parallel,
         "FETCH",
+        warm_up=True,
     )
     mine, curl = median(ours), median(theirs)
     ratio = mine / curl
@@ -194,12 +247,13 @@ def run(
                 "ours_MiB_s": [round(v / 2**20, 1) for v in ours],
                 "curl_MiB_s": [round(v / 2**20, 1) for v in theirs],
                 "bytes": total,
+                "cpu_ms_per_case": cpu,
             },
         )
     ]
     # The same comparison with few large files: what is left is the cost per byte, not per
     # file (Celery task, bookkeeping, two fsyncs).
-    big_ours, big_theirs = compare(
+    big_ours, big_theirs, _ = compare(
         bench, receiver, files, archive, 2, LARGE_FILES, 0, large_bytes, 0, parallel, "LARGE"
     )
     big_mine, big_curl = median(big_ours), median(big_theirs)

@@ -67,6 +67,8 @@ class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.children: list[subprocess.Popen[bytes]] = []
+        #: The latest child started under each name.
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
         self, name: str, argv: list[str], env: dict[str, str] | None = None
@@ -82,6 +84,7 @@ class Processes:
                 start_new_session=True,
             )
         self.children.append(child)
+        self.named[name] = child
         return child
 
     def log(self, name: str) -> str:
@@ -213,6 +216,21 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_ok(f"{url}/ok"), 20, "the file server")
         return child, url
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of a process and all its descendants so far."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def tree_rss(pid: int) -> int:

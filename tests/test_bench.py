@@ -130,3 +130,22 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert "time per item" in text and "peak RSS" in text and "payload" in text
     assert "could not run" not in text
     assert not list(tmp_path.glob("casefetch-bench-*"))  # the scratch directory is gone
+
+
+def test_quick_fetch_tells_where_each_side_spent_its_cpu(tmp_path: Path) -> None:
+    output = tmp_path / "bench.md"
+    code = cli.main(
+        ["--quick", "--only", "fetch", "--output", str(output), "--scratch", str(tmp_path)]
+    )
+    assert code == 0
+    text = output.read_text()
+    assert "could not run" not in text
+    details = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    spent = details["2. fetch throughput vs curl (+fsync)"]["cpu_ms_per_case"]
+    ours, curl = spent["casefetch"], spent["curl"]
+    # Each side's rounds are charged to what ran in them: casefetch's workers in its own,
+    # curl (a child of the bench) in curl's. (Processes' CPU times count in ticks of 10 ms:
+    # three cases leave the receiver's and the file host's under one tick.)
+    assert set(ours) == set(curl) == {"workers", "receiver", "redis", "fileserver", "bench+curl"}
+    assert ours["workers"] > curl["workers"]
+    assert curl["bench+curl"] > 0
