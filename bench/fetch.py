@@ -27,10 +27,12 @@ median of the rounds, so a run shows where its time went as well as how long it 
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import payloads, pipeline
@@ -152,50 +154,73 @@ def run_ours(
     return elapsed, pipeline.require_complete(settled)
 
 
+Cases = list[tuple[str, str, list[str]]]
+#: One side of the comparison: fetch a round's cases (its label names its leftovers);
+#: seconds taken and bytes fetched.
+Side = Callable[[Cases, str], tuple[float, int]]
+
+
+class Engine:
+    """bench/engine.py (casefetch's download engine alone), started once, a round a call."""
+
+    def __init__(self, bench: Bench, parallel: int) -> None:
+        self.archive = bench.path("engine")
+        self.spent = bench.path("spent")
+        argv = [bench.python, "-m", "bench.engine", "--archive", str(self.archive)]
+        self.child = bench.procs.start(
+            "engine", [*argv, "--parallel", str(parallel)], bench.env(), pipes=True
+        )
+
+    def run(self, cases: Cases, label: str) -> tuple[float, int]:
+        jobs = []
+        for cf_ref, pdf, images in cases:
+            jobs.append([f"cases/{cf_ref}/case.pdf", "case_pdf", pdf])
+            jobs += [
+                [f"cases/{cf_ref}/items/{j:03d}-IT-{j}", "item_image", image]
+                for j, image in enumerate(images, 1)
+            ]
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write(json.dumps(jobs).encode() + b"\n")
+        self.child.stdin.flush()
+        line = self.child.stdout.readline()
+        if not line:
+            raise BenchError(f"the download engine exited ({self.child.wait()})")
+        answer = json.loads(line)
+        os.replace(self.archive / "cases", self.spent / f"engine-{label}")
+        return float(answer["seconds"]), int(answer["bytes"])
+
+
 def compare(
     bench: Bench,
-    receiver: str,
-    files: str,
-    archive: Path,
+    sides: dict[str, Side],
+    batch_for: Callable[[str], Cases],
     rounds: int,
-    cases: int,
-    images: int,
-    pdf_bytes: int,
-    image_bytes: int,
-    parallel: int,
-    prefix: str,
+    expected: int,
     warm_up: bool = False,
-) -> tuple[list[float], list[float], dict[str, dict[str, float]]]:
-    """Bytes per second of casefetch and of curl, one pair per round, alternating first;
-    and the median CPU milliseconds per case of each service, in each side's rounds."""
-    ours: list[float] = []
-    theirs: list[float] = []
-    cpu: dict[str, list[dict[str, float]]] = {"casefetch": [], "curl": []}
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """Bytes per second of each side, one per round, the order rotating every round (the
+    first side first in the untimed warm-up round); and the median CPU milliseconds per
+    case of each service in each side's rounds."""
+    names = list(sides)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     meter = CpuMeter(bench)
-    spent = bench.path("spent")
-    expected = cases * (pdf_bytes + images * image_bytes)
-    # (name, which side goes first, timed)
-    schedule = [("warm-up", (True, False), False)] if warm_up else []
+    # (label, order of the sides, timed)
+    schedule = [("warm-up", names, False)] if warm_up else []
     schedule += [
-        (str(n), (True, False) if n % 2 == 0 else (False, True), True) for n in range(rounds)
+        (str(n), names[n % len(names) :] + names[: n % len(names)], True) for n in range(rounds)
     ]
-    for round_, order, timed in schedule:
-        batch = case_urls(files, f"{prefix}-{round_}", cases, images, pdf_bytes, image_bytes)
-        for is_ours in order:
+    for label, order, timed in schedule:
+        batch = batch_for(label)
+        for name in order:
             before = meter.read()
-            if is_ours:
-                seconds, size = run_ours(receiver, archive, batch)
-                os.replace(archive / "cases", spent / f"ours-{prefix}-{round_}")
-            else:
-                seconds, size = run_curl(bench, batch, parallel, spent / f"curl-{prefix}-{round_}")
+            seconds, size = sides[name](batch, label)
             if size != expected:
-                raise BenchError(f"fetched {size} bytes, expected {expected}")
+                raise BenchError(f"{name} fetched {size} bytes, expected {expected}")
             if timed:
-                (ours if is_ours else theirs).append(size / seconds)
-                cpu["casefetch" if is_ours else "curl"].append(
-                    per_case_ms(before, meter.read(), cases)
-                )
-    return ours, theirs, {side: _medians(rows) for side, rows in cpu.items()}
+                speeds[name].append(size / seconds)
+                cpu[name].append(per_case_ms(before, meter.read(), len(batch)))
+    return speeds, {name: _medians(rows) for name, rows in cpu.items()}
 
 
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -216,23 +241,32 @@ def run(
     parallel: int = 16,
     large_bytes: int = LARGE_BYTES,
 ) -> list[Result]:
-    ours, theirs, cpu = compare(
+    spent = bench.path("spent")
+
+    def sides(prefix: str) -> dict[str, Side]:
+        def ours(batch: Cases, label: str) -> tuple[float, int]:
+            measured = run_ours(receiver, archive, batch)
+            os.replace(archive / "cases", spent / f"ours-{prefix}-{label}")
+            return measured
+
+        def curl(batch: Cases, label: str) -> tuple[float, int]:
+            return run_curl(bench, batch, parallel, spent / f"curl-{prefix}-{label}")
+
+        return {"casefetch": ours, "curl": curl}
+
+    engine = Engine(bench, parallel)
+    total = cases * (pdf_bytes + images * image_bytes)
+    speeds, cpu = compare(
         bench,
-        receiver,
-        files,
-        archive,
+        {**sides("FETCH"), "engine": engine.run},
+        lambda label: case_urls(files, f"FETCH-{label}", cases, images, pdf_bytes, image_bytes),
         rounds,
-        cases,
-        images,
-        pdf_bytes,
-        image_bytes,
-        parallel,
-        "FETCH",
+        total,
         warm_up=True,
     )
-    mine, curl = median(ours), median(theirs)
+    bench.procs.stop(engine.child)
+    mine, curl, alone = (median(speeds[name]) for name in ("casefetch", "curl", "engine"))
     ratio = mine / curl
-    total = cases * (pdf_bytes + images * image_bytes)
     results = [
         Result(
             "2. fetch throughput vs curl (+fsync)",
@@ -244,19 +278,36 @@ def run(
             ratio >= 0.7,
             f"{cases} cases, {total / 2**20:.0f} MiB, parallelism {parallel}",
             {
-                "ours_MiB_s": [round(v / 2**20, 1) for v in ours],
-                "curl_MiB_s": [round(v / 2**20, 1) for v in theirs],
+                "ours_MiB_s": [round(v / 2**20, 1) for v in speeds["casefetch"]],
+                "curl_MiB_s": [round(v / 2**20, 1) for v in speeds["curl"]],
+                "engine_MiB_s": [round(v / 2**20, 1) for v in speeds["engine"]],
                 "bytes": total,
                 "cpu_ms_per_case": cpu,
             },
-        )
+        ),
+        # What the downloads alone cost: the gap between this row and the one above is the
+        # pipeline around them (Celery, bookkeeping, manifests, page, logs).
+        Result(
+            "2. fetch, the download engine alone, vs curl",
+            alone / 2**20,
+            curl / 2**20,
+            "MiB/s",
+            alone / curl,
+            "info",
+            True,
+            f"casefetch's Fetcher on {parallel} threads: no queue, Redis or manifest",
+        ),
     ]
     # The same comparison with few large files: what is left is the cost per byte, not per
     # file (Celery task, bookkeeping, two fsyncs).
-    big_ours, big_theirs, _ = compare(
-        bench, receiver, files, archive, 2, LARGE_FILES, 0, large_bytes, 0, parallel, "LARGE"
+    big, _ = compare(
+        bench,
+        sides("LARGE"),
+        lambda label: case_urls(files, f"LARGE-{label}", LARGE_FILES, 0, large_bytes, 0),
+        2,
+        LARGE_FILES * large_bytes,
     )
-    big_mine, big_curl = median(big_ours), median(big_theirs)
+    big_mine, big_curl = median(big["casefetch"]), median(big["curl"])
     results.append(
         Result(
             f"2. fetch, {LARGE_FILES} x {large_bytes / 2**20:g} MiB PDFs, vs curl",

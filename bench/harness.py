@@ -71,15 +71,17 @@ class Processes:
         self.named: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, pipes: bool = False
     ) -> subprocess.Popen[bytes]:
+        """``pipes``: the child's stdin and stdout are pipes to this process (its stderr
+        still goes to the log)."""
         with (self.logs / f"{name}.log").open("ab") as log:
             child = subprocess.Popen(
                 argv,
                 env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else log,
+                stderr=log if pipes else subprocess.STDOUT,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                 cwd=ROOT,
                 start_new_session=True,
             )
@@ -104,6 +106,9 @@ class Processes:
         # Whatever the leader left behind in its session goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
         if child in self.children:
             self.children.remove(child)
 

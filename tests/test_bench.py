@@ -142,10 +142,14 @@ def test_quick_fetch_tells_where_each_side_spent_its_cpu(tmp_path: Path) -> None
     assert "could not run" not in text
     details = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
     spent = details["2. fetch throughput vs curl (+fsync)"]["cpu_ms_per_case"]
-    ours, curl = spent["casefetch"], spent["curl"]
+    ours, curl, engine = spent["casefetch"], spent["curl"], spent["engine"]
     # Each side's rounds are charged to what ran in them: casefetch's workers in its own,
-    # curl (a child of the bench) in curl's. (Processes' CPU times count in ticks of 10 ms:
-    # three cases leave the receiver's and the file host's under one tick.)
-    assert set(ours) == set(curl) == {"workers", "receiver", "redis", "fileserver", "bench+curl"}
-    assert ours["workers"] > curl["workers"]
+    # curl (a child of the bench) in curl's, the download engine alone in its. (Processes'
+    # CPU times count in ticks of 10 ms: three cases leave the receiver's and the file
+    # host's under one tick.)
+    services = {"workers", "receiver", "redis", "fileserver", "engine", "bench+curl"}
+    assert set(ours) == set(curl) == set(engine) == services
+    assert ours["workers"] > max(curl["workers"], engine["workers"])
+    assert engine["engine"] > max(ours["engine"], curl["engine"])
     assert curl["bench+curl"] > 0
+    assert "the download engine alone" in text
