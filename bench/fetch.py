@@ -23,6 +23,10 @@ for the file host and the archive, not what a case costs. curl's first round is 
 Every round also reads the CPU time each service spent on it (workers, receiver, Redis, the
 file host; this process and the curl it ran): the table's details give it per case, the
 median of the rounds, so a run shows where its time went as well as how long it took.
+
+A third side takes its turn in the same rounds: casefetch's download engine alone
+(:mod:`bench.engine`), the same work per file without the pipeline around it. Its row splits
+casefetch's gap to curl in two: what the downloads cost, and what the rest adds.
 """
 
 from __future__ import annotations
@@ -44,11 +48,14 @@ IMAGE_BYTES = 300 * 1024
 LARGE_FILES = 8
 LARGE_BYTES = 32 * 1024 * 1024
 
+#: A round's cases: (cfRef, PDF URL, image URLs).
+Cases = list[tuple[str, str, list[str]]]
+
 
 def case_urls(
     files: str, prefix: str, cases: int, images: int, pdf_bytes: int, image_bytes: int
-) -> list[tuple[str, str, list[str]]]:
-    out = []
+) -> Cases:
+    out: Cases = []
     for i in range(cases):
         cf_ref = f"{prefix}-{i:03d}"
         out.append(
@@ -61,9 +68,7 @@ def case_urls(
     return out
 
 
-def run_curl(
-    bench: Bench, cases: list[tuple[str, str, list[str]]], parallel: int, target: Path
-) -> tuple[float, int]:
+def run_curl(bench: Bench, cases: Cases, parallel: int, target: Path) -> tuple[float, int]:
     target.mkdir(parents=True)
     config = bench.dir / "curl.conf"
     lines = []
@@ -118,11 +123,14 @@ def run_curl(
 
 
 class CpuMeter:
-    """CPU seconds spent so far by each service the bench started (its workers together)
-    and by this process with the children it waited for (curl)."""
+    """CPU seconds spent so far by each service the bench runs (its workers together; those
+    that stopped before the meter was made are left out) and by this process with the
+    children it waited for (curl)."""
 
     def __init__(self, bench: Bench) -> None:
-        self.pids = {name: child.pid for name, child in bench.procs.named.items()}
+        self.pids = {
+            name: child.pid for name, child in bench.procs.named.items() if child.poll() is None
+        }
         if bench.redis is not None and bench.redis.process is not None:
             self.pids["redis"] = bench.redis.process.pid
 
@@ -141,9 +149,7 @@ def per_case_ms(before: dict[str, float], after: dict[str, float], cases: int) -
     return {name: (after[name] - before.get(name, 0.0)) * 1000 / cases for name in after}
 
 
-def run_ours(
-    receiver: str, archive: Path, cases: list[tuple[str, str, list[str]]]
-) -> tuple[float, int]:
+def run_ours(receiver: str, archive: Path, cases: Cases) -> tuple[float, int]:
     bodies = [
         payloads.body(payloads.case(cf_ref, pdf, list(images))) for cf_ref, pdf, images in cases
     ]
@@ -154,7 +160,6 @@ def run_ours(
     return elapsed, pipeline.require_complete(settled)
 
 
-Cases = list[tuple[str, str, list[str]]]
 #: One side of the comparison: fetch a round's cases (its label names its leftovers);
 #: seconds taken and bytes fetched.
 Side = Callable[[Cases, str], tuple[float, int]]
