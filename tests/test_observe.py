@@ -340,3 +340,28 @@ def test_dashboard_and_scrape_config_match_what_is_exported(
         for volume in service["volumes"]:
             source = volume.split(":", 1)[0]
             assert not source.startswith("./") or (ROOT / source).exists(), source
+
+
+def test_an_identical_redelivery_is_not_counted_as_another_settled_case(
+    receiver: ReceiverProcess,
+    worker: WorkerProcess,
+    file_server: FileServer,
+    archive: Archive,
+    unique: Callable[[str], str],
+) -> None:
+    cf = unique("DUP")
+    body = samples.body(samples.case(cf, file_server.add(f"{cf}/pdf", samples.pdf())))
+    assert receiver.post(body)[0] == 202
+    archive.settled(cf)
+    assert receiver.post(body)[0] == 202  # the platform sends the same case again
+
+    def ingested() -> list[dict[str, Any]] | None:
+        lines = [line for line in json_lines(worker.log()) if line.get("cfRef") == cf]
+        outcomes = [line["outcome"] for line in lines if line["msg"] == "delivery ingested"]
+        return lines if sorted(outcomes) == ["duplicate", "planned"] else None
+
+    lines = wait_for(ingested, message="both deliveries ingested")
+    # The re-delivery rewrites the manifest (its latestDeliveryId), but the case settled once.
+    assert [line["status"] for line in lines if line["msg"] == "case settled"] == ["complete"]
+    manifest = archive.manifest(cf)
+    assert manifest is not None and manifest["latestDeliveryId"] != manifest["deliveryId"]

@@ -34,7 +34,13 @@ from casefetch.constants import ALL_QUEUES, DOWNLOAD_QUEUE, DOWNLOAD_TASK, INGES
 from worker import observe
 from worker.catalog import Catalog
 from worker.download import Fetcher, FileFetcher
-from worker.observe import BacklogCollector, ObservedFetcher, ObservedStorage, WorkerMetrics
+from worker.observe import (
+    BacklogCollector,
+    ObservedFetcher,
+    ObservedStorage,
+    WorkerMetrics,
+    settled_cases,
+)
 from worker.runtime import Runtime, WorkerProcess
 from worker.s3 import S3Storage
 from worker.schemas import warm_up
@@ -71,6 +77,7 @@ def build_worker(
             settings.visibility_timeout_seconds,
             Catalog(settings.catalog_path),
             settings.min_replicas_ack,
+            settled_cases(metrics),
         )
 
     process = WorkerProcess(settings, build_runtime)

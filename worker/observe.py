@@ -4,8 +4,9 @@ delivery, per file and per settled case.
 Nothing here changes what the pipeline does. It hooks in from the outside: Celery signals
 bind ``deliveryId`` and ``cfRef`` to every log line of a task and count deliveries and task
 retries; :func:`worker.app.build_worker` wraps the pipeline's fetcher and storage in
-:class:`ObservedFetcher` and :class:`ObservedStorage` to time downloads and see manifests
-settle. The worker runs Celery's threads pool in one process, so one registry sees it all.
+:class:`ObservedFetcher` and :class:`ObservedStorage` to time downloads and see quarantine
+records, and hands the settler :func:`settled_cases`, which it tells of every case it settles.
+The worker runs Celery's threads pool in one process, so one registry sees it all.
 
 Queue depth, cases in progress and quarantine size are read at scrape time; the quarantine is
 listed at most every ``QUARANTINE_REFRESH_SECONDS`` (listing S3 on every scrape would cost).
@@ -31,7 +32,7 @@ from casefetch.constants import ACTIVE_CASES_KEY, ALL_QUEUES, DOWNLOAD_TASK, ING
 from worker import archive
 from worker.download import FetchResult, FileFetcher
 from worker.errors import DownloadError, StorageError
-from worker.manifest import CaseStatus, FileStatus, parse_json
+from worker.manifest import FileStatus, Manifest
 from worker.sniff import FileKind, FileType
 from worker.storage import Staged, Storage
 
@@ -233,8 +234,31 @@ class _ObservedStaged:
         self.inner.discard()
 
 
+def settled_cases(metrics: WorkerMetrics) -> Callable[[Manifest], None]:
+    """What the settler tells of each case it settles: counted, and one line logged."""
+
+    def settled(manifest: Manifest) -> None:
+        status = str(manifest["status"])
+        metrics.cases.labels(outcome=status).inc()
+        files = manifest.get("files", [])
+        with logs.bound(path=None):  # the file whose download settled it is not the point
+            log.info(
+                "case settled",
+                extra=logs.fields(
+                    cfRef=manifest.get("cfRef"),
+                    deliveryId=manifest.get("deliveryId"),
+                    status=status,
+                    files=len(files),
+                    stored=sum(1 for f in files if f.get("status") == FileStatus.STORED),
+                    warnings=len(manifest.get("warnings") or []),
+                ),
+            )
+
+    return settled
+
+
 class ObservedStorage(Storage):
-    """The pipeline's storage, watching settled manifests and new quarantine records."""
+    """The pipeline's storage, watching new quarantine records."""
 
     def __init__(
         self, inner: Storage, metrics: WorkerMetrics, backlog: BacklogCollector | None = None
@@ -245,40 +269,8 @@ class ObservedStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
         self.inner.write_bytes(key, data, sync_folder)
-        if key.startswith(f"{archive.QUARANTINE}/"):
-            if self.backlog is not None:
-                self.backlog.saw_quarantine()
-        elif key.endswith(f"/{archive.MANIFEST}"):
-            self._saw_manifest(data)
-
-    def _saw_manifest(self, data: bytes) -> None:
-        try:
-            manifest = parse_json(data)
-        except ValueError:
-            return
-        if not isinstance(manifest, dict):
-            return
-        try:
-            status = CaseStatus(manifest.get("status"))
-        except ValueError:
-            return
-        if status is CaseStatus.PENDING:
-            return
-        self.metrics.cases.labels(outcome=status.value).inc()
-        files = manifest.get("files", [])
-        stored = sum(1 for f in files if f.get("status") == FileStatus.STORED)
-        with logs.bound(path=None):  # the file whose download settled it is not the point
-            log.info(
-                "case settled",
-                extra=logs.fields(
-                    cfRef=manifest.get("cfRef"),
-                    deliveryId=manifest.get("deliveryId"),
-                    status=status.value,
-                    files=len(files),
-                    stored=stored,
-                    warnings=len(manifest.get("warnings") or []),
-                ),
-            )
+        if key.startswith(f"{archive.QUARANTINE}/") and self.backlog is not None:
+            self.backlog.saw_quarantine()
 
     def stage(
         self, key: str, cache: bool = True, owner: str | None = None

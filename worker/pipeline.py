@@ -6,6 +6,7 @@ time by :mod:`worker.batch`), :mod:`worker.settle` writes its final manifest, an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from worker.catalog import Catalog
 from worker.download import FileFetcher
 from worker.files import Files
 from worker.ingest import Ingest, SendDownload
+from worker.manifest import Manifest
 from worker.quarantine import quarantine
 from worker.settle import Settler
 from worker.storage import Storage
@@ -28,12 +30,14 @@ class Pipeline:
     send_download: SendDownload
     #: Where settled cases are listed for the archive browser (None: not kept).
     catalog: Catalog | None = None
+    #: Told of every case settled (see :attr:`Settler.on_settled`).
+    on_settled: Callable[[Manifest], None] | None = None
     settler: Settler = field(init=False)
     intake: Ingest = field(init=False)
     files: Files = field(init=False)
 
     def __post_init__(self) -> None:
-        self.settler = Settler(self.storage, self.books, self.catalog)
+        self.settler = Settler(self.storage, self.books, self.catalog, self.on_settled)
         self.intake = Ingest(self.storage, self.books, self.settler, self.send_download)
         self.files = Files(self.storage, self.books, self.fetcher, self.settler)
 

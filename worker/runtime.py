@@ -20,6 +20,7 @@ from casefetch.protocol import task_message
 from worker.bookkeeping import Bookkeeping
 from worker.catalog import Catalog
 from worker.download import FileFetcher
+from worker.manifest import Manifest
 from worker.messages import DownloadMessage
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
@@ -40,6 +41,7 @@ class Runtime:
         lock_seconds: float = 60.0,
         catalog: Catalog | None = None,
         replicas: int = 0,
+        on_settled: Callable[[Manifest], None] | None = None,
     ) -> None:
         self.redis = client
         # A file lock outlives its holder by at most lock_seconds (the visibility timeout),
@@ -50,6 +52,7 @@ class Runtime:
             fetcher=fetcher,
             send_download=self.send_download,
             catalog=catalog,
+            on_settled=on_settled,
         )
         self.files = ThreadPoolExecutor(
             max_workers=download_threads, thread_name_prefix="casefetch-file"

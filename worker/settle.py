@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,6 +27,9 @@ class Settler:
     books: Bookkeeping
     #: Where settled cases are listed for the archive browser (None: not kept).
     catalog: Catalog | None = None
+    #: Told of every case this settler settles, with its final manifest, once (metrics and
+    #: the "case settled" line); a later rewrite of a settled manifest is not a settling.
+    on_settled: Callable[[Manifest], None] | None = None
 
     def settle(self, case: str, gen: str) -> None:
         """Write the final manifest once every file of generation ``gen`` is done."""
@@ -72,7 +76,8 @@ class Settler:
         self._catalogue(case, final, payload)
         casefiles.write_manifest(self.storage, case, final, lock)
         self.books.finish(case)
-        log.info("case %s %s", final["cfRef"], final["status"])
+        if self.on_settled is not None:
+            self.on_settled(final)
 
     def _read_payload(self, case: str) -> Any:
         raw = casefiles.read(self.storage, case, archive.CASE_JSON)
