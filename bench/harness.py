@@ -223,15 +223,19 @@ class Bench:
         return child, url
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user and system) of a process and all its descendants so far."""
+def _process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (none once it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of a process and all its descendants so far."""
     total = 0.0
-    for proc in procs:
+    for proc in _process_tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = proc.cpu_times()
             total += times.user + times.system
@@ -240,13 +244,8 @@ def tree_cpu(pid: int) -> float:
 
 def tree_rss(pid: int) -> int:
     """Resident memory of a process and all its descendants, in bytes."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for proc in procs:
+    for proc in _process_tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_info().rss
     return total
