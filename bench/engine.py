@@ -10,14 +10,13 @@ The fetch benchmark's time minus this one's is what the pipeline around the down
 
 A long-lived process, started once (its imports are not a round's): it reads one round per
 line on stdin, a JSON list of ``[key, kind, url]``, fetches them, and answers one line,
-``{"seconds", "bytes", "cpu_seconds"}`` (its own CPU for the round).
+``{"seconds", "bytes"}``. (Its CPU is read from outside, as every service's is.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,12 +56,9 @@ def main() -> None:
     with Fetcher(WorkerSettings.from_env().download) as fetcher:
         for line in sys.stdin:
             jobs = json.loads(line)
-            started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            started = time.perf_counter()
             size = fetch_round(fetcher, storage, jobs, args.parallel)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-            answer = {"seconds": time.perf_counter() - started, "bytes": size, "cpu_seconds": cpu}
-            print(json.dumps(answer), flush=True)
+            print(json.dumps({"seconds": time.perf_counter() - started, "bytes": size}), flush=True)
 
 
 if __name__ == "__main__":
