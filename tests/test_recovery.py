@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
 
 from casefetch.constants import INBOX_INDEX_KEY, INBOX_KEY, lock_key
 from casefetch.protocol import Delivery, delivery_body, make_delivery
@@ -208,10 +207,10 @@ def test_a_live_downloads_file_is_kept_however_long_it_is_untouched(
     import os
     import time
 
-    from worker.observe import ObservedStorage, WorkerMetrics
+    from worker.observe import ObservedStorage
 
     storage = LocalStorage(tmp_path)
-    observed = ObservedStorage(storage, WorkerMetrics(CollectorRegistry()))  # as workers run
+    observed = ObservedStorage(storage)  # as workers run
     owner = "cases/SLOW/case.pdf"
     an_hour_ago = time.time() - 3600
     with storage.stage("cases/SLOW/case.pdf", owner=owner) as staged:

@@ -71,7 +71,7 @@ def build_worker(
         metrics.registry.register(backlog)
         return Runtime(
             client,
-            ObservedStorage(store, metrics, backlog),
+            ObservedStorage(store, backlog),
             ObservedFetcher(fetcher or Fetcher(settings.download), metrics),
             process.download_threads,
             settings.visibility_timeout_seconds,

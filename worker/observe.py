@@ -260,11 +260,8 @@ def settled_cases(metrics: WorkerMetrics) -> Callable[[Manifest], None]:
 class ObservedStorage(Storage):
     """The pipeline's storage, watching new quarantine records."""
 
-    def __init__(
-        self, inner: Storage, metrics: WorkerMetrics, backlog: BacklogCollector | None = None
-    ) -> None:
+    def __init__(self, inner: Storage, backlog: BacklogCollector | None = None) -> None:
         self.inner = inner
-        self.metrics = metrics
         self.backlog = backlog
 
     def write_bytes(self, key: str, data: bytes, sync_folder: bool = True) -> None:
