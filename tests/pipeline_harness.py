@@ -192,6 +192,8 @@ class Harness:
     )
     #: Whether the worker consumes downloads too (then ingest fetches a case's first batch).
     fetch_first: bool = True
+    #: REDIS_MIN_REPLICAS_ACK, as the worker is given it.
+    replicas: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
     deaths: int = 0
 
@@ -201,7 +203,14 @@ class Harness:
 
     def _start(self) -> Runtime:
         fetcher = closed_after_test(Fetcher(self.settings, sleep=lambda _: None))
-        return Runtime(self.client, self.storage, fetcher, download_threads=1, lock_seconds=60)
+        return Runtime(
+            self.client,
+            self.storage,
+            fetcher,
+            download_threads=1,
+            lock_seconds=60,
+            replicas=self.replicas,
+        )
 
     @property
     def pipeline(self) -> Any:
@@ -307,17 +316,19 @@ def harness(
     storage: Storage | None = None,
     db: int = 6,
     faults: Faults | None = None,
+    replicas: int = 0,
 ) -> Harness:
     """A harness on ``root``, its bookkeeping in a Redis database the session worker ignores
     (flushed: an earlier test's cases must not leak into this one). With ``faults``, its
-    storage and Redis fail where they say."""
+    storage and Redis fail where they say; with ``replicas``, its writes that must reach
+    replicas wait for that many."""
     url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
     broker = redis.Redis.from_url(url)
     broker.flushdb()
     storage = storage or LocalStorage(root)
     if faults is None:
-        return Harness(storage, redis.Redis.from_url(url), broker)
+        return Harness(storage, redis.Redis.from_url(url), broker, replicas=replicas)
     client = FaultyRedis.from_url(url)
     assert isinstance(client, FaultyRedis)  # from_url builds the class it is called on
     client.faults = faults
-    return Harness(FaultyStorage(storage, faults), client, broker)
+    return Harness(FaultyStorage(storage, faults), client, broker, replicas=replicas)

@@ -92,6 +92,7 @@ class Bookkeeping:
         #: place (REDIS_MIN_REPLICAS_ACK; 0: no WAIT). See docs/reliability.md, "Failover".
         self.replicas = replicas
         self.locks = Locks(client, lock_seconds)
+        self._start = client.register_script(self._START)
         self._record = client.register_script(self._RECORD)
         self._claim = client.register_script(self._CLAIM)
         self._requeue = client.register_script(self._REQUEUE)
@@ -101,14 +102,22 @@ class Bookkeeping:
         return value.decode() if isinstance(value, bytes) else None
 
     def start(self, case: str, gen: str, indices: list[int]) -> None:
-        """Make ``gen`` the case's current work, with ``indices`` still to fetch."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(case_key(case, "pending"), case_key(case, "results"), case_key(case, "intents"))
-        pipe.set(case_key(case, "gen"), gen)
-        if indices:
-            pipe.sadd(case_key(case, "pending"), *indices)
-        pipe.zadd(ACTIVE_CASES_KEY, {case: time.time()})
-        pipe.execute()
+        """Make ``gen`` the case's current work, with ``indices`` still to fetch.
+
+        With replicas asked for, it returns only once they hold it (else NotReplicated): the
+        delivery leaves the inbox after this, and a failover that lost the case's work while
+        the inbox entry's removal reached the new primary would leave the case pending with
+        nothing to resume it (no generation, so its downloads are stale, and no entry in
+        ``casefetch:active`` for the sweep)."""
+        keys = [
+            case_key(case, "pending"),
+            case_key(case, "results"),
+            case_key(case, "intents"),
+            case_key(case, "gen"),
+            ACTIVE_CASES_KEY,
+        ]
+        args: list[Any] = [gen, case, time.time(), *indices]
+        self._replicated(lambda client: self._start(keys=keys, args=args, client=client))
 
     def remaining(self, case: str) -> list[int]:
         return sorted(int(i) for i in self.redis.smembers(case_key(case, "pending")))
@@ -214,6 +223,18 @@ class Bookkeeping:
       out[#out + 1] = status; out[#out + 1] = intent; out[#out + 1] = token
     end
     return out
+    """
+
+    # One step, so no claim or record sees half a generation. KEYS: pending, results, intents,
+    # gen, active; ARGV: gen, case, now, then the indices to fetch (added a thousand at a
+    # time: Lua's unpack has a limit).
+    _START = """
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    redis.call('SET', KEYS[4], ARGV[1])
+    for i = 4, #ARGV, 1000 do
+      redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+    end
+    redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
     """
 
     def record_many(
