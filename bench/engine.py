@@ -29,7 +29,7 @@ from worker.storage import LocalStorage
 
 
 def fetch_round(
-    fetcher: Fetcher, storage: LocalStorage, jobs: list[list[str]], parallel: int
+    fetcher: Fetcher, storage: LocalStorage, jobs: list[list[str]], pool: ThreadPoolExecutor
 ) -> int:
     def one(job: list[str]) -> tuple[str, int]:
         key, kind, url = job
@@ -41,8 +41,7 @@ def fetch_round(
         staged.commit(sync_folder=False)
         return staged.key, result.size
 
-    with ThreadPoolExecutor(parallel) as pool:
-        done = list(pool.map(one, jobs))
+    done = list(pool.map(one, jobs))
     storage.sync_folders(key for key, _ in done)
     return sum(size for _, size in done)
 
@@ -53,11 +52,16 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=16)
     args = parser.parse_args()
     storage = LocalStorage(args.archive)
-    with Fetcher(WorkerSettings.from_env().download) as fetcher:
+    # One pool for every round, as a worker keeps its file threads: starting threads is not
+    # a round's work.
+    with (
+        Fetcher(WorkerSettings.from_env().download) as fetcher,
+        ThreadPoolExecutor(args.parallel) as pool,
+    ):
         for line in sys.stdin:
             jobs = json.loads(line)
             started = time.perf_counter()
-            size = fetch_round(fetcher, storage, jobs, args.parallel)
+            size = fetch_round(fetcher, storage, jobs, pool)
             print(json.dumps({"seconds": time.perf_counter() - started, "bytes": size}), flush=True)
 
 
