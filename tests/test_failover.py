@@ -245,13 +245,14 @@ def test_with_a_replica_a_start_a_claim_and_an_intent_are_on_it_when_they_return
 
 def test_a_claim_no_replica_acknowledged_is_given_back(redis_client: redis.Redis) -> None:
     books = Bookkeeping(redis_client, lock_seconds=30, replicas=1)  # a Redis with no replica
+    unreplicated = Bookkeeping(redis_client)  # no replicas asked for
     case = "cases/WAIT-2"
-    Bookkeeping(redis_client).start(case, "gen-1", [0])
+    unreplicated.start(case, "gen-1", [0])
     with pytest.raises(NotReplicated):
         books.claim_many(case, "gen-1", [(0, "case.pdf")])
     assert not redis_client.exists(lock_key("file", case, "case.pdf"))
     # Without replicas asked for, the same claim is taken at once.
-    assert Bookkeeping(redis_client).claim_many(case, "gen-1", [(0, "case.pdf")])[0].lock
+    assert unreplicated.claim_many(case, "gen-1", [(0, "case.pdf")])[0].lock
 
 
 def test_a_delivery_leaves_the_inbox_only_once_a_replica_holds_its_case(
