@@ -135,7 +135,8 @@ def pipe(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
     # A database kept across the module's tests, like the archive (tests/databases.py).
     built = harness(tmp_path_factory.mktemp("prop") / "archive", redis_server.url, db=14)
     yield built
-    built.client.close()
+    # Its file threads, its fetcher's connections and its Redis client.
+    built.runtime.close()
 
 
 REASONS = {"not_json", "not_an_object", "invalid_case"}
