@@ -268,22 +268,21 @@ class _Upload:
         self.storage = storage
         self.key = key
         self.object_key = storage.object_key(key)
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
+        #: The part being gathered: what is written is copied in (a caller may reuse a
+        #: buffer it handed us), and the part is sent as it is, not joined into a copy:
+        #: about two parts in memory, one gathering and one being sent.
+        self.pending = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
 
     def write(self, data: bytes | memoryview, /) -> int:
-        # Keep our own bytes: a caller may reuse a buffer it handed us.
-        self.pending.append(data if isinstance(data, bytes) else bytes(data))
-        self.pending_bytes += len(data)
-        if self.pending_bytes >= self.storage.part_size:
+        self.pending += data
+        if len(self.pending) >= self.storage.part_size:
             self._send_part()
         return len(data)
 
-    def _take(self) -> bytes:
-        data = b"".join(self.pending)
-        self.pending, self.pending_bytes = [], 0
+    def _take(self) -> bytearray:
+        data, self.pending = self.pending, bytearray()
         return data
 
     def _send_part(self) -> None:
@@ -316,9 +315,9 @@ class _Upload:
     def finish(self) -> None:
         s3 = self.storage
         if self.upload_id is None:
-            s3.write_bytes(self.key, self._take())
+            s3.write_bytes(self.key, bytes(self._take()))
             return
-        if self.pending_bytes:
+        if self.pending:
             self._send_part()
         with s3.translate("write", self.key):
             s3.client.complete_multipart_upload(
@@ -331,7 +330,7 @@ class _Upload:
 
     def abort(self) -> None:
         """Drop the parts sent so far, so nothing of this object ever appears."""
-        self.pending, self.pending_bytes = [], 0
+        self.pending = bytearray()
         if self.upload_id is None:
             return
         upload_id, self.upload_id = self.upload_id, None
