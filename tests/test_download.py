@@ -296,7 +296,8 @@ def test_a_retry_after_that_is_not_a_number_is_ignored(
         samples.png(),
         faults=[
             Fault(status=503, headers={"Retry-After": "\u00b9"}),
-            # Arabic-Indic digits, as UTF-8 bytes (the test server writes headers in Latin-1).
+            # Arabic-Indic digits as a host sends them, in UTF-8 (the test server writes
+            # Latin-1); http.client reads those bytes back as Latin-1, not as digits.
             Fault(status=429, headers={"Retry-After": "\u0661\u0662".encode().decode("latin-1")}),
         ],
     )
